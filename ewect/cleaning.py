@@ -1,0 +1,52 @@
+"""The one text-cleaning function, used by clean_data.py, training data checks and inference.
+
+Rules, in order: control characters and lone surrogates dropped; full-width → half-width
+(U+FF01..U+FF5E and the ideographic space); traditional → simplified (OpenCC t2s); lowercase;
+URLs (http/https, www., bare short links such as t.cn/…), emails and Weibo @-mentions (including
+repost chains //@name:) removed; whitespace collapsed. Emoji are kept: [心]-style tags and
+Unicode emoji. clean_text(clean_text(x)) == clean_text(x).
+"""
+import re
+
+import opencc
+
+_T2S = opencc.OpenCC("t2s")
+
+# Full-width ASCII variants sit exactly 0xFEE0 above their ASCII counterparts.
+_HALF_WIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
+_HALF_WIDTH[0x3000] = ord(" ")
+
+# URL characters are ASCII only, so a link glued to Chinese text stops where the Chinese starts;
+# brackets are left out so that a [心] tag right after a link survives.
+_URL_CHARS = r"[a-z0-9\-._~:/?#@!$&'()*+,;=%]"
+_URL = rf"(?:https?://|www\.){_URL_CHARS}*"
+_SHORT_LINK = rf"\b(?:[a-z0-9-]+\.)+(?:cn|com|net|org|cc|me|ly|io|gl|co)/{_URL_CHARS}*"
+_EMAIL = r"[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}"
+# A Weibo name is letters (any script), digits, '_' and '-'; '//' and a trailing ':' belong to it.
+_MENTION = r"(?://\s*)?@[\w\-]+(?:\s*:)?"
+_NOISE = re.compile("|".join([_URL, _SHORT_LINK, _EMAIL, _MENTION]), re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+# Control characters (Unicode category Cc; tabs and newlines become spaces) and lone surrogates,
+# which cannot be encoded as UTF-8 and would break the tokenizer and printing.
+_UNWANTED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _clean_once(text):
+    text = _UNWANTED.sub(" ", text)
+    text = _T2S.convert(text.translate(_HALF_WIDTH)).lower()
+    # A space, not nothing, where noise was: nothing new can be glued together across the gap.
+    text = _NOISE.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def clean_text(text):
+    """Normalise one post; see the module docstring for the rules."""
+    cleaned = _clean_once(text)
+    # OpenCC and Unicode lowercasing can, for rare characters, produce text that one more pass
+    # would change again; repeating until nothing changes keeps cleaning idempotent.
+    for _ in range(3):
+        again = _clean_once(cleaned)
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned

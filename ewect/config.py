@@ -1,0 +1,25 @@
+"""The facts every script shares: labels, data file names, default paths."""
+import os
+
+# The published repo's label order; label ids in every checkpoint follow it.
+LABELS = ("happy", "angry", "sad", "fear", "surprise", "neutral")
+LABEL2ID = {label: i for i, label in enumerate(LABELS)}
+ID2LABEL = dict(enumerate(LABELS))
+
+# The six files of SMP2020-EWECT, as released; train files may drop records when cleaned.
+TRAIN_FILES = ("usual_train.txt", "virus_train.txt")
+EVAL_FILES = ("usual_eval_labeled.txt", "usual_test_labeled.txt",
+              "virus_eval_labeled.txt", "virus_test_labeled.txt")
+DATA_FILES = TRAIN_FILES + EVAL_FILES
+
+# Where the raw files are: data/raw unless EWECT_RAW_DIR points elsewhere (CI points it at ../shared).
+RAW_DIR = os.environ.get("EWECT_RAW_DIR", "data/raw")
+CLEAN_DIR = "data/clean"
+TRAIN_FILE = os.path.join(CLEAN_DIR, "usual_train.txt")
+EVAL_FILE = os.path.join(CLEAN_DIR, "usual_eval_labeled.txt")
+TEST_FILE = os.path.join(CLEAN_DIR, "usual_test_labeled.txt")
+
+WORKSPACE = "workspace/wb"
+BEST_DIR = os.path.join(WORKSPACE, "best")
+
+MAX_LENGTH = 140  # tokens; the published recipe's limit. Longer posts are truncated.

@@ -1,0 +1,149 @@
+"""Reading and validating SMP2020-EWECT files, tokenizing once, length-grouped batching, padding."""
+import json
+import os
+import random
+from dataclasses import dataclass
+
+from .cleaning import clean_text
+from .config import LABEL2ID, LABELS
+from .errors import UserError
+
+MAX_REPORTED = 20  # bad records listed one per line before the rest is summarised
+
+
+@dataclass
+class Record:
+    id: object
+    content: str
+    label: str | None  # None for unlabelled inference input
+
+
+def load_json_array(path):
+    """The file's JSON array, or a UserError saying why it cannot be read."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, "
+                        f"column {err.colno})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of records, found {type(data).__name__}")
+    return data
+
+
+def _problem(item, seen_ids, require_label):
+    """Why this record cannot be used, or None."""
+    if not isinstance(item, dict):
+        return f"not an object but {type(item).__name__}"
+    if "id" not in item:
+        return "no 'id' field"
+    if not isinstance(item["id"], (int, str)) or isinstance(item["id"], bool):
+        return f"'id' is {type(item['id']).__name__}, not a number or string"
+    if item["id"] in seen_ids:
+        return "duplicate id"
+    if "content" not in item:
+        return "no 'content' field"
+    if not isinstance(item["content"], str):
+        return f"'content' is {type(item['content']).__name__}, not a string"
+    if require_label:
+        if "label" not in item:
+            return "no 'label' field"
+        if item["label"] not in LABEL2ID:
+            return f"unknown label {item['label']!r} (expected one of {', '.join(LABELS)})"
+    return None
+
+
+def read_records(path, require_label=True, skip_bad_records=False, log=print):
+    """All records of one file. Unusable records stop the run with every problem listed, with
+    file and record id, unless skip_bad_records is set: then they are skipped and counted."""
+    records, bad, seen_ids = [], [], set()
+    for index, item in enumerate(load_json_array(path)):
+        problem = _problem(item, seen_ids, require_label)
+        if problem:
+            where = f"id {item['id']!r}" if isinstance(item, dict) and "id" in item else f"#{index}"
+            bad.append(f"{path}: record {where}: {problem}")
+            continue
+        seen_ids.add(item["id"])
+        records.append(Record(item["id"], item["content"], item.get("label") if require_label else None))
+    if bad and not skip_bad_records:
+        if len(bad) == 1:
+            raise UserError(f"{bad[0]} (fix it, or pass --skip_bad_records to skip it)")
+        listed = bad[:MAX_REPORTED] + ([f"... and {len(bad) - MAX_REPORTED} more"]
+                                       if len(bad) > MAX_REPORTED else [])
+        raise UserError(f"{path}: {len(bad)} unusable records (fix them, or pass "
+                        "--skip_bad_records to skip them):\n  " + "\n  ".join(listed))
+    if bad:
+        log(f"{path}: skipped {len(bad)} unusable record(s) (--skip_bad_records)")
+    if not records:
+        raise UserError(f"{path}: no usable records")
+    return records
+
+
+def clean_records(records, drop_empty):
+    """The records with their content cleaned. drop_empty is for training files: posts that
+    cleaning empties are left out; eval and test files keep every record, so their ids survive."""
+    cleaned = [Record(r.id, clean_text(r.content), r.label) for r in records]
+    return [r for r in cleaned if r.content or not drop_empty]
+
+
+def encode(tokenizer, texts, max_length):
+    """Token ids of every text, truncated but not padded: done once per split, in one batched call."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def length_grouped_batches(lengths, batch_size, seed, shuffle=True, group_size=50):
+    """Index batches of similar length in random order (the idea of transformers'
+    LengthGroupedSampler): shuffle, sort within groups of group_size batches, shuffle the batches.
+    Padding stays small and the order stays random; the same seed gives the same batches."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    span = batch_size * group_size
+    batches = []
+    for start in range(0, len(order), span):
+        group = sorted(order[start:start + span], key=lambda i: -lengths[i])
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def shard(batches, rank, world_size):
+    """This rank's disjoint share of the batches; every rank gets the same number of batches."""
+    per_rank = len(batches) // world_size if world_size > 1 else len(batches)
+    return batches[rank::world_size][:per_rank]
+
+
+def sorted_batches(lengths, batch_size):
+    """Batches of indices sorted by length (longest first), for prediction; padding is minimal."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class Collator:
+    """Pads one batch of token-id lists to its own longest member; returns torch tensors."""
+
+    def __init__(self, input_ids, labels=None, pad_id=0):
+        self.input_ids, self.labels, self.pad_id = input_ids, labels, pad_id
+
+    def __call__(self, indices):
+        import torch
+
+        longest = max(len(self.input_ids[i]) for i in indices)
+        ids = torch.full((len(indices), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), longest), dtype=torch.long)
+        for row, i in enumerate(indices):
+            seq = self.input_ids[i]
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if self.labels is not None:
+            batch["labels"] = torch.tensor([self.labels[i] for i in indices])
+        return batch
+

@@ -1,0 +1,22 @@
+"""One kind of error for everything a user can get wrong, reported as one line, never a traceback."""
+import os
+import sys
+
+
+class UserError(Exception):
+    """Bad input, paths or settings: the message says what is wrong and where."""
+
+
+def run_cli(main):
+    """Run a script's main(); a UserError becomes 'error: …' on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

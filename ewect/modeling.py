@@ -1,0 +1,176 @@
+"""Building, loading, saving and running the classifier: one place for each."""
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification, BertTokenizer)
+from transformers.utils import logging as transformers_logging
+
+transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
+
+from .config import ID2LABEL, LABEL2ID, LABELS, MAX_LENGTH
+from .data import Collator, encode, sorted_batches
+from .errors import UserError
+
+
+def resolve_device(name, local_rank=0):
+    """'auto' picks the GPU when there is one; asking for a GPU that is not there is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        return torch.device("cuda", local_rank)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device {name}: expected auto, cpu or cuda")
+
+
+def autocast_dtype(device):
+    """bf16 on GPUs that have it, fp16 on older ones, None (fp32) on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_layers=12,
+                hidden_size=768):
+    """(model, tokenizer): pretrained from a hub name or local folder, or, with from_scratch, a
+    randomly initialised BERT of the given size on the given WordPiece vocabulary."""
+    label_kwargs = dict(num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
+    if from_scratch:
+        if not vocab or not os.path.isfile(vocab):
+            raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
+        tokenizer = BertTokenizer(vocab)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                            num_hidden_layers=num_layers,
+                            num_attention_heads=max(1, hidden_size // 64),
+                            intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout, **label_kwargs)
+        config._attn_implementation = "sdpa"
+        return BertForSequenceClassification(config), tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_name, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+            attn_implementation="sdpa", **label_kwargs)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load model {model_name!r} ({reason}). Without network access, download it "
+            "into a folder and pass --model_name FOLDER, or use --from_scratch --vocab VOCAB.txt"
+        ) from None
+    return model, tokenizer
+
+
+def load_checkpoint(model_dir, device="cpu"):
+    """(model, tokenizer) saved by train.py, in eval mode on the device."""
+    restore_interrupted_save(model_dir)
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{model_dir}: no checkpoint here (config.json missing); "
+                        "train one with `sh train.sh` or pass --model_dir")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # a broken checkpoint fails in many library-specific ways
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{model_dir}: broken checkpoint ({reason})") from None
+    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    if labels != LABELS:
+        raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
+    return model.to(device).eval(), tokenizer
+
+
+def _sibling(path, suffix):
+    return path.with_name(path.name + suffix)
+
+
+def restore_interrupted_save(directory):
+    """Finish or undo a save_atomically() that was killed between its two renames."""
+    path = Path(directory)
+    old = _sibling(path, ".old")
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+
+
+def save_atomically(directory, write):
+    """Call write(folder) on a temporary folder, then swap it into place. A kill at any moment
+    leaves either the previous folder or the new one, complete (restore_interrupted_save puts a
+    previous one back if the kill fell between the two renames)."""
+    path = Path(directory)
+    tmp, old = _sibling(path, ".tmp"), _sibling(path, ".old")
+    restore_interrupted_save(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model, tokenizer, directory, extra=None):
+    """save_pretrained of model and tokenizer (loadable by any transformers user), atomically;
+    extra(folder) may add files such as the training state."""
+    def write(folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if extra:
+            extra(folder)
+    save_atomically(directory, write)
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the Linear layers, for CPU prediction."""
+    # torch.ao.quantization works in the pinned torch but warns that it is deprecated (its
+    # successor is the separate torchao package); the warnings say nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        except (AttributeError, ImportError, RuntimeError) as err:
+            raise UserError(f"--int8 is not available with torch {torch.__version__} ({err}); "
+                            "drop --int8") from None
+
+
+@torch.inference_mode()
+def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=None):
+    """Logits (float32, on the CPU) for every token-id list, in the input order. Batches are
+    sorted by length so each is padded only to its own longest text."""
+    device = torch.device(device)
+    collate = Collator(input_ids, pad_id=model.config.pad_token_id or 0)
+    results, order = [], []
+    for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(indices).items()}
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            results.append(model(**batch).logits.float())
+        order += indices
+    logits = torch.empty(len(input_ids), model.config.num_labels)
+    if results:
+        logits[torch.tensor(order)] = torch.cat(results).cpu()
+    return logits
+
+
+def load_for_prediction(model_dir, device_name="auto", int8=False):
+    """(model, tokenizer, device) for test.py and inference.py; int8 means a quantized CPU model."""
+    if int8 and device_name == "cuda":
+        raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
+    device = resolve_device("cpu" if int8 else device_name)
+    model, tokenizer = load_checkpoint(model_dir, device)
+    return (quantize_int8(model) if int8 else model), tokenizer, device
+
+
+def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
+                          max_length=MAX_LENGTH):
+    """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
+    through clean_text, as the training data did."""
+    logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
+                            device, autocast_dtype(device))
+    return logits.softmax(-1).numpy()
