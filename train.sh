@@ -1,0 +1,26 @@
+#!/bin/sh
+# Fine-tune with the published recipe (train.py's defaults), cleaning the data first if needed.
+#
+#   sh train.sh                                   # one GPU, or the CPU
+#   sh train.sh --model_name /path/to/bert-base-chinese --epochs 10   # arguments pass through
+#   sh train.sh --resume                          # continue an interrupted run
+#   NGPU=2 sh train.sh                            # GPUs to use (default: all visible ones)
+set -e
+cd "$(dirname "$0")"
+
+if [ ! -f data/clean/usual_train.txt ] || [ ! -f data/clean/usual_eval_labeled.txt ]; then
+    python clean_data.py
+fi
+
+if [ -z "$NGPU" ]; then
+    if [ -n "$CUDA_VISIBLE_DEVICES" ]; then
+        NGPU=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
+    else
+        NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    fi
+fi
+
+if [ "${NGPU:-0}" -gt 1 ]; then
+    exec python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train.py "$@"
+fi
+exec python train.py "$@"
