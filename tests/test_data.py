@@ -1,0 +1,92 @@
+"""Reading and validating data files; batching."""
+import json
+
+import pytest
+
+from ewect.data import length_grouped_batches, read_records, shard, sorted_batches
+from ewect.errors import UserError
+
+
+def write(tmp_path, content, name="data.txt"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False),
+                    encoding="utf-8")
+    return str(path)
+
+
+GOOD = {"id": 1, "content": "好开心", "label": "happy"}
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"id": 2, "label": "happy"}, "record id 2: no 'content' field"),
+    ({"id": 2, "content": None, "label": "happy"}, "record id 2: 'content' is NoneType"),
+    ({"id": 2, "content": 3.5, "label": "happy"}, "record id 2: 'content' is float"),
+    ({"id": 2, "content": "x", "label": "joy"}, "record id 2: unknown label 'joy'"),
+    ({"id": 2, "content": "x"}, "record id 2: no 'label' field"),
+    ({"id": 1, "content": "x", "label": "sad"}, "record id 1: duplicate id"),
+    ({"content": "x", "label": "sad"}, "record #1: no 'id' field"),
+    ("just a string", "record #1: not an object"),
+])
+def test_bad_record_is_named_with_file_and_id(tmp_path, record, problem):
+    path = write(tmp_path, [GOOD, record])
+    with pytest.raises(UserError) as err:
+        read_records(path)
+    assert str(err.value).startswith(f"{path}: {problem}")
+    assert "\n" not in str(err.value)
+    assert [r.id for r in read_records(path, skip_bad_records=True, log=lambda m: None)] == [1]
+
+
+def test_every_bad_record_is_listed(tmp_path):
+    path = write(tmp_path, [GOOD, {"id": 2}, {"id": 3, "content": "x", "label": "?"}])
+    with pytest.raises(UserError, match="2 unusable records") as err:
+        read_records(path)
+    assert "record id 2" in str(err.value) and "record id 3" in str(err.value)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('[{"id": 1, "content": "x", ', "not valid JSON"),
+    ('{"id": 1}', "expected a JSON array"),
+    ("[]", "no usable records"),
+])
+def test_malformed_file(tmp_path, content, problem):
+    with pytest.raises(UserError, match=problem):
+        read_records(write(tmp_path, content))
+
+
+def test_missing_and_non_utf8_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        read_records(str(tmp_path / "nope.txt"))
+    path = tmp_path / "latin1.txt"
+    path.write_bytes('[{"id": 1, "content": "caf\xe9", "label": "happy"}]'.encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_records(str(path))
+
+
+def test_unlabelled_records_for_inference(tmp_path):
+    records = read_records(write(tmp_path, [{"id": "a", "content": "x"}]), require_label=False)
+    assert records[0].label is None
+
+
+def test_length_grouped_batches_cover_every_post_once_and_group_lengths():
+    lengths = [(i * 37) % 101 + 3 for i in range(1000)]
+    batches = length_grouped_batches(lengths, 16, seed=1, group_size=4)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(1000))
+    assert batches == length_grouped_batches(lengths, 16, seed=1, group_size=4)
+    assert batches != length_grouped_batches(lengths, 16, seed=2, group_size=4)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    random_order = [list(range(i, min(i + 16, 1000))) for i in range(0, 1000, 16)]
+    padded_random = sum(len(b) * max(lengths[i] for i in b) for b in random_order)
+    assert padded < 0.8 * padded_random  # grouping removes most of the padding
+
+
+def test_shards_are_disjoint_and_equal_in_size():
+    batches = [[i] for i in range(11)]
+    shares = [shard(batches, rank, 3) for rank in range(3)]
+    assert all(len(s) == 3 for s in shares)
+    flat = [b[0] for s in shares for b in s]
+    assert len(flat) == len(set(flat))
+
+
+def test_sorted_batches_longest_first():
+    assert sorted_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]

@@ -1,0 +1,75 @@
+"""Bad input gets one clear line naming the problem and exit status 2, never a traceback."""
+import json
+
+import pytest
+import torch
+
+from conftest import assert_clean_error, run_script, tiny_train_args
+
+
+def test_clean_data_without_raw_files(tmp_path):
+    assert_clean_error(run_script("clean_data.py", "--raw_dir", tmp_path / "nowhere"),
+                       "none of the SMP2020-EWECT files")
+
+
+def test_clean_data_with_malformed_file(tmp_path):
+    (tmp_path / "usual_train.txt").write_text('[{"id": 1, "content": "x"', encoding="utf-8")
+    assert_clean_error(run_script("clean_data.py", "--raw_dir", tmp_path, "--out_dir", tmp_path / "o"),
+                       "usual_train.txt: not valid JSON")
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"id": 700, "label": "happy"}, "record id 700: no 'content' field"),
+    ({"id": 700, "content": "好", "label": "joy"}, "record id 700: unknown label 'joy'"),
+])
+def test_train_names_the_bad_record(tmp_path, clean_dir, vocab, record, message):
+    records = json.loads((clean_dir / "usual_train.txt").read_text("utf-8")) + [record]
+    bad = tmp_path / "train.txt"
+    bad.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    args = tiny_train_args(clean_dir, vocab, tmp_path / "wb")
+    args[args.index("--train_file") + 1] = str(bad)
+    result = run_script("train.py", *args)
+    assert_clean_error(result, f"{bad}: {message}")
+    assert not (tmp_path / "wb" / "best").exists()  # stopped before training
+
+
+def test_train_with_missing_data_file(tmp_path, vocab):
+    assert_clean_error(run_script("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
+                                  tmp_path / "missing.txt", "--output_dir", tmp_path, "--device", "cpu"),
+                       "missing.txt: file not found")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_a_gpu(trained):
+    assert_clean_error(run_script("inference.py", "--input", "好", "--device", "cuda",
+                                  "--model_dir", trained / "best"), "--device cuda: no CUDA GPU")
+
+
+@pytest.mark.parametrize("text", ["", "   \t "])
+def test_inference_empty_text(text):
+    assert_clean_error(run_script("inference.py", "--input", text), "--input is empty")
+
+
+def test_inference_without_checkpoint(tmp_path):
+    assert_clean_error(run_script("inference.py", "--input", "好", "--model_dir", tmp_path),
+                       f"{tmp_path}: no checkpoint here")
+
+
+def test_test_script_with_broken_checkpoint(trained, tmp_path, clean_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    assert_clean_error(run_script("test.py", "--model_dir", broken, "--data_file",
+                                  clean_dir / "usual_test_labeled.txt"), "broken checkpoint")
+
+
+def test_test_script_with_missing_data_file(trained, tmp_path):
+    assert_clean_error(run_script("test.py", "--model_dir", trained / "best", "--data_file",
+                                  tmp_path / "nope.txt"), "nope.txt: file not found")
+
+
+def test_inference_with_hostile_file(trained, tmp_path):
+    path = tmp_path / "posts.txt"
+    path.write_bytes(b"\xff\xfe bad bytes\n")
+    assert_clean_error(run_script("inference.py", "--input_file", path, "--model_dir",
+                                  trained / "best"), "not UTF-8")

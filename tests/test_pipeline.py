@@ -1,0 +1,121 @@
+"""End to end on the fixture: clean_data.py -> train.py -> test.py -> inference.py."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from conftest import FIXTURE_RAW, SHARED_RAW, requires_shared_data, run_script
+from ewect.cleaning import clean_text
+from ewect.config import DATA_FILES, LABELS
+from ewect.data import encode, read_records
+from ewect.modeling import build_model, load_checkpoint, predict_logits, save_checkpoint
+
+
+def test_clean_data_drops_only_empty_train_records(clean_dir):
+    for name in DATA_FILES:
+        raw = json.loads((FIXTURE_RAW / name).read_text("utf-8"))
+        cleaned = json.loads((clean_dir / name).read_text("utf-8"))
+        assert all(r["content"] == clean_text(r["content"]) for r in cleaned)
+        if name.endswith("train.txt"):
+            assert all(r["content"] for r in cleaned)
+            assert len(cleaned) < len(raw)  # the fixture has link-only and mention-only posts
+        else:
+            assert [r["id"] for r in cleaned] == [r["id"] for r in raw]
+
+
+def test_training_writes_a_loadable_checkpoint_and_logs(trained):
+    best = trained / "best"
+    config = json.loads((best / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(6)] == list(LABELS)
+    assert (best / "tokenizer.json").is_file() and (best / "model.safetensors").is_file()
+    assert json.loads((best / "eval_results.json").read_text())["epoch"] in (1, 2)
+    assert (trained / "last" / "training_state.pt").is_file()
+    assert "arguments:" in (trained / "train.log").read_text()
+    assert list((trained / "tensorboard").iterdir())
+    assert not list(trained.glob("*.tmp")) and not list(trained.glob("*.old"))
+
+
+def test_reloaded_checkpoint_predicts_like_the_model_in_memory(vocab, tmp_path):
+    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=2,
+                                   hidden_size=32)
+    model.eval()
+    texts = [clean_text(r.content) for r in read_records(str(FIXTURE_RAW / "usual_test_labeled.txt"))]
+    ids = encode(tokenizer, texts, 140)
+    before = predict_logits(model, ids, batch_size=4)
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    reloaded, reloaded_tokenizer = load_checkpoint(tmp_path / "ckpt")
+    after = predict_logits(reloaded, encode(reloaded_tokenizer, texts, 140), batch_size=7)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert (before.argmax(-1) == after.argmax(-1)).all()
+
+
+def test_prediction_order_does_not_depend_on_batching(vocab):
+    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=2,
+                                   hidden_size=32)
+    model.eval()
+    ids = encode(tokenizer, ["好", "今天天气很好我们去公园", "气死了!", "嗯嗯"], 140)
+    one_by_one = torch.cat([predict_logits(model, [x], batch_size=1) for x in ids])
+    assert torch.allclose(predict_logits(model, ids, batch_size=3), one_by_one, atol=1e-5)
+
+
+def test_test_script_reports_scikit_learn_metrics_and_writes_outputs(trained, clean_dir):
+    data = clean_dir / "usual_test_labeled.txt"
+    result = run_script("test.py", "--model_dir", trained / "best", "--data_file", data,
+                        "--output_dir", trained / "test", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with open(trained / "test" / "usual_test_labeled.predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    golds, preds = [r["gold"] for r in rows], [r["predicted"] for r in rows]
+    assert [int(r["id"]) for r in rows] == [r.id for r in read_records(str(data))]
+    probs = np.array([[float(r[f"p_{label}"]) for label in LABELS] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    acc = accuracy_score(golds, preds)
+    f1 = f1_score(golds, preds, average="macro", labels=list(LABELS), zero_division=0)
+    assert f"accuracy {acc:.4f}  macro-F1 {f1:.4f}" in result.stdout
+    metrics = json.loads((trained / "test" / "usual_test_labeled.metrics.json").read_text())
+    assert np.isclose(metrics["accuracy"], acc) and np.isclose(metrics["macro_f1"], f1)
+    assert (trained / "test" / "usual_test_labeled.confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # inference.py labels the same file the same way
+    result = run_script("inference.py", "--model_dir", trained / "best", "--input_file", data,
+                        "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == preds
+
+
+def test_inference_single_post(trained):
+    result = run_script("inference.py", "--input", "你是个什么东西，垃圾", "--device", "cpu",
+                        "--model_dir", trained / "best")
+    assert result.returncode == 0, result.stderr
+    label, *prob_lines = result.stdout.splitlines()
+    assert label in LABELS
+    probs = {line.split()[0]: float(line.split()[1]) for line in prob_lines}
+    assert list(probs) == list(LABELS) and abs(sum(probs.values()) - 1) < 1e-3
+    assert max(probs, key=probs.get) == label
+
+
+def test_inference_plain_text_file_and_json(trained, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("好开心啊\n\n@某人 气死我了 http://t.cn/x\n", encoding="utf-8")
+    result = run_script("inference.py", "--input_file", posts, "--json", "--device", "cpu",
+                        "--model_dir", trained / "best")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["id"] for line in lines] == [1, 3]
+    assert lines[1]["text"] == "气死我了"  # cleaned as in training
+    assert all(line["label"] in LABELS for line in lines)
+
+
+@requires_shared_data
+def test_clean_data_on_the_real_files(tmp_path):
+    result = run_script("clean_data.py", "--raw_dir", SHARED_RAW, "--out_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = {line.split()[0]: [int(n) for n in line.split()[1:]]
+              for line in result.stdout.splitlines() if line.endswith(".txt") or "txt " in line}
+    assert counts["usual_train.txt"][0] == 27768
+    assert counts["usual_test_labeled.txt"][:3] == [5000, 5000, 0]  # test ids all survive
+    cleaned = json.loads((tmp_path / "usual_train.txt").read_text("utf-8"))
+    assert all(r["content"] for r in cleaned)
+    assert sum(r["label"] == "fear" for r in cleaned) > 1000

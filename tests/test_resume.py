@@ -1,0 +1,116 @@
+"""Interrupted runs resume exactly; saves are atomic; a loss that stays non-finite stops cleanly."""
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import ROOT, tiny_train_args
+from ewect.errors import UserError
+from ewect.modeling import load_checkpoint, restore_interrupted_save
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(clean_dir, vocab, trained, tmp_path):
+    # `trained` is the uninterrupted run: 2 epochs of 6 steps. Stop mid-epoch 1, resume, and again
+    # right at an epoch boundary, then finish.
+    out = tmp_path / "wb"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--stop_after_steps", 3))
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert state["progress"]["global_step"] == 3 and state["progress"]["step_in_epoch"] == 3
+    after_3_steps = weights(out / "last")
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume", "--stop_after_steps", 6))
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume"))
+    assert any(not torch.equal(after_3_steps[k], v) for k, v in weights(out / "last").items())
+    assert_same_weights(out / "best", trained / "best")
+    assert_same_weights(out / "last", trained / "last")
+    best = [json.loads((d / "best" / "eval_results.json").read_text()) for d in (out, trained)]
+    assert best[0] == pytest.approx(best[1])
+
+
+def test_resume_refuses_a_different_run(clean_dir, vocab, trained):
+    with pytest.raises(UserError, match="--batch_size was 8, now 4"):
+        train.main(tiny_train_args(clean_dir, vocab, trained, "--resume", "--batch_size", 4))
+
+
+def test_resume_without_saved_state(clean_dir, vocab, tmp_path):
+    with pytest.raises(UserError, match="nothing to resume"):
+        train.main(tiny_train_args(clean_dir, vocab, tmp_path, "--resume"))
+
+
+def test_sigterm_saves_last_and_resume_finishes(clean_dir, vocab, tmp_path):
+    out = tmp_path / "wb"
+    args = tiny_train_args(clean_dir, vocab, out, "--epochs", 500, "--log_every", 1)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in proc.stdout:  # wait until training is under way (an epoch has ended)
+        if "epoch 1: eval" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+    assert "saved" in output and "--resume" in output and "Traceback" not in output
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert state["progress"]["global_step"] >= 6
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume", "--epochs",
+                               state["progress"]["epoch"] + 1))
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from ewect import modeling
+target, when = sys.argv[1], sys.argv[2]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+if when == "write":
+    modeling.save_atomically(target, lambda folder: ((folder / "model.safetensors").write_bytes(b"half"), die()))
+else:  # between the two renames
+    real_replace, calls = os.replace, []
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            die()
+        real_replace(src, dst)
+    modeling.os.replace = replace
+    modeling.save_atomically(target, lambda folder: (folder / "new").write_text("new"))
+"""
+
+
+@pytest.mark.parametrize("when", ["write", "rename"])
+def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
+    import shutil
+
+    best = tmp_path / "best"
+    shutil.copytree(trained / "best", best)
+    before = weights(best)
+    result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(root=str(ROOT)),
+                             str(best), when], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    restore_interrupted_save(best)  # what every load and save does first
+    after = weights(best)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    load_checkpoint(best)
+
+
+def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "compute_loss", lambda logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(UserError, match=r"not finite for 2 steps in a row \(steps 1-2\)"):
+        train.main(tiny_train_args(clean_dir, vocab, tmp_path))
+    saved = weights(tmp_path / "last")  # the skipped steps left the weights finite
+    assert all(torch.isfinite(t).all() for t in saved.values())
