@@ -35,7 +35,7 @@ def parse_args():
 
 def read_posts(path):
     """[(id, text)] from a JSON array of records or from plain lines (id = line number)."""
-    from ewect.data import load_json_array, read_records
+    from ewect.data import read_records
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -77,7 +77,8 @@ def main():
         label = LABELS[int(row.argmax())]
         if args.json:
             print(json.dumps({"id": post_id, "text": text, "label": label,
-                              "probabilities": {l: round(float(p), 4) for l, p in zip(LABELS, row)}},
+                              "probabilities": {name: round(float(p), 4)
+                                                for name, p in zip(LABELS, row)}},
                              ensure_ascii=False))
         elif post_id is None:
             print(label)

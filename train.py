@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ from ewect.errors import UserError, run_cli
 from ewect.metrics import scores
 from ewect.modeling import (autocast_dtype, build_model, load_checkpoint, predict_logits,
                             resolve_device, restore_interrupted_save, save_checkpoint)
+from ewect.training import RunningMetrics, make_grad_scaler, make_optimizer, train_step
 
 # Arguments a resumed run must share with the run it continues: they fix the model, the data
 # and the batch order. Anything else (epochs, lr, patience, device, ...) may change on --resume.
@@ -114,265 +116,164 @@ class StopRequest:
                     signal.Signals(signum).name)
 
 
+class Processes:
+    """This process's place in the run: torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain
+    `python train.py` is rank 0 of 1, and every collective below is then a no-op."""
+
+    def __init__(self, device_name):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.is_main = self.rank == 0
+        self.device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def all_reduce(self, tensor, op="sum"):
+        if self.world_size > 1:
+            dist.all_reduce(tensor, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather(self, obj):
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world_size > 1:
+            dist.barrier()  # destroying the group while another rank still works hangs gloo
+            dist.destroy_process_group()
+
+
+@dataclass
+class Split:
+    """One file, tokenized once for the whole run."""
+    input_ids: list
+    labels: list
+
+
+@dataclass
+class Run:
+    """Everything the loop and the saves share."""
+    args: argparse.Namespace
+    procs: Processes
+    model: torch.nn.Module      # what trains: maybe compiled, maybe wrapped in DDP
+    raw_model: torch.nn.Module  # the plain module: what is evaluated and saved
+    tokenizer: object
+    train: Split
+    eval: Split
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    amp_dtype: object
+    steps_per_epoch: int
+    writer: object = None
+    progress: dict = field(default_factory=lambda: {
+        "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": 0,
+        "epochs_without_gain": 0})
+
+    @property
+    def last_dir(self):
+        return os.path.join(self.args.output_dir, "last")
+
+    @property
+    def best_dir(self):
+        return os.path.join(self.args.output_dir, "best")
+
+    def finished(self):
+        p, patience = self.progress, self.args.patience
+        early_stop = bool(patience) and p["epochs_without_gain"] >= patience
+        return p["epoch"] >= self.args.epochs or early_stop
+
+
 def setup_logging(output_dir, is_main):
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main:
         os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8"))
+        log_file = os.path.join(output_dir, "train.log")
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
 
 
 def load_split(path, tokenizer, args, drop_empty):
-    """(token ids, label ids) of one file, tokenized once for the whole run. Texts are cleaned
-    again (idempotent, about a second), so a raw file is read exactly as its cleaned copy."""
+    """Texts are cleaned again (idempotent, about a second), so a raw file is read exactly as
+    its cleaned copy."""
     records = clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
                                          log=log.warning), drop_empty)
-    return (encode(tokenizer, [r.content for r in records], args.max_length),
-            [LABEL2ID[r.label] for r in records])
+    return Split(encode(tokenizer, [r.content for r in records], args.max_length),
+                 [LABEL2ID[r.label] for r in records])
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def epoch_batches(run, epoch):
+    """This process's share of the epoch's length-grouped batches; the same for a given seed."""
+    lengths = [len(ids) for ids in run.train.input_ids]
+    batches = length_grouped_batches(lengths, run.args.batch_size, run.args.seed + epoch)
+    return shard(batches, run.procs.rank, run.procs.world_size)
 
-    # --- processes and device: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, a plain run is rank 0 of 1
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank, is_main = int(os.environ.get("LOCAL_RANK", 0)), rank == 0
-    args.world_size = world_size
-    device = resolve_device(args.device, local_rank)
-    if world_size > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    setup_logging(args.output_dir, is_main)
-    log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
-    amp_dtype = autocast_dtype(device)
-    best_dir, last_dir = os.path.join(args.output_dir, "best"), os.path.join(args.output_dir, "last")
 
-    # --- model: from last/ when resuming, else pretrained or from scratch
+def prepare(args, procs):
+    """Model, data, optimizer and schedule; with --resume, restored from last/."""
+    device, last_dir = procs.device, os.path.join(args.output_dir, "last")
     torch.manual_seed(args.seed)
     state = read_resume_state(last_dir, args) if args.resume else None
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
         model.train()
     else:
-        model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch, args.vocab,
-                                       args.num_layers, args.hidden_size)
+        model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
+                                       args.vocab, args.num_layers, args.hidden_size)
         model.to(device)
-    raw_model = model  # the plain module: what is saved and evaluated
+    train = load_split(args.train_file, tokenizer, args, drop_empty=True)
+    eval_ = load_split(args.eval_file, tokenizer, args, drop_empty=False)
 
-    # --- data: each split tokenized once; batches padded to their own longest post
-    train_ids, train_labels = load_split(args.train_file, tokenizer, args, drop_empty=True)
-    eval_ids, eval_labels = load_split(args.eval_file, tokenizer, args, drop_empty=False)
-    train_lengths = [len(ids) for ids in train_ids]
-    collate = Collator(train_ids, train_labels, tokenizer.pad_token_id)
-    steps_per_epoch = len(shard(length_grouped_batches(train_lengths, args.batch_size, args.seed),
-                                rank, world_size))
-    if steps_per_epoch == 0:
-        raise UserError(f"{args.train_file}: too few records for {world_size} processes")
-    log.info("train: %d posts, eval: %d posts, %d steps per epoch, %s on %s%s",
-             len(train_ids), len(eval_ids), steps_per_epoch,
-             str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device,
-             f" x {world_size} processes" if world_size > 1 else "")
-
-    # --- optimizer: no weight decay on biases and LayerNorm weights (the 1-d parameters)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, fused=device.type == "cuda")
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch)
-    # The scaler also skips every step whose gradients are not finite; only fp16 needs real
-    # scaling, so elsewhere it starts at 1 and never grows.
-    fp16 = amp_dtype == torch.float16
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if fp16 else 1.0,
-                                  growth_interval=2000 if fp16 else 2 ** 30)
-    # A skipped step still advances the schedule, by design; torch warns about that.
+    amp_dtype = autocast_dtype(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
+    run = Run(args, procs, model, model, tokenizer, train, eval_, optimizer, None,
+              make_grad_scaler(device, amp_dtype), amp_dtype, steps_per_epoch=0)
+    run.steps_per_epoch = len(epoch_batches(run, 0))
+    if run.steps_per_epoch == 0:
+        raise UserError(f"{args.train_file}: too few records for {procs.world_size} processes")
+    # Linear warmup over the first epoch(s), then linear decay to zero.
+    warmup_steps = round(args.warmup_epochs * run.steps_per_epoch)
+    run.scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps,
+                                                    args.epochs * run.steps_per_epoch)
+    # A step the scaler skips still advances the schedule, by design; torch warns about that.
     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+    log.info("train: %d posts, eval: %d posts, %d steps per epoch, %s on %s%s",
+             len(train.labels), len(eval_.labels), run.steps_per_epoch,
+             str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device,
+             f" x {procs.world_size} processes" if procs.world_size > 1 else "")
 
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
-                "best_epoch": 0, "epochs_without_gain": 0}
     if state:
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        progress.update(state["progress"])
-        log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
-                 progress["step_in_epoch"])
-
-    if args.compile:
-        model = torch.compile(model, dynamic=True)
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
-                           purge_step=progress["global_step"] or None) if is_main else None
-
-    def all_reduce(tensor, op=dist.ReduceOp.SUM):
-        if world_size > 1:
-            dist.all_reduce(tensor, op)
-        return tensor
-
-    def evaluate():
-        """Loss and scores on the eval file; each process predicts a disjoint share."""
-        raw_model.eval()
-        mine = list(range(rank, len(eval_ids), world_size))
-        logits = predict_logits(raw_model, [eval_ids[i] for i in mine], args.eval_batch_size,
-                                device, amp_dtype)
-        raw_model.train()
-        labels = torch.tensor([eval_labels[i] for i in mine])
-        loss_sum = F.cross_entropy(logits, labels, reduction="sum").to(device)
-        confusion = torch.bincount(labels * len(LABELS) + logits.argmax(-1),
-                                   minlength=len(LABELS) ** 2).to(device)
-        result = scores(all_reduce(confusion).view(len(LABELS), -1).cpu().numpy())
-        result["loss"] = all_reduce(loss_sum).item() / len(eval_ids)
-        return result
-
-    def save_last():
-        """last/: model, tokenizer and everything needed to continue exactly where we are."""
-        rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        rngs = [None] * world_size
-        if world_size > 1:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if is_main:
-            training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "scaler": scaler.state_dict(), "progress": dict(progress),
-                              "rng_per_rank": rngs, "args": vars(args)}
-            save_checkpoint(raw_model, tokenizer, last_dir, extra=lambda folder: torch.save(
-                training_state, os.path.join(folder, "training_state.pt")))
-        if world_size > 1:
-            dist.barrier()
-
-    if state:  # restored last, so that model building and data loading above cannot disturb it
-        rng = state["rng_per_rank"][rank]
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.progress.update(state["progress"])
+        # RNG last, so that building the model and loading the data cannot disturb it.
+        rng = state["rng_per_rank"][procs.rank]
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
+        log.info("resuming from %s at epoch %d, step %d", last_dir, run.progress["epoch"] + 1,
+                 run.progress["step_in_epoch"])
 
-    stop = StopRequest()
-    num_workers = args.num_workers if args.num_workers is not None else (2 if device.type == "cuda" else 0)
-    # Running sums stay on the device and are read every log_every steps: no host sync per step.
-    loss_sum = torch.zeros((), device=device)
-    confusion = torch.zeros(len(LABELS) ** 2, dtype=torch.long, device=device)
-    finite_steps = torch.zeros((), dtype=torch.long, device=device)
-    nonfinite_streak = torch.zeros((), dtype=torch.long, device=device)
-
-    def stop_requested():
-        if world_size == 1:
-            return stop.signum is not None
-        if progress["global_step"] % args.log_every:  # ranks agree only at log steps (one sync)
-            return False
-        flag = all_reduce(torch.tensor(float(stop.signum is not None), device=device))
-        return flag.item() > 0
-
-    try:
-        while progress["epoch"] < args.epochs and not (
-                args.patience and progress["epochs_without_gain"] >= args.patience):
-            epoch = progress["epoch"]
-            batches = shard(length_grouped_batches(train_lengths, args.batch_size, args.seed + epoch),
-                            rank, world_size)
-            if world_size > 1:
-                check_disjoint_shards(batches, rank, world_size)
-            loader = DataLoader(batches[progress["step_in_epoch"]:], batch_size=None,
-                                collate_fn=collate, num_workers=num_workers,
-                                pin_memory=device.type == "cuda",
-                                generator=torch.Generator())  # keeps the global RNG for dropout only
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main,
-                       initial=progress["step_in_epoch"], total=steps_per_epoch, dynamic_ncols=True)
-            for batch in bar:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(**batch).logits
-                loss = compute_loss(logits.float(), labels)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                finite = torch.isfinite(loss.detach())
-                loss_sum += torch.where(finite, loss.detach(), 0.0)
-                finite_steps += finite
-                nonfinite_streak = torch.where(finite, 0, nonfinite_streak + 1)
-                confusion += torch.bincount(labels * len(LABELS) + logits.detach().argmax(-1),
-                                            minlength=len(LABELS) ** 2)
-                progress["step_in_epoch"] += 1
-                progress["global_step"] += 1
-
-                if progress["global_step"] % args.log_every == 0:
-                    streak = all_reduce(nonfinite_streak.clone(), dist.ReduceOp.MAX).item()
-                    train = scores(all_reduce(confusion).view(len(LABELS), -1).cpu().numpy())
-                    mean_loss = all_reduce(loss_sum).item() / max(1, all_reduce(finite_steps).item())
-                    lr = scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                    if writer:
-                        for name, value in (("loss", mean_loss), ("acc", train["acc"]),
-                                            ("macro_f1", train["macro_f1"]), ("lr", lr)):
-                            writer.add_scalar(f"Train/{name}", value, progress["global_step"])
-                    for running in (loss_sum, finite_steps, confusion):
-                        running.zero_()
-                    if streak >= args.log_every:
-                        # The scaler skipped these steps, so the weights in last/ are still sound.
-                        bar.close()
-                        save_last()
-                        raise UserError(
-                            f"the loss was not finite for {streak} steps in a row (steps "
-                            f"{progress['global_step'] - streak + 1}-{progress['global_step']}); "
-                            f"saved {last_dir}; try a lower --lr, then --resume")
-
-                if stop_requested() or progress["global_step"] == args.stop_after_steps:
-                    bar.close()
-                    save_last()
-                    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume",
-                             epoch + 1, progress["step_in_epoch"], last_dir)
-                    finish(writer, world_size)
-                    if stop.signum is not None:
-                        sys.exit(128 + stop.signum)
-                    return
-            bar.close()
-
-            result = evaluate()
-            progress.update(epoch=epoch + 1, step_in_epoch=0)
-            improved = result["macro_f1"] > progress["best_f1"]
-            if improved:
-                progress.update(best_f1=result["macro_f1"], best_epoch=epoch + 1, epochs_without_gain=0)
-            else:
-                progress["epochs_without_gain"] += 1
-            if writer:
-                for name in ("loss", "acc", "macro_f1"):
-                    writer.add_scalar(f"Val/{name}", result[name], epoch + 1)
-                writer.flush()
-            log.info("epoch %d: eval loss %.4f, acc %.4f, macro-F1 %.4f%s", epoch + 1, result["loss"],
-                     result["acc"], result["macro_f1"], " (best so far, saved)" if improved else "")
-            if improved and is_main:
-                summary = {"epoch": epoch + 1, "eval_file": args.eval_file, "eval_acc": result["acc"],
-                           "eval_macro_f1": result["macro_f1"], "eval_loss": result["loss"]}
-                save_checkpoint(raw_model, tokenizer, best_dir, extra=lambda folder: write_json(
-                    os.path.join(folder, "eval_results.json"), summary))
-            save_last()
-    finally:
-        stop.restore()
-
-    if world_size > 1:
-        check_identical_weights(raw_model)
-    log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s", progress["best_f1"],
-             progress["best_epoch"], best_dir)
-    finish(writer, world_size)
-
-
-def compute_loss(logits, labels):
-    return F.cross_entropy(logits, labels)
-
-
-def write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
+    if args.compile:
+        run.model = torch.compile(run.model, dynamic=True)
+    if procs.world_size > 1:
+        run.model = DistributedDataParallel(
+            run.model, device_ids=[device] if device.type == "cuda" else None)
+    if procs.is_main:
+        run.writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
+                                   purge_step=run.progress["global_step"] or None)
+    return run
 
 
 def read_resume_state(last_dir, args):
@@ -392,36 +293,176 @@ def read_resume_state(last_dir, args):
     return state
 
 
-def check_disjoint_shards(batches, rank, world_size):
-    """Every rank computes its own share; make sure the shares really are disjoint (they would
-    overlap if ranks saw different seeds or data)."""
-    mine = sorted(i for batch in batches for i in batch)
-    shares = [None] * world_size
-    dist.all_gather_object(shares, mine)
+def save_last(run):
+    """last/: model, tokenizer and everything needed to continue exactly where we are."""
+    device = run.procs.device
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    rngs = run.procs.all_gather(rng)  # each process has its own dropout stream
+    if run.procs.is_main:
+        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict(), "progress": dict(run.progress),
+                 "rng_per_rank": rngs, "args": vars(run.args)}
+        save_checkpoint(run.raw_model, run.tokenizer, run.last_dir, extra=lambda folder: torch.save(
+            state, os.path.join(folder, "training_state.pt")))
+    run.procs.barrier()
+
+
+def evaluate(run):
+    """Loss and scores on the eval file; each process predicts a disjoint share."""
+    procs, split = run.procs, run.eval
+    mine = list(range(procs.rank, len(split.labels), procs.world_size))
+    run.raw_model.eval()
+    logits = predict_logits(run.raw_model, [split.input_ids[i] for i in mine],
+                            run.args.eval_batch_size, procs.device, run.amp_dtype)
+    run.raw_model.train()
+    labels = torch.tensor([split.labels[i] for i in mine])
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum").to(procs.device)
+    confusion = torch.bincount(labels * len(LABELS) + logits.argmax(-1),
+                               minlength=len(LABELS) ** 2).to(procs.device)
+    result = scores(procs.all_reduce(confusion).view(len(LABELS), -1).cpu().numpy())
+    result["loss"] = procs.all_reduce(loss_sum).item() / len(split.labels)
+    return result
+
+
+def log_training(run, running, bar):
+    """Read the running metrics (the one host sync of log_every steps) into the progress bar
+    and TensorBoard; stop if the loss has not been finite for a whole interval."""
+    mean_loss, train, streak = running.read(run.procs.all_reduce)
+    lr, step = run.scheduler.get_last_lr()[0], run.progress["global_step"]
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+    if run.writer:
+        for name, value in (("loss", mean_loss), ("acc", train["acc"]),
+                            ("macro_f1", train["macro_f1"]), ("lr", lr)):
+            run.writer.add_scalar(f"Train/{name}", value, step)
+    if streak >= run.args.log_every:
+        bar.close()
+        save_last(run)  # the scaler skipped these steps, so these weights are still sound
+        raise UserError(f"the loss was not finite for {streak} steps in a row (steps "
+                        f"{step - streak + 1}-{step}); saved {run.last_dir}; try a lower --lr, "
+                        "then --resume")
+
+
+def train_epoch(run, stop):
+    """Train the rest of the current epoch; False if a stop was asked for (last/ is saved)."""
+    args, procs, progress = run.args, run.procs, run.progress
+    device, epoch = procs.device, progress["epoch"]
+    batches = epoch_batches(run, epoch)
+    if procs.world_size > 1:
+        check_disjoint_shards(batches, procs)
+    loader = DataLoader(batches[progress["step_in_epoch"]:], batch_size=None,
+                        collate_fn=Collator(run.train.input_ids, run.train.labels,
+                                            run.tokenizer.pad_token_id),
+                        num_workers=args.num_workers if args.num_workers is not None
+                        else (2 if device.type == "cuda" else 0),
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # leaves the global RNG to dropout alone
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not procs.is_main,
+               initial=progress["step_in_epoch"], total=run.steps_per_epoch, dynamic_ncols=True)
+    running = RunningMetrics(device)
+    for batch in bar:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss, logits = train_step(run.model, batch, run.optimizer, run.scaler, run.amp_dtype,
+                                  args.max_grad_norm)
+        run.scheduler.step()
+        running.update(loss, logits, batch["labels"])
+        progress["step_in_epoch"] += 1
+        progress["global_step"] += 1
+        at_log_step = progress["global_step"] % args.log_every == 0
+        if at_log_step:
+            log_training(run, running, bar)
+        # Processes agree on a signal only at log steps (one collective); alone, at every step.
+        signalled = stop.signum is not None
+        if procs.world_size > 1:
+            signalled = at_log_step and procs.all_reduce(
+                torch.tensor(float(signalled), device=device)).item() > 0
+        if signalled or progress["global_step"] == args.stop_after_steps:
+            bar.close()
+            save_last(run)
+            log.info("stopped at epoch %d, step %d; saved %s; continue with --resume",
+                     epoch + 1, progress["step_in_epoch"], run.last_dir)
+            return False
+    bar.close()
+    return True
+
+
+def end_epoch(run):
+    """Evaluate, keep the best epoch in best/, and save last/."""
+    progress, epoch = run.progress, run.progress["epoch"]
+    result = evaluate(run)
+    progress.update(epoch=epoch + 1, step_in_epoch=0)
+    improved = result["macro_f1"] > progress["best_f1"]
+    if improved:
+        progress.update(best_f1=result["macro_f1"], best_epoch=epoch + 1, epochs_without_gain=0)
+    else:
+        progress["epochs_without_gain"] += 1
+    if run.writer:
+        for name in ("loss", "acc", "macro_f1"):
+            run.writer.add_scalar(f"Val/{name}", result[name], epoch + 1)
+        run.writer.flush()
+    log.info("epoch %d: eval loss %.4f, acc %.4f, macro-F1 %.4f%s", epoch + 1, result["loss"],
+             result["acc"], result["macro_f1"], " (best so far, saved)" if improved else "")
+    if improved and run.procs.is_main:
+        summary = {"epoch": epoch + 1, "eval_file": run.args.eval_file, "eval_acc": result["acc"],
+                   "eval_macro_f1": result["macro_f1"], "eval_loss": result["loss"]}
+        save_checkpoint(run.raw_model, run.tokenizer, run.best_dir, extra=lambda folder: write_json(
+            os.path.join(folder, "eval_results.json"), summary))
+    save_last(run)
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+
+
+def check_disjoint_shards(batches, procs):
+    """Every process computes its own share; make sure the shares really are disjoint (they
+    would overlap if processes saw different seeds or data)."""
+    shares = procs.all_gather(sorted(i for batch in batches for i in batch))
     seen = [i for share in shares for i in share]
     if len(seen) != len(set(seen)):
-        raise UserError("the processes would train on overlapping data; do all ranks see the "
+        raise UserError("the processes would train on overlapping data; do all of them see the "
                         "same --train_file and --seed?")
-    if rank == 0:
+    if procs.is_main:
         log.info("data shares per process: %s posts, disjoint", [len(s) for s in shares])
 
 
-def check_identical_weights(model):
+def check_identical_weights(run):
     """DDP keeps replicas in sync; verify it once at the end, before trusting rank 0's save."""
-    checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
-    sums = [None] * dist.get_world_size()
-    dist.all_gather_object(sums, checksum)
+    checksum = float(sum(p.detach().double().sum().item() for p in run.raw_model.parameters()))
+    sums = run.procs.all_gather(checksum)
     if len(set(sums)) != 1:
         raise UserError(f"processes ended with different weights (checksums {sums})")
     log.info("all %d processes hold identical weights", len(sums))
 
 
-def finish(writer, world_size):
-    if writer:
-        writer.close()
-    if world_size > 1:
-        dist.barrier()  # destroying the group while another rank still works hangs gloo
-        dist.destroy_process_group()
+def main(argv=None):
+    args = parse_args(argv)
+    procs = Processes(args.device)
+    args.world_size = procs.world_size
+    setup_logging(args.output_dir, procs.is_main)
+    log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
+    run = prepare(args, procs)
+
+    stop = StopRequest()
+    try:
+        while not run.finished():
+            if not train_epoch(run, stop):
+                break
+            end_epoch(run)
+    finally:
+        stop.restore()
+        if run.writer:
+            run.writer.close()
+    if stop.signum is not None:
+        sys.exit(128 + stop.signum)  # interrupted, though nothing is lost
+    if run.finished():
+        if procs.world_size > 1:
+            check_identical_weights(run)
+        log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s",
+                 run.progress["best_f1"], run.progress["best_epoch"], run.best_dir)
+    procs.close()
 
 
 if __name__ == "__main__":

@@ -6,4 +6,5 @@ cleaning.py  clean_text(): the text normalisation used by cleaning, training and
 data.py      reading/validating the JSON files, tokenizing once, length-grouped batching, padding
 metrics.py   accuracy, macro-F1, per-class scores and the confusion matrix (same as scikit-learn)
 modeling.py  building, loading, saving (atomically) and running the classifier
+training.py  the optimizer, grad scaler, training step and device-side running metrics
 """

@@ -9,11 +9,11 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
                           BertForSequenceClassification, BertTokenizer)
 from transformers.utils import logging as transformers_logging
 
-transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
-
 from .config import ID2LABEL, LABEL2ID, LABELS, MAX_LENGTH
 from .data import Collator, encode, sorted_batches
 from .errors import UserError
+
+transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
 
 
 def resolve_device(name, local_rank=0):

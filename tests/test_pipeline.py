@@ -3,7 +3,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT, tiny_train_args
+from ewect import training
 from ewect.errors import UserError
 from ewect.modeling import load_checkpoint, restore_interrupted_save
 
@@ -109,7 +110,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
 
 
 def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "compute_loss", lambda logits, labels: logits.sum() * float("nan"))
+    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(UserError, match=r"not finite for 2 steps in a row \(steps 1-2\)"):
         train.main(tiny_train_args(clean_dir, vocab, tmp_path))
     saved = weights(tmp_path / "last")  # the skipped steps left the weights finite
