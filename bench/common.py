@@ -1,0 +1,170 @@
+"""What bench/train_speed.py and bench/predict_speed.py share: default paths, loading and
+cleaning one raw SMP2020-EWECT file, the published repo's padded Dataset (the baseline of both),
+timing, peak memory, the machine description and the results table.
+
+Not a benchmark itself; run the two scripts next to it.
+"""
+import ctypes
+import gc
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python bench/x.py` puts only bench/ on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ewect.config import LABEL2ID, MAX_LENGTH  # noqa: E402
+from ewect.data import clean_records, read_records  # noqa: E402  (needs the path above)
+from ewect.errors import UserError  # noqa: E402
+
+# The shared copy of the data and vocabulary sits next to the repo on these machines.
+DEFAULT_DATA_DIR = os.environ.get("EWECT_RAW_DIR") or str(
+    REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
+DEFAULT_VOCAB = str(REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt")
+MIB = 2 ** 20
+
+
+def require_vocab(path):
+    """Stop with one line before any slow work when the vocabulary is not there."""
+    if not os.path.isfile(path):
+        raise UserError(f"--vocab {path}: not a file; pass the bert-base-chinese vocab.txt")
+
+
+def load_posts(data_dir, name, drop_empty, limit=None):
+    """(cleaned texts, label ids) of one raw file, cleaned as clean_data.py does: train files drop
+    posts that are empty once cleaned, eval/test files keep them. limit keeps the first N records."""
+    if not os.path.isdir(data_dir):
+        raise UserError(f"--data_dir {data_dir}: no such folder; pass --data_dir or set "
+                        "EWECT_RAW_DIR to the folder with the raw SMP2020-EWECT files")
+    records = clean_records(read_records(os.path.join(data_dir, name))[:limit], drop_empty)
+    return [r.content for r in records], [LABEL2ID[r.label] for r in records]
+
+
+class PaddedPostDataset(Dataset):
+    """The published repo's input pipeline: each post tokenized on access and padded to 140."""
+
+    def __init__(self, texts, labels, tokenizer, max_length=MAX_LENGTH):
+        self.texts, self.labels, self.tokenizer, self.max_length = texts, labels, tokenizer, max_length
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        encoded = self.tokenizer(self.texts[i], padding="max_length", max_length=self.max_length,
+                                 truncation=True, return_tensors="pt")
+        item = {key: value.squeeze(0) for key, value in encoded.items()}
+        if self.labels is not None:
+            item["labels"] = torch.tensor(self.labels[i])
+        return item
+
+
+def synchronize(device):
+    """CUDA runs asynchronously: without this a timer stops before the GPU has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall-clock seconds of a block, synchronized with the device at both ends."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def reset_peak_memory(device):
+    """Start a new peak-memory measurement. On the CPU, peak RSS normally only grows in a
+    process; Linux resets its high-water mark when '5' is written to /proc/self/clear_refs, and
+    malloc_trim first hands freed heap back so the earlier path's garbage is not counted.
+    Returns False when the CPU peak could not be reset (it then includes earlier paths)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the reset below still works, just from a higher floor
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(device):
+    """CUDA: peak bytes allocated by tensors; CPU: peak resident set of the whole process
+    (interpreter, data and every model alive at the time included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB  # Linux: KiB
+
+
+def current_rss_mib():
+    """Resident set now (Linux), to show the floor under the CPU peaks."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def describe_machine(device):
+    """One line per fact needed to compare results across machines."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import transformers
+    lines = [f"command: {command_line()}",
+             f"cpu: {cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
+             f"software: python {platform.python_version()}, torch {torch.__version__}, "
+             f"transformers {transformers.__version__}"]
+    if device.type == "cuda":
+        lines.append(f"gpu: {torch.cuda.get_device_name(device)}")
+    lines.append(f"device: {device}")
+    return "\n".join(lines)
+
+
+def command_line():
+    return "python " + shlex.join(sys.argv)
+
+
+def result(name, items, seconds, real_tokens, positions, peak_mib, peak_reset=True, **extra):
+    """One row of the results table; extra keys are kept for the script's own lines."""
+    return dict(name=name, items=items, seconds=seconds, real_tokens=real_tokens,
+                positions=positions, peak_mib=peak_mib, peak_reset=peak_reset, **extra)
+
+
+def print_table(rows, unit):
+    """A Markdown table, ready to paste into bench/RESULTS.md."""
+    print(f"| path | {unit} | seconds | {unit}/s | tokens/s | padding | peak memory MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        padding = 1 - r["real_tokens"] / r["positions"] if r["positions"] else 0.0
+        peak = f"{r['peak_mib']:.0f}" + ("" if r["peak_reset"] else " (not reset)")
+        print(f"| {r['name']} | {r['items']} | {r['seconds']:.2f} | {r['items'] / r['seconds']:.1f} "
+              f"| {r['real_tokens'] / r['seconds']:.0f} | {padding:.1%} | {peak} |")
+
+
+def print_ratio(label, fast, slow):
+    """Speed-up of one row over another, in items per second."""
+    speedup = (fast["items"] / fast["seconds"]) / (slow["items"] / slow["seconds"])
+    print(f"{label}: {speedup:.2f}x")

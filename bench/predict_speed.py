@@ -1,0 +1,213 @@
+"""Prediction throughput over usual_test_labeled (5,000 posts, cleaned): this project's prediction
+against the published repo's, same model, same posts, in one process.
+
+    python bench/predict_speed.py --device cuda --single             # GPU, all 5,000 posts
+    python bench/predict_speed.py --device cpu --limit 640 --int8 --single   # 2-core CPU, ~3 min
+    python bench/predict_speed.py --model_dir workspace/wb/best --device cpu --int8   # + scores
+    python bench/predict_speed.py --device cpu --num_layers 2 --hidden_size 128 --limit 200 \
+        --int8 --single                                                     # smoke test, seconds
+
+(a)  project: posts tokenized in one call (ewect.data.encode), then ewect.modeling.predict_logits:
+     batches sorted by length and padded to their own longest post, inference_mode, bf16 autocast
+     on GPUs that have it.
+(a') --int8, CPU only: the same after ewect.modeling.quantize_int8 (dynamic int8 Linear layers).
+(b)  baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140 on
+     access, batches in file order, no_grad, fp32 on CPU / fp16 autocast on GPU, .cpu() per batch.
+
+Timed: from cleaned texts to logits on the CPU, tokenization included; model loading, int8
+conversion and one warm-up batch per path are not. Without --model_dir the model is randomly
+initialised (the compute of bert-base-chinese; no network here), so instead of accuracy the
+script reports how often the paths agree on the label and the largest probability difference.
+With --model_dir (a checkpoint from train.py) it also reports accuracy and macro-F1 of each path
+(meaningful on all 5,000 posts: about 20 minutes on a 2-core CPU).
+--single times labelling one post of median length, model loaded, with the project's path.
+The output is Markdown, to paste into bench/RESULTS.md.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,  # noqa: E402
+                          current_rss_mib, describe_machine, load_posts, peak_memory_mib,
+                          print_ratio, print_table, require_vocab, reset_peak_memory,
+                          result)
+from ewect.config import ID2LABEL, MAX_LENGTH  # noqa: E402
+from ewect.data import encode, sorted_batches  # noqa: E402
+from ewect.errors import run_cli  # noqa: E402
+from ewect.metrics import classification_scores  # noqa: E402
+from ewect.modeling import (autocast_dtype, build_model, load_checkpoint,  # noqa: E402
+                            predict_logits, quantize_int8, resolve_device)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses the GPU when there is one")
+    p.add_argument("--model_dir", default=None,
+                   help="trained checkpoint (train.py's best/); None: a random model")
+    p.add_argument("--num_layers", type=int, default=12,
+                   help="BERT layers of the random model (12: bert-base)")
+    p.add_argument("--hidden_size", type=int, default=768,
+                   help="BERT hidden size of the random model (768: bert-base)")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB,
+                   help="bert-base-chinese WordPiece vocab.txt, for the random model")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                   help="folder with the raw SMP2020-EWECT files (usual_test_labeled.txt is used)")
+    p.add_argument("--batch_size", type=int, default=64, help="posts per batch, both paths")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N posts; None: all 5,000")
+    p.add_argument("--int8", action="store_true",
+                   help="also time (a') the project's path with dynamic int8 quantization (CPU)")
+    p.add_argument("--single", action="store_true",
+                   help="also time labelling one post with the project's path")
+    p.add_argument("--single_runs", type=int, default=20, help="timed runs for --single (median)")
+    p.add_argument("--seed", type=int, default=42, help="seed for the random model's weights")
+    args = p.parse_args()
+    if args.batch_size < 1 or args.single_runs < 1 or (args.limit is not None and args.limit < 1):
+        p.error("--batch_size, --single_runs and --limit must be at least 1")
+    return args
+
+
+def project_predict(model, tokenizer, texts, batch_size, device):
+    """Logits of every text by the project's path, from the raw strings."""
+    ids = encode(tokenizer, texts, MAX_LENGTH)
+    return predict_logits(model, ids, batch_size, device, autocast_dtype(device))
+
+
+def baseline_predict(model, tokenizer, texts, batch_size, device):
+    """Logits of every text the published way: padded to 140, file order, a .cpu() per batch."""
+    loader = DataLoader(PaddedPostDataset(texts, None, tokenizer), batch_size=batch_size)
+    results = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                results.append(model(**batch).logits.float().cpu())
+    return torch.cat(results)
+
+
+def run_path(name, predict, model, tokenizer, texts, lengths, batch_size, device, padded_to=None):
+    """Time one path over all texts after a one-batch warm-up; (result row, logits)."""
+    predict(model, tokenizer, texts[:batch_size], batch_size, device)  # kernels, allocator, threads
+    peak_reset = reset_peak_memory(device)
+    with Timer(device) as timer:
+        logits = predict(model, tokenizer, texts, batch_size, device)
+    if padded_to:  # every post padded to the same length
+        positions = padded_to * len(texts)
+    else:  # predict_logits pads each sorted batch to its own longest post
+        positions = sum(len(b) * max(lengths[i] for i in b) for b in sorted_batches(lengths, batch_size))
+    row = result(name, len(texts), timer.seconds, sum(lengths), positions,
+                 peak_memory_mib(device), peak_reset)
+    return row, logits
+
+
+def compare(label, logits, reference):
+    """Label agreement and the largest probability difference of two paths."""
+    probs, ref = logits.softmax(-1), reference.softmax(-1)
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    print(f"{label}: same label for {agree:.2%} of posts, max |probability difference| "
+          f"{(probs - ref).abs().max().item():.2e}")
+
+
+def time_single(model, tokenizer, text, device, runs):
+    """Median and best seconds to label one post: tokenize, predict, pick the label."""
+    def label_one():
+        logits = predict_logits(model, encode(tokenizer, [text], MAX_LENGTH), 1, device,
+                                autocast_dtype(device))
+        return ID2LABEL[int(logits.argmax(-1))]  # logits are on the CPU: the GPU has finished
+
+    for _ in range(3):  # warm-up, untimed
+        label_one()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        label_one()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), min(seconds)
+
+
+def load_model(args, device):
+    """(model, tokenizer, description): the checkpoint, or a random model of the given shape."""
+    if args.model_dir:
+        model, tokenizer = load_checkpoint(args.model_dir, device)
+        return model, tokenizer, f"checkpoint {args.model_dir}"
+    torch.manual_seed(args.seed)
+    model, tokenizer = build_model("bert-base-chinese", from_scratch=True, vocab=args.vocab,
+                                   num_layers=args.num_layers, hidden_size=args.hidden_size)
+    return model.to(device).eval(), tokenizer, \
+        f"random, {args.num_layers} layers, hidden {args.hidden_size}"
+
+
+def main():
+    args = parse_args()
+    device = resolve_device(args.device)
+    print(describe_machine(device))
+    if args.int8 and device.type != "cpu":
+        print("--int8: skipped; dynamic int8 quantization runs on the CPU only (--device cpu)")
+        args.int8 = False
+
+    if not args.model_dir:
+        require_vocab(args.vocab)
+    texts, golds = load_posts(args.data_dir, "usual_test_labeled.txt", drop_empty=False,
+                              limit=args.limit)
+    model, tokenizer, description = load_model(args, device)
+    lengths = [len(x) for x in encode(tokenizer, texts, MAX_LENGTH)]  # for counting only
+    amp = autocast_dtype(device)
+    print(f"model: {description}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+          f"parameters; data: usual_test_labeled, {len(texts)} posts; batch size {args.batch_size}")
+    print(f"precision: (a) {str(amp).replace('torch.', '') if amp else 'fp32'}, "
+          f"(b) {'fp16' if device.type == 'cuda' else 'fp32'}")
+    reset_peak_memory(device)  # trims the heap, so the floor printed is the one the paths start on
+    print(f"process RSS before the paths: {current_rss_mib():.0f} MiB")
+
+    runs = {"(a) project": run_path("(a) project", project_predict, model, tokenizer, texts,
+                                    lengths, args.batch_size, device)}
+    int8_model = None
+    if args.int8:
+        start = time.perf_counter()
+        int8_model = quantize_int8(model)  # a quantized copy; the fp32 model is kept for (b)
+        print(f"int8 conversion: {time.perf_counter() - start:.1f} s (not timed below)")
+        runs["(a') project int8"] = run_path("(a') project int8", project_predict, int8_model,
+                                             tokenizer, texts, lengths, args.batch_size, device)
+    runs["(b) baseline"] = run_path("(b) baseline", baseline_predict, model, tokenizer, texts,
+                                    lengths, args.batch_size, device, padded_to=MAX_LENGTH)
+
+    print()
+    print_table([row for row, _ in runs.values()], "posts")
+    print()
+    baseline_row, baseline_logits = runs["(b) baseline"]
+    project_logits = runs["(a) project"][1]
+    for name, (row, _) in runs.items():
+        if name != "(b) baseline":
+            print_ratio(f"speed-up {name.split()[0]}/(b), posts/s", row, baseline_row)
+    # Dynamic padding must not change the answer: (a) and (b) differ only by float rounding
+    # (and by bf16 vs fp16 on a GPU).
+    compare("(a) vs (b)", project_logits, baseline_logits)
+    if args.int8:
+        compare("(a') int8 vs (a)", runs["(a') project int8"][1], project_logits)
+    if args.model_dir:
+        for name, (_, logits) in runs.items():
+            s = classification_scores(golds, logits.argmax(-1).numpy())
+            print(f"{name}: usual_test accuracy {s['acc']:.4f}, macro-F1 {s['macro_f1']:.4f}")
+
+    if args.single:
+        median_post = sorted(range(len(texts)), key=lengths.__getitem__)[len(texts) // 2]
+        text = texts[median_post]
+        print()
+        for name, single_model in (("(a) project", model), ("(a') project int8", int8_model)):
+            if single_model is not None:
+                median, best = time_single(single_model, tokenizer, text, device, args.single_runs)
+                print(f"{name}, one post of {lengths[median_post]} "
+                      f"tokens: median {median * 1000:.1f} ms, best {best * 1000:.1f} ms "
+                      f"over {args.single_runs} runs")
+
+
+if __name__ == "__main__":
+    run_cli(main)
