@@ -85,6 +85,8 @@ def parse_args(argv=None):
                    help="stop after this many optimizer steps in total, saving last/ for "
                         "--resume (0: run all epochs)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start a new run even though OUTPUT_DIR holds one (its best/ is replaced)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
     args = p.parse_args(argv)
@@ -203,11 +205,14 @@ def setup_logging(output_dir, is_main):
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
 
 
-def load_split(path, tokenizer, args, drop_empty):
-    """Texts are cleaned again (idempotent, about a second), so a raw file is read exactly as
-    its cleaned copy."""
-    records = clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
-                                         log=log.warning), drop_empty)
+def read_split(path, args, drop_empty):
+    """Validated records, cleaned again (idempotent, about a second), so that a raw file is
+    read exactly as its cleaned copy."""
+    return clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
+                                      log=log.warning), drop_empty)
+
+
+def tokenize_split(records, tokenizer, args):
     return Split(encode(tokenizer, [r.content for r in records], args.max_length),
                  [LABEL2ID[r.label] for r in records])
 
@@ -222,8 +227,12 @@ def epoch_batches(run, epoch):
 def prepare(args, procs):
     """Model, data, optimizer and schedule; with --resume, restored from last/."""
     device, last_dir = procs.device, os.path.join(args.output_dir, "last")
-    torch.manual_seed(args.seed)
+    refuse_to_overwrite(args)
     state = read_resume_state(last_dir, args) if args.resume else None
+    # Data first: a bad record stops the run before a model is downloaded or built.
+    train_records = read_split(args.train_file, args, drop_empty=True)
+    eval_records = read_split(args.eval_file, args, drop_empty=False)
+    torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
         model.train()
@@ -231,8 +240,8 @@ def prepare(args, procs):
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
                                        args.vocab, args.num_layers, args.hidden_size)
         model.to(device)
-    train = load_split(args.train_file, tokenizer, args, drop_empty=True)
-    eval_ = load_split(args.eval_file, tokenizer, args, drop_empty=False)
+    train = tokenize_split(train_records, tokenizer, args)
+    eval_ = tokenize_split(eval_records, tokenizer, args)
 
     amp_dtype = autocast_dtype(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
@@ -274,6 +283,16 @@ def prepare(args, procs):
         run.writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
                                    purge_step=run.progress["global_step"] or None)
     return run
+
+
+def refuse_to_overwrite(args):
+    """A new run replaces best/ after its first epoch: never by accident."""
+    if not args.resume and not args.overwrite_output_dir and any(
+            os.path.exists(os.path.join(args.output_dir, name, "training_state.pt"))
+            for name in ("last", "last.old")):
+        raise UserError(f"{args.output_dir} already holds a training run: pass --resume to "
+                        "continue it, or --overwrite_output_dir to start over, or another "
+                        "--output_dir")
 
 
 def read_resume_state(last_dir, args):
@@ -349,13 +368,16 @@ def train_epoch(run, stop):
     args, procs, progress = run.args, run.procs, run.progress
     device, epoch = procs.device, progress["epoch"]
     batches = epoch_batches(run, epoch)
+    num_workers = args.num_workers if args.num_workers is not None else (
+        2 if device.type == "cuda" else 0)
+    if num_workers:  # workers only pad; tokenizers would warn that the fork disables its threads
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if procs.world_size > 1:
         check_disjoint_shards(batches, procs)
     loader = DataLoader(batches[progress["step_in_epoch"]:], batch_size=None,
                         collate_fn=Collator(run.train.input_ids, run.train.labels,
                                             run.tokenizer.pad_token_id),
-                        num_workers=args.num_workers if args.num_workers is not None
-                        else (2 if device.type == "cuda" else 0),
+                        num_workers=num_workers,
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG to dropout alone
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not procs.is_main,

@@ -1,6 +1,8 @@
 """Building, loading, saving and running the classifier: one place for each."""
 import os
 import shutil
+import socket
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -40,7 +42,6 @@ def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_lay
                 hidden_size=768):
     """(model, tokenizer): pretrained from a hub name or local folder, or, with from_scratch, a
     randomly initialised BERT of the given size on the given WordPiece vocabulary."""
-    label_kwargs = dict(num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
     if from_scratch:
         if not vocab or not os.path.isfile(vocab):
             raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
@@ -49,21 +50,51 @@ def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_lay
                             num_hidden_layers=num_layers,
                             num_attention_heads=max(1, hidden_size // 64),
                             intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
-                            attention_probs_dropout_prob=dropout, **label_kwargs)
+                            attention_probs_dropout_prob=dropout, num_labels=len(LABELS),
+                            id2label=ID2LABEL, label2id=LABEL2ID)
         config._attn_implementation = "sdpa"
         return BertForSequenceClassification(config), tokenizer
+    if os.path.isabs(model_name) or model_name.startswith((".", "~")):
+        if not os.path.isdir(os.path.expanduser(model_name)):
+            raise UserError(f"--model_name {model_name}: no such folder")
+    elif not os.path.isdir(model_name):
+        try:  # a hub id: the local cache first, so a downloaded model needs no network
+            return _from_pretrained(model_name, dropout, local_files_only=True)
+        except (OSError, ValueError):
+            pass
+        if not _hub_reachable():  # else from_pretrained retries for about a minute
+            raise UserError(
+                f"cannot download model {model_name!r}: no network access. Download it on a "
+                "machine that has network into a folder and pass --model_name FOLDER, or use "
+                "--from_scratch --vocab VOCAB.txt")
+    return _from_pretrained(model_name, dropout)
+
+
+def _from_pretrained(model_name, dropout, local_files_only=False):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=local_files_only)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_name, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-            attn_implementation="sdpa", **label_kwargs)
+            attn_implementation="sdpa", local_files_only=local_files_only,
+            num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
     except (OSError, ValueError) as err:
+        if local_files_only:
+            raise
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load model {model_name!r} ({reason}). Without network access, download it "
-            "into a folder and pass --model_name FOLDER, or use --from_scratch --vocab VOCAB.txt"
-        ) from None
+        raise UserError(f"cannot load model {model_name!r} ({reason}); pass a local folder with "
+                        "--model_name, or use --from_scratch --vocab VOCAB.txt") from None
     return model, tokenizer
+
+
+def _hub_reachable():
+    """Whether the hub's host name resolves: a quick test for 'no network at all'."""
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo(urllib.parse.urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
 
 
 def load_checkpoint(model_dir, device="cpu"):

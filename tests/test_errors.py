@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from ewect.errors import UserError
 from conftest import assert_clean_error, run_script, tiny_train_args
 
 
@@ -31,6 +32,16 @@ def test_train_names_the_bad_record(tmp_path, clean_dir, vocab, record, message)
     result = run_script("train.py", *args)
     assert_clean_error(result, f"{bad}: {message}")
     assert not (tmp_path / "wb" / "best").exists()  # stopped before training
+
+
+def test_hub_model_without_network(monkeypatch, tmp_path):
+    from ewect import modeling
+
+    monkeypatch.setattr(modeling, "_hub_reachable", lambda: False)
+    with pytest.raises(UserError, match="no network access.*--from_scratch"):
+        modeling.build_model("some-org/a-model-nobody-cached")
+    with pytest.raises(UserError, match="no such folder"):
+        modeling.build_model(str(tmp_path / "bert-base-chinese"))
 
 
 def test_train_with_missing_data_file(tmp_path, vocab):

@@ -48,6 +48,11 @@ def test_resume_refuses_a_different_run(clean_dir, vocab, trained):
         train.main(tiny_train_args(clean_dir, vocab, trained, "--resume", "--batch_size", 4))
 
 
+def test_a_new_run_does_not_overwrite_an_old_one_by_accident(clean_dir, vocab, trained):
+    with pytest.raises(UserError, match="already holds a training run"):
+        train.main(tiny_train_args(clean_dir, vocab, trained))
+
+
 def test_resume_without_saved_state(clean_dir, vocab, tmp_path):
     with pytest.raises(UserError, match="nothing to resume"):
         train.main(tiny_train_args(clean_dir, vocab, tmp_path, "--resume"))
