@@ -33,7 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 from ewect.config import EVAL_FILE, LABEL2ID, LABELS, MAX_LENGTH, TRAIN_FILE, WORKSPACE
 from ewect.data import (Collator, clean_records, encode, length_grouped_batches, read_records,
                         shard)
-from ewect.errors import UserError, run_cli
+from ewect.errors import UserError, first_line, run_cli
 from ewect.metrics import scores
 from ewect.modeling import (autocast_dtype, build_model, load_checkpoint, predict_logits,
                             resolve_device, restore_interrupted_save, save_checkpoint)
@@ -176,6 +176,7 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: object
     steps_per_epoch: int
+    running: RunningMetrics  # loss and scores since the last log step, across epochs
     writer: object = None
     progress: dict = field(default_factory=lambda: {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": 0,
@@ -183,7 +184,7 @@ class Run:
 
     @property
     def last_dir(self):
-        return os.path.join(self.args.output_dir, "last")
+        return last_dir(self.args)
 
     @property
     def best_dir(self):
@@ -193,6 +194,11 @@ class Run:
         p, patience = self.progress, self.args.patience
         early_stop = bool(patience) and p["epochs_without_gain"] >= patience
         return p["epoch"] >= self.args.epochs or early_stop
+
+
+def last_dir(args):
+    """Where the resumable state goes."""
+    return os.path.join(args.output_dir, "last")
 
 
 def setup_logging(output_dir, is_main):
@@ -226,15 +232,15 @@ def epoch_batches(run, epoch):
 
 def prepare(args, procs):
     """Model, data, optimizer and schedule; with --resume, restored from last/."""
-    device, last_dir = procs.device, os.path.join(args.output_dir, "last")
+    device = procs.device
     refuse_to_overwrite(args)
-    state = read_resume_state(last_dir, args) if args.resume else None
+    state = read_resume_state(args) if args.resume else None
     # Data first: a bad record stops the run before a model is downloaded or built.
     train_records = read_split(args.train_file, args, drop_empty=True)
     eval_records = read_split(args.eval_file, args, drop_empty=False)
     torch.manual_seed(args.seed)
     if state:
-        model, tokenizer = load_checkpoint(last_dir, device)
+        model, tokenizer = load_checkpoint(last_dir(args), device)
         model.train()
     else:
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
@@ -246,7 +252,8 @@ def prepare(args, procs):
     amp_dtype = autocast_dtype(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
     run = Run(args, procs, model, model, tokenizer, train, eval_, optimizer, None,
-              make_grad_scaler(device, amp_dtype), amp_dtype, steps_per_epoch=0)
+              make_grad_scaler(device, amp_dtype), amp_dtype, steps_per_epoch=0,
+              running=RunningMetrics(device))
     run.steps_per_epoch = len(epoch_batches(run, 0))
     if run.steps_per_epoch == 0:
         raise UserError(f"{args.train_file}: too few records for {procs.world_size} processes")
@@ -255,7 +262,7 @@ def prepare(args, procs):
     run.scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps,
                                                     args.epochs * run.steps_per_epoch)
     # A step the scaler skips still advances the schedule, by design; torch warns about that.
-    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
     log.info("train: %d posts, eval: %d posts, %d steps per epoch, %s on %s%s",
              len(train.labels), len(eval_.labels), run.steps_per_epoch,
              str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device,
@@ -271,7 +278,7 @@ def prepare(args, procs):
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
-        log.info("resuming from %s at epoch %d, step %d", last_dir, run.progress["epoch"] + 1,
+        log.info("resuming from %s at epoch %d, step %d", run.last_dir, run.progress["epoch"] + 1,
                  run.progress["step_in_epoch"])
 
     if args.compile:
@@ -287,24 +294,26 @@ def prepare(args, procs):
 
 def refuse_to_overwrite(args):
     """A new run replaces best/ after its first epoch: never by accident."""
-    if not args.resume and not args.overwrite_output_dir and any(
-            os.path.exists(os.path.join(args.output_dir, name, "training_state.pt"))
-            for name in ("last", "last.old")):
+    if args.resume or args.overwrite_output_dir:
+        return
+    restore_interrupted_save(last_dir(args))
+    if os.path.exists(os.path.join(last_dir(args), "training_state.pt")):
         raise UserError(f"{args.output_dir} already holds a training run: pass --resume to "
                         "continue it, or --overwrite_output_dir to start over, or another "
                         "--output_dir")
 
 
-def read_resume_state(last_dir, args):
+def read_resume_state(args):
     """The training state in last/, after checking that it continues the same run."""
-    restore_interrupted_save(last_dir)
-    path = os.path.join(last_dir, "training_state.pt")
+    folder = last_dir(args)
+    restore_interrupted_save(folder)
+    path = os.path.join(folder, "training_state.pt")
     if not os.path.isfile(path):
-        raise UserError(f"--resume: nothing to resume in {last_dir} (no training_state.pt)")
+        raise UserError(f"--resume: nothing to resume in {folder} (no training_state.pt)")
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:
-        raise UserError(f"{path}: unreadable training state ({err})") from None
+        raise UserError(f"{path}: unreadable training state ({first_line(err)})") from None
     changed = [f"--{name} was {state['args'].get(name)!r}, now {getattr(args, name)!r}"
                for name in ESSENTIAL_ARGS if state["args"].get(name) != getattr(args, name)]
     if changed:
@@ -345,10 +354,10 @@ def evaluate(run):
     return result
 
 
-def log_training(run, running, bar):
+def log_training(run, bar):
     """Read the running metrics (the one host sync of log_every steps) into the progress bar
     and TensorBoard; stop if the loss has not been finite for a whole interval."""
-    mean_loss, train, streak = running.read(run.procs.all_reduce)
+    mean_loss, train, streak = run.running.read(run.procs.all_reduce)
     lr, step = run.scheduler.get_last_lr()[0], run.progress["global_step"]
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
     if run.writer:
@@ -382,18 +391,17 @@ def train_epoch(run, stop):
                         generator=torch.Generator())  # leaves the global RNG to dropout alone
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not procs.is_main,
                initial=progress["step_in_epoch"], total=run.steps_per_epoch, dynamic_ncols=True)
-    running = RunningMetrics(device)
     for batch in bar:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss, logits = train_step(run.model, batch, run.optimizer, run.scaler, run.amp_dtype,
                                   args.max_grad_norm)
         run.scheduler.step()
-        running.update(loss, logits, batch["labels"])
+        run.running.update(loss, logits, batch["labels"])
         progress["step_in_epoch"] += 1
         progress["global_step"] += 1
         at_log_step = progress["global_step"] % args.log_every == 0
         if at_log_step:
-            log_training(run, running, bar)
+            log_training(run, bar)
         # Processes agree on a signal only at log steps (one collective); alone, at every step.
         signalled = stop.signum is not None
         if procs.world_size > 1:

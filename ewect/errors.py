@@ -7,6 +7,12 @@ class UserError(Exception):
     """Bad input, paths or settings: the message says what is wrong and where."""
 
 
+def first_line(err):
+    """The first line of an exception's message, for a one-line report."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_cli(main):
     """Run a script's main(); a UserError becomes 'error: …' on stderr and exit status 2."""
     try:

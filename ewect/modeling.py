@@ -13,7 +13,7 @@ from transformers.utils import logging as transformers_logging
 
 from .config import ID2LABEL, LABEL2ID, LABELS, MAX_LENGTH
 from .data import Collator, encode, sorted_batches
-from .errors import UserError
+from .errors import UserError, first_line
 
 transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
 
@@ -80,9 +80,8 @@ def _from_pretrained(model_name, dropout, local_files_only=False):
     except (OSError, ValueError) as err:
         if local_files_only:
             raise
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load model {model_name!r} ({reason}); pass a local folder with "
-                        "--model_name, or use --from_scratch --vocab VOCAB.txt") from None
+        raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); pass a local "
+                        "folder with --model_name, or use --from_scratch --vocab VOCAB.txt") from None
     return model, tokenizer
 
 
@@ -108,8 +107,7 @@ def load_checkpoint(model_dir, device="cpu"):
         model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # a broken checkpoint fails in many library-specific ways
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{model_dir}: broken checkpoint ({reason})") from None
+        raise UserError(f"{model_dir}: broken checkpoint ({first_line(err)})") from None
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     if labels != LABELS:
         raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
@@ -125,10 +123,13 @@ def restore_interrupted_save(directory):
     path = Path(directory)
     old = _sibling(path, ".old")
     if old.exists():
-        if path.exists():
-            shutil.rmtree(old)
-        else:
-            os.replace(old, path)
+        try:
+            if path.exists():
+                shutil.rmtree(old)
+            else:
+                os.replace(old, path)
+        except FileNotFoundError:
+            pass  # another process (a DDP rank) got there first
 
 
 def save_atomically(directory, write):
@@ -165,10 +166,11 @@ def quantize_int8(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                          dtype=torch.qint8)
         except (AttributeError, ImportError, RuntimeError) as err:
-            raise UserError(f"--int8 is not available with torch {torch.__version__} ({err}); "
-                            "drop --int8") from None
+            raise UserError(f"--int8 is not available with torch {torch.__version__} "
+                            f"({first_line(err)}); drop --int8") from None
 
 
 @torch.inference_mode()
