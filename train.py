@@ -44,6 +44,8 @@ from ewect.training import RunningMetrics, make_grad_scaler, make_optimizer, tra
 ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "dropout",
                   "train_file", "eval_file", "batch_size", "max_length", "seed", "world_size")
 
+SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
+
 log = logging.getLogger("train")
 
 
@@ -62,7 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default=WORKSPACE, help="where best/, last/, logs go")
     p.add_argument("--batch_size", type=int, default=64, help="per-process batch size")
     p.add_argument("--eval_batch_size", type=int, default=128, help="batch size for evaluation")
-    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW")
+    p.add_argument("--lr", type=float, default=None,
+                   # '%(default).0s' prints nothing; it stops argparse adding "(default: None)"
+                   help="peak learning rate of AdamW (default: 1e-5, the published fine-tuning "
+                        f"recipe; {SCRATCH_LR:g} with --from_scratch, as random weights need "
+                        "larger steps)%(default).0s")
     p.add_argument("--weight_decay", type=float, default=0.01,
                    help="AdamW weight decay (none on biases and LayerNorm)")
     p.add_argument("--warmup_epochs", type=float, default=1.0,
@@ -92,6 +98,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.from_scratch and not args.vocab:
         p.error("--from_scratch needs --vocab VOCAB.txt")
+    if args.lr is None:
+        args.lr = SCRATCH_LR if args.from_scratch else 1e-5
     for name in ("batch_size", "eval_batch_size", "epochs", "max_length", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
