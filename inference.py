@@ -13,7 +13,7 @@ import json
 import sys
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
-from ewect.errors import UserError, run_cli
+from ewect.errors import UserError, positive_int, run_cli
 
 
 def parse_args():
@@ -26,8 +26,9 @@ def parse_args():
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--json", action="store_true", help="print one JSON object per post")
-    p.add_argument("--batch_size", type=int, default=64, help="posts per forward pass")
-    p.add_argument("--max_length", type=int, default=MAX_LENGTH, help="tokens kept per post")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="posts per forward pass")
+    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
+                   help="tokens kept per post")
     p.add_argument("--int8", action="store_true",
                    help="dynamic int8 quantization of the Linear layers (CPU only)")
     return p.parse_args()

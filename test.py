@@ -3,7 +3,7 @@ confusion matrix (printed and as PNG) and a predictions file.
 
     python test.py                                               # workspace/wb/best on usual_test
     python test.py --data_file data/clean/virus_test_labeled.txt
-    python test.py --device cpu --int8                           # faster on CPU, see bench/RESULTS.md
+    python test.py --device cpu --int8                           # faster on CPU: bench/RESULTS.md
 
 Texts go through the same cleaning as in training (it is idempotent), so raw files work too.
 Outputs go to --output_dir: NAME.predictions.csv (id, text, gold, predicted, one probability
@@ -14,7 +14,7 @@ import json
 import os
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH, TEST_FILE, WORKSPACE
-from ewect.errors import run_cli
+from ewect.errors import positive_int, run_cli
 
 
 def parse_args():
@@ -24,8 +24,9 @@ def parse_args():
     p.add_argument("--data_file", default=TEST_FILE, help="labelled SMP2020-EWECT JSON file")
     p.add_argument("--output_dir", default=os.path.join(WORKSPACE, "test"),
                    help="where predictions, metrics and the confusion-matrix PNG go")
-    p.add_argument("--batch_size", type=int, default=128, help="posts per forward pass")
-    p.add_argument("--max_length", type=int, default=MAX_LENGTH, help="tokens kept per post")
+    p.add_argument("--batch_size", type=positive_int, default=128, help="posts per forward pass")
+    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
+                   help="tokens kept per post")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--int8", action="store_true",
@@ -82,7 +83,8 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     out = os.path.join(args.output_dir, name)
     table = pd.DataFrame({"id": [r.id for r in records], "text": texts,
-                          "gold": [r.label for r in records], "predicted": [LABELS[i] for i in preds]})
+                          "gold": [r.label for r in records],
+                          "predicted": [LABELS[i] for i in preds]})
     for i, label in enumerate(LABELS):
         table[f"p_{label}"] = probs[:, i].round(6)
     table.to_csv(out + ".predictions.csv", index=False)

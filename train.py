@@ -33,10 +33,11 @@ from transformers import get_linear_schedule_with_warmup
 from ewect.config import EVAL_FILE, LABEL2ID, LABELS, MAX_LENGTH, TRAIN_FILE, WORKSPACE
 from ewect.data import (Collator, clean_records, encode, length_grouped_batches, read_records,
                         shard)
-from ewect.errors import UserError, first_line, run_cli
+from ewect.errors import UserError, first_line, positive_int, run_cli
 from ewect.metrics import scores
-from ewect.modeling import (autocast_dtype, build_model, load_checkpoint, predict_logits,
-                            resolve_device, restore_interrupted_save, save_checkpoint)
+from ewect.modeling import (autocast_dtype, build_model, check_max_length, load_checkpoint,
+                            predict_logits, resolve_device, restore_interrupted_save,
+                            save_checkpoint)
 from ewect.training import RunningMetrics, make_grad_scaler, make_optimizer, train_step
 
 # Arguments a resumed run must share with the run it continues: they fix the model, the data
@@ -57,13 +58,16 @@ def parse_args(argv=None):
     p.add_argument("--from_scratch", action="store_true",
                    help="start from a randomly initialised BERT (offline runs, tests, benchmarks)")
     p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
-    p.add_argument("--num_layers", type=int, default=12, help="layers, with --from_scratch")
-    p.add_argument("--hidden_size", type=int, default=768, help="hidden size, with --from_scratch")
+    p.add_argument("--num_layers", type=positive_int, default=12,
+                   help="layers, with --from_scratch")
+    p.add_argument("--hidden_size", type=positive_int, default=768,
+                   help="hidden size, with --from_scratch")
     p.add_argument("--train_file", default=TRAIN_FILE, help="cleaned training file")
     p.add_argument("--eval_file", default=EVAL_FILE, help="cleaned file that picks the best epoch")
     p.add_argument("--output_dir", default=WORKSPACE, help="where best/, last/, logs go")
-    p.add_argument("--batch_size", type=int, default=64, help="per-process batch size")
-    p.add_argument("--eval_batch_size", type=int, default=128, help="batch size for evaluation")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="per-process batch size")
+    p.add_argument("--eval_batch_size", type=positive_int, default=128,
+                   help="batch size for evaluation")
     p.add_argument("--lr", type=float, default=None,
                    # '%(default).0s' prints nothing; it stops argparse adding "(default: None)"
                    help="peak learning rate of AdamW (default: 1e-5, the published fine-tuning "
@@ -73,8 +77,9 @@ def parse_args(argv=None):
                    help="AdamW weight decay (none on biases and LayerNorm)")
     p.add_argument("--warmup_epochs", type=float, default=1.0,
                    help="epochs of linear warmup before the linear decay")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--max_length", type=int, default=MAX_LENGTH, help="tokens kept per post")
+    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
+                   help="tokens kept per post")
     p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
     p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
     p.add_argument("--seed", type=int, default=42, help="seed for init, dropout and batch order")
@@ -85,7 +90,7 @@ def parse_args(argv=None):
                    help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--patience", type=int, default=0,
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
-    p.add_argument("--log_every", type=int, default=20,
+    p.add_argument("--log_every", type=positive_int, default=20,
                    help="steps between reading the running metrics (TensorBoard, progress bar)")
     p.add_argument("--stop_after_steps", type=int, default=0,
                    help="stop after this many optimizer steps in total, saving last/ for "
@@ -100,9 +105,6 @@ def parse_args(argv=None):
         p.error("--from_scratch needs --vocab VOCAB.txt")
     if args.lr is None:
         args.lr = SCRATCH_LR if args.from_scratch else 1e-5
-    for name in ("batch_size", "eval_batch_size", "epochs", "max_length", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
     return args
 
 
@@ -254,6 +256,7 @@ def prepare(args, procs):
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
                                        args.vocab, args.num_layers, args.hidden_size)
         model.to(device)
+    check_max_length(model, args.max_length)
     train = tokenize_split(train_records, tokenizer, args)
     eval_ = tokenize_split(eval_records, tokenizer, args)
 

@@ -12,7 +12,7 @@ EVAL_FILES = ("usual_eval_labeled.txt", "usual_test_labeled.txt",
               "virus_eval_labeled.txt", "virus_test_labeled.txt")
 DATA_FILES = TRAIN_FILES + EVAL_FILES
 
-# Where the raw files are: data/raw unless EWECT_RAW_DIR points elsewhere (CI points it at ../shared).
+# Where the raw files are: data/raw, unless EWECT_RAW_DIR points elsewhere.
 RAW_DIR = os.environ.get("EWECT_RAW_DIR", "data/raw")
 CLEAN_DIR = "data/clean"
 TRAIN_FILE = os.path.join(CLEAN_DIR, "usual_train.txt")

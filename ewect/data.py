@@ -68,7 +68,8 @@ def read_records(path, require_label=True, skip_bad_records=False, log=print):
             bad.append(f"{path}: record {where}: {problem}")
             continue
         seen_ids.add(item["id"])
-        records.append(Record(item["id"], item["content"], item.get("label") if require_label else None))
+        label = item["label"] if require_label else None
+        records.append(Record(item["id"], item["content"], label))
     if bad and not skip_bad_records:
         if len(bad) == 1:
             raise UserError(f"{bad[0]} (fix it, or pass --skip_bad_records to skip it)")
@@ -91,7 +92,7 @@ def clean_records(records, drop_empty):
 
 
 def encode(tokenizer, texts, max_length):
-    """Token ids of every text, truncated but not padded: done once per split, in one batched call."""
+    """Token ids of every text, truncated, not padded: once per split, in one batched call."""
     return tokenizer(list(texts), truncation=True, max_length=max_length,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 

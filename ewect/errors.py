@@ -1,4 +1,5 @@
-"""One kind of error for everything a user can get wrong, reported as one line, never a traceback."""
+"""One kind of error for all a user can get wrong, reported in one line, never a traceback."""
+import argparse
 import os
 import sys
 
@@ -11,6 +12,14 @@ def first_line(err):
     """The first line of an exception's message, for a one-line report."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def positive_int(text):
+    """argparse type for counts and sizes: an integer of at least 1."""
+    value = int(text)  # argparse turns a ValueError into "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def run_cli(main):

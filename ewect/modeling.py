@@ -81,7 +81,8 @@ def _from_pretrained(model_name, dropout, local_files_only=False):
         if local_files_only:
             raise
         raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); pass a local "
-                        "folder with --model_name, or use --from_scratch --vocab VOCAB.txt") from None
+                        "folder with --model_name, or use --from_scratch --vocab VOCAB.txt"
+                        ) from None
     return model, tokenizer
 
 
@@ -200,10 +201,17 @@ def load_for_prediction(model_dir, device_name="auto", int8=False):
     return (quantize_int8(model) if int8 else model), tokenizer, device
 
 
+def check_max_length(model, max_length):
+    limit = model.config.max_position_embeddings
+    if max_length > limit:
+        raise UserError(f"--max_length {max_length}: this model reads at most {limit} tokens")
+
+
 def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
                           max_length=MAX_LENGTH):
     """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
     through clean_text, as the training data did."""
+    check_max_length(model, max_length)
     logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
                             device, autocast_dtype(device))
     return logits.softmax(-1).numpy()

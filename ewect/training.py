@@ -69,7 +69,8 @@ class RunningMetrics:
         reduce = all_reduce or (lambda tensor, op=None: tensor)
         streak = reduce(self.nonfinite_streak.clone(), "max").item()
         result = scores(reduce(self.confusion.clone()).view(len(LABELS), -1).cpu().numpy())
-        mean_loss = reduce(self.loss_sum.clone()).item() / max(1, reduce(self.finite_steps.clone()).item())
+        finite_steps = reduce(self.finite_steps.clone()).item()
+        mean_loss = reduce(self.loss_sum.clone()).item() / max(1, finite_steps)
         for running in (self.loss_sum, self.finite_steps, self.confusion):
             running.zero_()
         return mean_loss, result, streak

@@ -84,3 +84,12 @@ def test_inference_with_hostile_file(trained, tmp_path):
     path.write_bytes(b"\xff\xfe bad bytes\n")
     assert_clean_error(run_script("inference.py", "--input_file", path, "--model_dir",
                                   trained / "best"), "not UTF-8")
+
+
+def test_max_length_beyond_the_model_and_zero_batch_size(trained):
+    result = run_script("inference.py", "--input", "好" * 3000, "--max_length", 1000,
+                        "--model_dir", trained / "best", "--device", "cpu")
+    assert_clean_error(result, "--max_length 1000: this model reads at most 512 tokens")
+    result = run_script("inference.py", "--input", "好", "--batch_size", 0)
+    assert result.returncode == 2 and "--batch_size: must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
