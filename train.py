@@ -284,6 +284,7 @@ def prepare(args, procs):
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         run.progress.update(state["progress"])
+        rescale_learning_rate(run, args.lr / state["args"]["lr"])
         # RNG last, so that building the model and loading the data cannot disturb it.
         rng = state["rng_per_rank"][procs.rank]
         torch.set_rng_state(rng["torch"])
@@ -301,6 +302,17 @@ def prepare(args, procs):
         run.writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
                                    purge_step=run.progress["global_step"] or None)
     return run
+
+
+def rescale_learning_rate(run, factor):
+    """A resumed run may ask for another peak --lr: the restored schedule keeps its shape (warmup,
+    decay, where it stands) and scales to the new peak."""
+    if factor == 1:
+        return
+    run.scheduler.base_lrs = [lr * factor for lr in run.scheduler.base_lrs]
+    for group in run.optimizer.param_groups:
+        group["lr"] *= factor
+        group["initial_lr"] *= factor
 
 
 def refuse_to_overwrite(args):

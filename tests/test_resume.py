@@ -48,6 +48,18 @@ def test_resume_refuses_a_different_run(clean_dir, vocab, trained):
         train.main(tiny_train_args(clean_dir, vocab, trained, "--resume", "--batch_size", 4))
 
 
+def test_resume_applies_a_new_learning_rate(clean_dir, vocab, tmp_path):
+    out = tmp_path / "wb"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--stop_after_steps", 3))
+    before = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume", "--lr", "5e-4",
+                               "--stop_after_steps", 4))
+    after = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert after["scheduler"]["base_lrs"] == pytest.approx([5e-4, 5e-4])
+    old_lr = before["optimizer"]["param_groups"][0]["lr"]  # warming up: 3/6 of the 1e-3 peak
+    assert after["optimizer"]["param_groups"][0]["lr"] == pytest.approx(old_lr / 2 * 4 / 3)
+
+
 def test_a_new_run_does_not_overwrite_an_old_one_by_accident(clean_dir, vocab, trained):
     with pytest.raises(UserError, match="already holds a training run"):
         train.main(tiny_train_args(clean_dir, vocab, trained))
