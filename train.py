@@ -38,7 +38,8 @@ from ewect.metrics import scores
 from ewect.modeling import (autocast_dtype, build_model, check_max_length, load_checkpoint,
                             predict_logits, resolve_device, restore_interrupted_save,
                             save_checkpoint)
-from ewect.training import RunningMetrics, make_grad_scaler, make_optimizer, train_step
+from ewect.training import (RunningMetrics, confusion_counts, make_grad_scaler, make_optimizer,
+                            train_step)
 
 # Arguments a resumed run must share with the run it continues: they fix the model, the data
 # and the batch order. Anything else (epochs, lr, patience, device, ...) may change on --resume.
@@ -370,8 +371,7 @@ def evaluate(run):
     run.raw_model.train()
     labels = torch.tensor([split.labels[i] for i in mine])
     loss_sum = F.cross_entropy(logits, labels, reduction="sum").to(procs.device)
-    confusion = torch.bincount(labels * len(LABELS) + logits.argmax(-1),
-                               minlength=len(LABELS) ** 2).to(procs.device)
+    confusion = confusion_counts(labels, logits).to(procs.device)
     result = scores(procs.all_reduce(confusion).view(len(LABELS), -1).cpu().numpy())
     result["loss"] = procs.all_reduce(loss_sum).item() / len(split.labels)
     return result

@@ -39,8 +39,8 @@ from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import Collator, encode, length_grouped_batches  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
 from ewect.modeling import autocast_dtype, build_model, resolve_device  # noqa: E402
-from ewect.training import (RunningMetrics, make_grad_scaler, make_optimizer,  # noqa: E402
-                            train_step)
+from ewect.training import (RunningMetrics, decay_groups, make_grad_scaler,  # noqa: E402
+                            make_optimizer, train_step)
 
 MAX_GRAD_NORM = 1.0  # train.py's default
 LR = 1e-5  # train.py's default; the rate does not change the cost of a step
@@ -131,10 +131,7 @@ def baseline_step_fn(model, device):
     """The published step: fp16 + GradScaler on GPU only, and a host sync plus scikit-learn
     metrics on every batch."""
     on_cuda = device.type == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=LR)
+    optimizer = torch.optim.AdamW(decay_groups(model, WEIGHT_DECAY), lr=LR)  # not fused
     scaler = torch.amp.GradScaler(device.type, enabled=on_cuda)
 
     def step(batch):

@@ -7,13 +7,23 @@ from .config import LABELS
 from .metrics import scores
 
 
-def make_optimizer(model, lr, weight_decay, device):
-    """AdamW without weight decay on biases and LayerNorm weights (the 1-d parameters); fused on
-    CUDA, which also lets the grad scaler skip steps without a host sync."""
+def decay_groups(model, weight_decay):
+    """Parameter groups with no weight decay on biases and LayerNorm weights (the 1-d ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type == "cuda")
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def make_optimizer(model, lr, weight_decay, device):
+    """AdamW over decay_groups; fused on CUDA, which also lets the grad scaler skip steps
+    without a host sync."""
+    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr,
+                             fused=torch.device(device).type == "cuda")
+
+
+def confusion_counts(labels, logits):
+    """Flat confusion matrix (gold * labels + predicted) on the logits' device, without a sync."""
+    return torch.bincount(labels * len(LABELS) + logits.argmax(-1), minlength=len(LABELS) ** 2)
 
 
 def make_grad_scaler(device, amp_dtype):
@@ -60,8 +70,7 @@ class RunningMetrics:
         self.loss_sum += torch.where(finite, loss, 0.0)
         self.finite_steps += finite
         self.nonfinite_streak = torch.where(finite, 0, self.nonfinite_streak + 1)
-        self.confusion += torch.bincount(labels * len(LABELS) + logits.argmax(-1),
-                                         minlength=len(LABELS) ** 2)
+        self.confusion += confusion_counts(labels, logits)
 
     def read(self, all_reduce=None):
         """(mean finite loss, scores, longest current non-finite streak) over all processes
