@@ -5,11 +5,15 @@
 #   sh train.sh --model_name /path/to/bert-base-chinese --epochs 10   # arguments pass through
 #   sh train.sh --resume                          # continue an interrupted run
 #   NGPU=2 sh train.sh                            # GPUs to use (default: all visible ones)
+#
+# Relative paths in the arguments are relative to the folder you run it from.
 set -e
-cd "$(dirname "$0")"
+REPO=$(cd "$(dirname "$0")" && pwd)
 
-if [ ! -f data/clean/usual_train.txt ] || [ ! -f data/clean/usual_eval_labeled.txt ]; then
-    python clean_data.py
+RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
+if [ -f "$RAW/usual_train.txt" ] && { [ ! -f "$REPO/data/clean/usual_train.txt" ] ||
+        [ ! -f "$REPO/data/clean/usual_eval_labeled.txt" ]; }; then
+    python "$REPO/clean_data.py"
 fi
 
 if [ -z "$NGPU" ]; then
@@ -21,6 +25,6 @@ if [ -z "$NGPU" ]; then
 fi
 
 if [ "${NGPU:-0}" -gt 1 ]; then
-    exec python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train.py "$@"
+    exec python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/train.py" "$@"
 fi
-exec python train.py "$@"
+exec python "$REPO/train.py" "$@"

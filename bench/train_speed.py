@@ -6,8 +6,8 @@ machine, the same posts (usual_train, cleaned) and the same starting weights, in
     python bench/train_speed.py --device cpu --num_layers 2 --hidden_size 128 --steps 3   # smoke
 
 (a) project: posts tokenized once (ewect.data.encode), length-grouped batches padded to their own
-    longest post (ewect.data.Collator), fused AdamW on CUDA, bf16 autocast where the GPU has it,
-    running loss and confusion matrix kept on the device, the step of train.py.
+    longest post (ewect.data.Collator), fused AdamW, bf16 autocast where the GPU has it,
+    running loss and confusion matrix kept on the device: train.py's train_step.
 (b) baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140
     on access, DataLoader(shuffle=True), fp32 on CPU / fp16 autocast + GradScaler on GPU,
     loss.item() and scikit-learn accuracy and macro-F1 on every batch.
@@ -38,9 +38,10 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
 from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import Collator, encode, length_grouped_batches  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
-from ewect.modeling import autocast_dtype, build_model, resolve_device  # noqa: E402
-from ewect.training import (RunningMetrics, decay_groups, make_grad_scaler,  # noqa: E402
-                            make_optimizer, train_step)
+from ewect.modeling import build_model, choose_precision, resolve_device  # noqa: E402
+from ewect.training import (RunningSums, decay_groups, make_grad_scaler,  # noqa: E402
+                            make_optimizer)
+from train import train_step  # noqa: E402  (what is measured is train.py's own step)
 
 MAX_GRAD_NORM = 1.0  # train.py's default
 LR = 1e-5  # train.py's default; the rate does not change the cost of a step
@@ -113,17 +114,17 @@ def baseline_loader(texts, labels, tokenizer, batch_size, seed):
 
 
 def project_step_fn(model, device):
-    """train.py's step (ewect.training); the running sums stay on the device, so nothing waits
-    for the GPU."""
-    amp_dtype = autocast_dtype(device)
-    optimizer = make_optimizer(model, LR, WEIGHT_DECAY, device)
-    scaler = make_grad_scaler(device, amp_dtype)
-    running = RunningMetrics(device)
+    """train.py's step; the running sums stay on the device, so nothing waits for the GPU."""
+    precision = choose_precision("auto", device)
+    optimizer = make_optimizer(model, LR, WEIGHT_DECAY)
+    scaler = make_grad_scaler(precision, device)
+    running = RunningSums()
 
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss, logits = train_step(model, batch, optimizer, scaler, amp_dtype, MAX_GRAD_NORM)
-        running.update(loss, logits, batch["labels"])
+        loss_sum, confusion, skipped = train_step(model, [batch], len(batch["labels"]), optimizer,
+                                                  scaler, precision, MAX_GRAD_NORM)
+        running.add(loss=loss_sum, confusion=confusion, skipped=skipped.long())
     return step
 
 
@@ -201,11 +202,11 @@ def main():
     if args.warmup_steps + args.steps > epoch_steps:
         raise UserError(f"--warmup_steps + --steps must fit in one epoch ({epoch_steps} steps "
                         f"of {args.batch_size})")
-    amp = autocast_dtype(device)
+    precision = choose_precision("auto", device)
     print(f"model: {args.num_layers} layers, hidden {args.hidden_size}, "
           f"{sum(p.numel() for p in template.parameters()) / 1e6:.1f}M parameters; "
           f"data: usual_train, {len(texts)} posts, {epoch_steps} steps of {args.batch_size} per epoch")
-    print(f"precision: (a) {str(amp).replace('torch.', '') if amp else 'fp32'}, "
+    print(f"precision: (a) {precision}, "
           f"(b) {'fp16' if device.type == 'cuda' else 'fp32'}; "
           f"{args.warmup_steps} untimed + {args.steps} timed steps per path")
     reset_peak_memory(device)  # trims the heap, so the floor printed is the one the paths start on

@@ -12,14 +12,17 @@ EVAL_FILES = ("usual_eval_labeled.txt", "usual_test_labeled.txt",
               "virus_eval_labeled.txt", "virus_test_labeled.txt")
 DATA_FILES = TRAIN_FILES + EVAL_FILES
 
+# Default paths are inside the repo, wherever a script is started from; paths given on the
+# command line are relative to the current folder, as usual.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the raw files are: data/raw, unless EWECT_RAW_DIR points elsewhere.
-RAW_DIR = os.environ.get("EWECT_RAW_DIR", "data/raw")
-CLEAN_DIR = "data/clean"
+RAW_DIR = os.environ.get("EWECT_RAW_DIR", os.path.join(REPO_ROOT, "data", "raw"))
+CLEAN_DIR = os.path.join(REPO_ROOT, "data", "clean")
 TRAIN_FILE = os.path.join(CLEAN_DIR, "usual_train.txt")
 EVAL_FILE = os.path.join(CLEAN_DIR, "usual_eval_labeled.txt")
 TEST_FILE = os.path.join(CLEAN_DIR, "usual_test_labeled.txt")
 
-WORKSPACE = "workspace/wb"
+WORKSPACE = os.path.join(REPO_ROOT, "workspace", "wb")
 BEST_DIR = os.path.join(WORKSPACE, "best")
 
 MAX_LENGTH = 140  # tokens; the published recipe's limit. Longer posts are truncated.

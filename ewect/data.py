@@ -115,10 +115,14 @@ def length_grouped_batches(lengths, batch_size, seed, shuffle=True, group_size=5
     return batches
 
 
-def shard(batches, rank, world_size):
-    """This rank's disjoint share of the batches; every rank gets the same number of batches."""
-    per_rank = len(batches) // world_size if world_size > 1 else len(batches)
-    return batches[rank::world_size][:per_rank]
+def split_for_step(batch, rank, world_size, accumulation=1):
+    """This process's micro-batches of one step's batch. The batch (sorted by length, as
+    length_grouped_batches makes it) is dealt round-robin into world_size x accumulation pieces,
+    so all pieces have nearly the same size and longest post: no process waits for another with
+    longer posts. Pieces j = rank, rank + world_size, ... are this process's; a batch too short
+    for all pieces leaves some empty, and they are left out."""
+    pieces = world_size * accumulation
+    return [batch[j::pieces] for j in range(rank, pieces, world_size) if j < len(batch)]
 
 
 def sorted_batches(lengths, batch_size):
@@ -147,4 +151,8 @@ class Collator:
         if self.labels is not None:
             batch["labels"] = torch.tensor([self.labels[i] for i in indices])
         return batch
+
+    def collate_pieces(self, pieces):
+        """One training step's micro-batches (lists of indices), each padded on its own."""
+        return [self(indices) for indices in pieces]
 

@@ -1,8 +1,6 @@
 """Building, loading, saving and running the classifier: one place for each."""
 import os
 import shutil
-import socket
-import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -31,70 +29,73 @@ def resolve_device(name, local_rank=0):
     raise UserError(f"--device {name}: expected auto, cpu or cuda")
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def choose_precision(name, device):
+    """--precision auto: bf16 on GPUs that have it natively (Ampere and later), fp16 on older
+    GPUs (T4, V100: torch calls bf16 'supported' there too, but only emulated, which is slow),
+    fp32 on the CPU. Weights and optimizer stay fp32 in every case; this is autocast's dtype."""
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    return name
+
+
+def autocast(precision, device):
+    """The forward pass's autocast context for a precision from choose_precision()."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision], enabled=precision != "fp32")
+
+
 def autocast_dtype(device):
-    """bf16 on GPUs that have it, fp16 on older ones, None (fp32) on CPU."""
-    if torch.device(device).type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """Autocast dtype of --precision auto on this device (None: fp32), for prediction."""
+    return AMP_DTYPES[choose_precision("auto", torch.device(device))]
+
+
+def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, **extra):
+    """A BERT of the given size with bert-base's proportions: a head per 64 dimensions, a
+    feed-forward layer 4x as wide."""
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                        num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 64),
+                        intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout, **extra)
+    config._attn_implementation = "sdpa"
+    return config
 
 
 def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_layers=12,
                 hidden_size=768):
-    """(model, tokenizer): pretrained from a hub name or local folder, or, with from_scratch, a
-    randomly initialised BERT of the given size on the given WordPiece vocabulary."""
+    """(model, tokenizer) for training, weights in fp32 whatever dtype they were saved in:
+    pretrained from a hub name or local folder, or, with from_scratch, a randomly initialised
+    BERT of the given size on the given WordPiece vocabulary."""
     if from_scratch:
         if not vocab or not os.path.isfile(vocab):
             raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
         tokenizer = BertTokenizer(vocab)
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
-                            num_hidden_layers=num_layers,
-                            num_attention_heads=max(1, hidden_size // 64),
-                            intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
-                            attention_probs_dropout_prob=dropout, num_labels=len(LABELS),
-                            id2label=ID2LABEL, label2id=LABEL2ID)
-        config._attn_implementation = "sdpa"
+        config = bert_config(len(tokenizer), num_layers, hidden_size, dropout,
+                             num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
         return BertForSequenceClassification(config), tokenizer
-    if os.path.isabs(model_name) or model_name.startswith((".", "~")):
-        if not os.path.isdir(os.path.expanduser(model_name)):
+    model_name = os.path.expanduser(model_name)
+    if os.path.isabs(model_name) or model_name.startswith(".") or os.path.isdir(model_name):
+        if not os.path.isdir(model_name):
             raise UserError(f"--model_name {model_name}: no such folder")
-    elif not os.path.isdir(model_name):
-        try:  # a hub id: the local cache first, so a downloaded model needs no network
-            return _from_pretrained(model_name, dropout, local_files_only=True)
-        except (OSError, ValueError):
-            pass
-        if not _hub_reachable():  # else from_pretrained retries for about a minute
-            raise UserError(
-                f"cannot download model {model_name!r}: no network access. Download it on a "
-                "machine that has network into a folder and pass --model_name FOLDER, or use "
-                "--from_scratch --vocab VOCAB.txt")
-    return _from_pretrained(model_name, dropout)
-
-
-def _from_pretrained(model_name, dropout, local_files_only=False):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=local_files_only)
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        # fp32 master weights: trained in fp16 they overflow, in bf16 an lr-1e-5 update rounds
+        # away and the model silently stops learning. Autocast gives the speed of half precision.
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_name, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-            attn_implementation="sdpa", local_files_only=local_files_only,
+            model_name, dtype=torch.float32, hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout, attn_implementation="sdpa",
             num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
     except (OSError, ValueError) as err:
-        if local_files_only:
-            raise
-        raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); pass a local "
-                        "folder with --model_name, or use --from_scratch --vocab VOCAB.txt"
-                        ) from None
+        raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); without network, "
+                        "pass a local folder with --model_name (HF_HUB_OFFLINE=1 answers at once "
+                        "instead of retrying), or use --from_scratch --vocab VOCAB.txt") from None
     return model, tokenizer
-
-
-def _hub_reachable():
-    """Whether the hub's host name resolves: a quick test for 'no network at all'."""
-    from huggingface_hub import constants
-
-    try:
-        socket.getaddrinfo(urllib.parse.urlparse(constants.ENDPOINT).hostname, 443)
-        return True
-    except OSError:
-        return False
 
 
 def load_checkpoint(model_dir, device="cpu"):
@@ -105,7 +106,8 @@ def load_checkpoint(model_dir, device="cpu"):
         raise UserError(f"{model_dir}: no checkpoint here (config.json missing); "
                         "train one with `sh train.sh` or pass --model_dir")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
+                                                                   attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # a broken checkpoint fails in many library-specific ways
         raise UserError(f"{model_dir}: broken checkpoint ({first_line(err)})") from None

@@ -1,10 +1,84 @@
-"""The training step, shared by train.py and bench/train_speed.py so the benchmark measures
-exactly what training runs."""
-import torch
-import torch.nn.functional as F
+"""What every training loop here needs (train.py now, pretrain.py next), in short functions: the
+processes of a torchrun run, the optimizer and its step, sums kept on the device between log
+steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal. The loops
+themselves stay in the scripts, to be read top to bottom."""
+import os
+import shutil
+import signal
+import time
 
-from .config import LABELS
-from .metrics import scores
+import torch
+import torch.distributed as dist
+
+from .errors import UserError, first_line
+from .modeling import restore_interrupted_save, resolve_device
+
+# ---------------------------------------------------------------------------------------------
+# Processes. torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python x.py` is rank 0 of 1,
+# and every collective below is then a no-op.
+
+
+def setup_processes(device_name):
+    """(rank, world_size, device), with the process group started under torchrun."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
+    if world_size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def close_processes(finished):
+    """End the process group: after a barrier when every rank finished (destroying it while
+    another rank still works hangs gloo), at once on an error exit."""
+    if dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce(tensor, op=dist.ReduceOp.SUM):
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op)
+    return tensor
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to save last/ and stop after the current step; a second signal
+    stops at once. torchrun passes a terminal's Ctrl-C on to workers that already got it, so a
+    repeat within two seconds counts as the same request. requested() is agreed by all processes
+    at every step, through a CPU-side (gloo) all-reduce that never waits for the GPU: torchrun
+    kills workers 30 s after forwarding a signal, too soon to wait for a log step."""
+
+    def __init__(self, log):
+        self.log, self.signum, self.when = log, None, 0.0
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if time.monotonic() - self.when > 2:
+                raise KeyboardInterrupt
+            return
+        self.signum, self.when = signum, time.monotonic()
+        self.log.warning("%s received: saving last/ after this step (again to stop at once)",
+                         signal.Signals(signum).name)
+
+    def requested(self):
+        if self.group is None:
+            return self.signum is not None
+        flag = torch.tensor([float(self.signum is not None)])
+        dist.all_reduce(flag, group=self.group)
+        return flag.item() > 0
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer and its step.
 
 
 def decay_groups(model, weight_decay):
@@ -14,72 +88,134 @@ def decay_groups(model, weight_decay):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def make_optimizer(model, lr, weight_decay, device):
-    """AdamW over decay_groups; fused on CUDA, which also lets the grad scaler skip steps
-    without a host sync."""
-    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr,
-                             fused=torch.device(device).type == "cuda")
+def make_optimizer(model, lr, weight_decay):
+    """Fused AdamW (CPU and CUDA): one kernel for all parameters, and it can skip a step on the
+    device (optimizer_step), so no step waits for the GPU."""
+    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, fused=True)
 
 
-def confusion_counts(labels, logits):
-    """Flat confusion matrix (gold * labels + predicted) on the logits' device, without a sync."""
-    return torch.bincount(labels * len(LABELS) + logits.argmax(-1), minlength=len(LABELS) ** 2)
+def make_grad_scaler(precision, device, saved_state=None):
+    """fp16 needs loss scaling, which the scaler provides; bf16 and fp32 do not: None. A saved
+    scaler state is restored only into an fp16 run (a run may resume in another precision)."""
+    if precision != "fp16":
+        return None
+    scaler = torch.amp.GradScaler(device.type)
+    if saved_state:
+        scaler.load_state_dict(saved_state)
+    return scaler
 
 
-def make_grad_scaler(device, amp_dtype):
-    """The scaler also skips every step whose gradients are not finite; only fp16 needs real
-    scaling, so elsewhere it starts at 1 and never grows."""
-    fp16 = amp_dtype == torch.float16
-    return torch.amp.GradScaler(torch.device(device).type, init_scale=2.0 ** 16 if fp16 else 1.0,
-                                growth_interval=2000 if fp16 else 2 ** 30)
+def backward(loss, scaler):
+    (scaler.scale(loss) if scaler else loss).backward()
 
 
-def compute_loss(logits, labels):
-    return F.cross_entropy(logits.float(), labels)
-
-
-def train_step(model, batch, optimizer, scaler, amp_dtype, max_grad_norm):
-    """One optimizer step on a batch already on the device; returns (loss, logits), not synced."""
-    labels = batch["labels"]
-    device_type = labels.device.type
-    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = compute_loss(logits, labels)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(
-        [p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
+def optimizer_step(optimizer, scaler, max_grad_norm, finite):
+    """Clip the gradients and step, skipping the step when `finite` (a device tensor: the losses
+    of this step were finite) is false or a gradient is not; returns whether it was skipped, as
+    a device tensor. Nothing here waits for the GPU: the skip is decided on the device, the way
+    the grad scaler tells a fused optimizer (its found_inf), for fp16 by the scaler itself."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    skipped = ~(finite & torch.isfinite(norm))
+    if scaler:  # it found the same inf/NaN gradients in unscale_ and skips the step itself
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.found_inf = skipped.float()
+        optimizer.step()
+        del optimizer.found_inf
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), logits.detach()
+    return skipped
 
 
-class RunningMetrics:
-    """Loss, confusion matrix and the run of non-finite losses since the last read, kept on the
-    device: update() never waits for the GPU, read() syncs once."""
+class RunningSums:
+    """Named sums kept on the device between log steps: add() never waits for the GPU, read()
+    syncs once, sums over all processes and starts again from zero."""
 
-    def __init__(self, device):
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-        self.loss_sum, self.finite_steps = zeros(torch.float32), zeros(torch.long)
-        self.nonfinite_streak = zeros(torch.long)
-        self.confusion = torch.zeros(len(LABELS) ** 2, dtype=torch.long, device=device)
+    def __init__(self):
+        self.sums = {}
 
-    def update(self, loss, logits, labels):
-        finite = torch.isfinite(loss)
-        self.loss_sum += torch.where(finite, loss, 0.0)
-        self.finite_steps += finite
-        self.nonfinite_streak = torch.where(finite, 0, self.nonfinite_streak + 1)
-        self.confusion += confusion_counts(labels, logits)
+    def add(self, **values):
+        for name, value in values.items():
+            value = value.detach()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
 
-    def read(self, all_reduce=None):
-        """(mean finite loss, scores, longest current non-finite streak) over all processes
-        (all_reduce(tensor, op) sums or maxes across them); resets all but the streak."""
-        reduce = all_reduce or (lambda tensor, op=None: tensor)
-        streak = reduce(self.nonfinite_streak.clone(), "max").item()
-        result = scores(reduce(self.confusion.clone()).view(len(LABELS), -1).cpu().numpy())
-        finite_steps = reduce(self.finite_steps.clone()).item()
-        mean_loss = reduce(self.loss_sum.clone()).item() / max(1, finite_steps)
-        for running in (self.loss_sum, self.finite_steps, self.confusion):
-            running.zero_()
-        return mean_loss, result, streak
+    def read(self):
+        totals = {name: all_reduce(value).cpu() for name, value in self.sums.items()}
+        self.sums = {}
+        return totals
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder and the resumable state in OUTPUT_DIR/last.
+
+STATE_FILE = "training_state.pt"
+
+
+def prepare_output_dir(args, is_main):
+    """Make OUTPUT_DIR ready for this run. A new run never replaces an earlier run's best/ by
+    accident; --overwrite_output_dir clears the earlier run (checkpoints, TensorBoard curves,
+    log); --resume needs last/."""
+    out = args.output_dir
+    restore_interrupted_save(os.path.join(out, "last"))
+    restore_interrupted_save(os.path.join(out, "best"))
+    earlier = [name for name in ("best", "last") if os.path.isdir(os.path.join(out, name))]
+    if args.resume:
+        if not os.path.isfile(os.path.join(out, "last", STATE_FILE)):
+            raise UserError(f"--resume: nothing to resume in {os.path.join(out, 'last')} "
+                            f"(no {STATE_FILE})")
+    elif earlier and not args.overwrite_output_dir:
+        raise UserError(f"{out} already holds a training run ({' and '.join(earlier)}/): pass "
+                        "--resume to continue it, --overwrite_output_dir to start over, or "
+                        "another --output_dir")
+    elif earlier and is_main:
+        for name in ("best", "last", "tensorboard"):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+        if os.path.exists(os.path.join(out, "train.log")):
+            os.remove(os.path.join(out, "train.log"))
+
+
+def load_training_state(args, essential_args):
+    """The state saved in last/, after checking that it continues the same run. Loaded to the
+    CPU: the run may resume on another device, and under torchrun each rank would otherwise put
+    the whole state on the GPU it was saved from."""
+    path = os.path.join(args.output_dir, "last", STATE_FILE)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path}: unreadable training state ({first_line(err)})") from None
+    changed = [f"--{name} was {state['args'].get(name)!r}, now {getattr(args, name)!r}"
+               for name in essential_args if state["args"].get(name) != getattr(args, name)]
+    if changed:
+        raise UserError("--resume: this is not the same run; " + "; ".join(changed))
+    return state
+
+
+def rng_state(device):
+    """This process's random state (dropout, masking): what an exact resume needs."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def gather_rng_states(device):
+    """Every process's random state, in rank order (each process has its own dropout stream)."""
+    mine = rng_state(device)
+    if not dist.is_initialized():
+        return [mine]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, device, log):
+    if len(states) != world_size:
+        log.warning("%d processes now, %d before: dropout streams start afresh", world_size,
+                    len(states))
+        return
+    torch.set_rng_state(states[rank]["torch"])
+    if device.type == "cuda" and "cuda" in states[rank]:
+        torch.cuda.set_rng_state(states[rank]["cuda"], device)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ewect.data import length_grouped_batches, read_records, shard, sorted_batches
+from ewect.data import length_grouped_batches, read_records, sorted_batches, split_for_step
 from ewect.errors import UserError
 
 
@@ -80,12 +80,20 @@ def test_length_grouped_batches_cover_every_post_once_and_group_lengths():
     assert padded < 0.8 * padded_random  # grouping removes most of the padding
 
 
-def test_shards_are_disjoint_and_equal_in_size():
-    batches = [[i] for i in range(11)]
-    shares = [shard(batches, rank, 3) for rank in range(3)]
-    assert all(len(s) == 3 for s in shares)
-    flat = [b[0] for s in shares for b in s]
-    assert len(flat) == len(set(flat))
+@pytest.mark.parametrize("world_size, accumulation", [(1, 1), (2, 1), (3, 1), (4, 2)])
+def test_a_step_is_dealt_to_processes_whole_and_evenly(world_size, accumulation):
+    lengths = [(i * 37) % 101 + 3 for i in range(200)]
+    batch = length_grouped_batches(lengths, 64, seed=1)[0]
+    pieces = [split_for_step(batch, rank, world_size, accumulation) for rank in range(world_size)]
+    assert all(len(p) == accumulation for p in pieces)
+    assert split_for_step([7, 8, 9], 0, 2, 2) == [[7], [9]] and split_for_step([7, 8, 9], 1, 2, 2) == [[8]]
+    flat = [i for rank_pieces in pieces for piece in rank_pieces for i in piece]
+    assert sorted(flat) == sorted(batch)  # every post of the step once, in some process
+    sizes = [len(piece) for rank_pieces in pieces for piece in rank_pieces]
+    assert max(sizes) - min(sizes) <= 1
+    # Each process's longest post is close to the batch's: nobody waits for a longer piece.
+    longest = [max(lengths[i] for piece in p for i in piece) for p in pieces]
+    assert min(longest) >= lengths[batch[world_size * accumulation - 1]]
 
 
 def test_sorted_batches_longest_first():

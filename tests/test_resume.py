@@ -1,5 +1,6 @@
 """Interrupted runs resume exactly; saves are atomic; a loss that stays non-finite stops cleanly."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,8 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT, tiny_train_args
-from ewect import training
 from ewect.errors import UserError
-from ewect.modeling import load_checkpoint, restore_interrupted_save
+from ewect.modeling import build_model, load_checkpoint, restore_interrupted_save
 
 
 def weights(folder):
@@ -60,9 +60,25 @@ def test_resume_applies_a_new_learning_rate(clean_dir, vocab, tmp_path):
     assert after["optimizer"]["param_groups"][0]["lr"] == pytest.approx(old_lr / 2 * 4 / 3)
 
 
-def test_a_new_run_does_not_overwrite_an_old_one_by_accident(clean_dir, vocab, trained):
+def test_a_new_run_does_not_overwrite_an_old_one_by_accident(clean_dir, vocab, trained, tmp_path):
     with pytest.raises(UserError, match="already holds a training run"):
         train.main(tiny_train_args(clean_dir, vocab, trained))
+    # Not even when last/ was deleted: best/ is the run's result.
+    out = tmp_path / "wb"
+    shutil.copytree(trained / "best", out / "best")
+    with pytest.raises(UserError, match=r"already holds a training run \(best/\)"):
+        train.main(tiny_train_args(clean_dir, vocab, out))
+
+
+def test_overwrite_starts_afresh(clean_dir, vocab, trained, tmp_path):
+    out = tmp_path / "wb"
+    shutil.copytree(trained, out)
+    old_events = set((out / "tensorboard").iterdir())
+    train.main(tiny_train_args(clean_dir, vocab, out, "--overwrite_output_dir",
+                               "--stop_after_steps", 2))
+    assert not (out / "best").exists()  # the old run's best/ is gone with it
+    assert not old_events & set((out / "tensorboard").iterdir())  # no two runs' curves mixed
+    assert (out / "train.log").read_text().count("arguments:") == 1
 
 
 def test_resume_without_saved_state(clean_dir, vocab, tmp_path):
@@ -112,8 +128,6 @@ else:  # between the two renames
 
 @pytest.mark.parametrize("when", ["write", "rename"])
 def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
-    import shutil
-
     best = tmp_path / "best"
     shutil.copytree(trained / "best", best)
     before = weights(best)
@@ -127,8 +141,15 @@ def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
 
 
 def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: logits.sum() * float("nan"))
+    monkeypatch.setattr(train, "classification_loss",
+                        lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(UserError, match=r"not finite for 2 steps in a row \(steps 1-2\)"):
         train.main(tiny_train_args(clean_dir, vocab, tmp_path))
-    saved = weights(tmp_path / "last")  # the skipped steps left the weights finite
-    assert all(torch.isfinite(t).all() for t in saved.values())
+    # Every step was skipped outright: the weights are the initial ones, Adam never stepped.
+    torch.manual_seed(42)
+    initial = build_model(None, from_scratch=True, vocab=vocab, num_layers=2,
+                          hidden_size=32)[0].state_dict()
+    saved = weights(tmp_path / "last")
+    assert all(torch.equal(saved[name], initial[name]) for name in saved)
+    state = torch.load(tmp_path / "last" / "training_state.pt", weights_only=True)
+    assert all(s["step"] == 0 for s in state["optimizer"]["state"].values())
