@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import FIXTURE_RAW, SHARED_RAW, requires_shared_data, run_script
+from conftest import FIXTURE_RAW, ROOT, SHARED_RAW, requires_shared_data, run_script
 from ewect.cleaning import clean_text
 from ewect.config import DATA_FILES, LABELS
 from ewect.data import encode, read_records
@@ -118,3 +118,16 @@ def test_clean_data_on_the_real_files(tmp_path):
     cleaned = json.loads((tmp_path / "usual_train.txt").read_text("utf-8"))
     assert all(r["content"] for r in cleaned)
     assert sum(r["label"] == "fear" for r in cleaned) > 1000
+
+
+def test_shell_entry_points_take_paths_relative_to_the_users_folder(trained, clean_dir, tmp_path):
+    import shutil
+    import subprocess
+
+    shutil.copytree(trained / "best", tmp_path / "mine" / "best")
+    shutil.copy(clean_dir / "usual_test_labeled.txt", tmp_path / "mine" / "test.txt")
+    result = subprocess.run(["sh", str(ROOT / "test.sh"), "--model_dir", "mine/best",
+                             "--data_file", "mine/test.txt", "--output_dir", "mine/out",
+                             "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mine" / "out" / "test.metrics.json").is_file()
