@@ -157,7 +157,8 @@ def mask_tokens(input_ids, eligible, word_ids=None, *, mask_id, replacement_ids,
 class MaskingCollator:
     """Pads a batch of indices to its longest member and masks it: input_ids, attention_mask,
     labels (-100 where not chosen) and masked_positions (flat indices of the chosen tokens, so
-    the loss needs no device sync to find them). The masks of a batch depend only on the seed
+    the loss needs no device sync to find them). Eligible are the tokens that are neither
+    padding nor special ([CLS], [SEP], [UNK], [MASK], ...), as in transformers' collator. The masks of a batch depend only on the seed
     and the batch's indices: the same in any DataLoader worker, and after a resume. Pass
     seed + epoch to draw new masks each epoch."""
 
@@ -194,7 +195,8 @@ def masked_lm_loss(model, batch):
     MaskingCollator batch, as tensors. The 21128-way projection runs only at the chosen
     positions: over all positions it costs more than the encoder on short posts. Their count
     comes from the host (masked_positions' shape), so nothing waits for the GPU; without
-    masked_positions they are found from labels, which syncs on CUDA."""
+    masked_positions they are found from labels, which syncs on CUDA. Under DDP call it inside
+    the wrapped module's forward: calling model.bert directly would skip DDP's gradient sync."""
     positions = batch.get("masked_positions")
     if positions is None:
         positions = (batch["labels"].view(-1) != -100).nonzero().squeeze(1)

@@ -71,16 +71,17 @@ def test_whole_word_masking_masks_every_token_of_a_chosen_word(tokenizer, corpus
     repeats = list(range(len(corpus))) * 60
     batch = MaskingCollator(ids, tokenizer, word_ids, seed=3)(repeats)
     chosen = (batch["labels"] != -100).tolist()
-    words_seen = words_chosen = 0
+    special = set(tokenizer.all_special_ids)  # [UNK] too: never chosen, even inside a word
+    words_seen = words_chosen = eligible = 0
     for row, index in enumerate(repeats):
         by_word = {}
-        for position, word in enumerate(word_ids[index]):
-            if word >= 0:
+        for position, (token, word) in enumerate(zip(ids[index], word_ids[index])):
+            if token not in special:
                 by_word.setdefault(word, set()).add(chosen[row][position])
+                eligible += 1
         assert all(len(states) == 1 for states in by_word.values()), "a word masked in part"
         words_seen += len(by_word)
         words_chosen += sum(True in states for states in by_word.values())
-    eligible = sum(w >= 0 for i in repeats for w in word_ids[i])
     assert abs(sum(map(sum, chosen)) / eligible - 0.15) < 0.01  # the share of tokens
     assert abs(words_chosen / words_seen - 0.15) < 0.01
 
@@ -126,7 +127,7 @@ def test_a_few_steps_lower_the_held_out_loss(vocab, tokenizer, corpus):
             masked_lm_loss(model, collate(batch))[0].backward()
             optimizer.step()
             optimizer.zero_grad()
-    assert held_out_loss() < before - 0.5
+    assert held_out_loss() < 0.95 * before  # from ln(vocabulary size), by more than 5%
 
 
 def test_saved_folder_loads_for_fill_mask_and_fine_tuning(vocab, tokenizer, tmp_path):
