@@ -158,9 +158,9 @@ class MaskingCollator:
     """Pads a batch of indices to its longest member and masks it: input_ids, attention_mask,
     labels (-100 where not chosen) and masked_positions (flat indices of the chosen tokens, so
     the loss needs no device sync to find them). Eligible are the tokens that are neither
-    padding nor special ([CLS], [SEP], [UNK], [MASK], ...), as in transformers' collator. The masks of a batch depend only on the seed
-    and the batch's indices: the same in any DataLoader worker, and after a resume. Pass
-    seed + epoch to draw new masks each epoch."""
+    padding nor special ([CLS], [SEP], [UNK], [MASK], ...), as in transformers' collator.
+    The masks of a batch depend only on the seed and the batch's indices: the same in any
+    DataLoader worker, and after a resume. Pass seed + epoch to draw new masks each epoch."""
 
     def __init__(self, input_ids, tokenizer, word_ids=None, seed=0,
                  probability=MASK_PROBABILITY):
