@@ -7,4 +7,5 @@ data.py      reading/validating the JSON files, tokenizing once, length-grouped 
 metrics.py   accuracy, macro-F1, per-class scores and the confusion matrix (same as scikit-learn)
 modeling.py  building, loading, saving (atomically) and running the classifier
 training.py  the optimizer, grad scaler, training step and device-side running metrics
+mlm.py       masked-LM pretraining parts: corpus, held-out split, (whole-word) masking, sparse loss
 """

@@ -22,6 +22,10 @@ TRAIN_FILE = os.path.join(CLEAN_DIR, "usual_train.txt")
 EVAL_FILE = os.path.join(CLEAN_DIR, "usual_eval_labeled.txt")
 TEST_FILE = os.path.join(CLEAN_DIR, "usual_test_labeled.txt")
 
+# pretrain.py's default corpus: the train and eval text of both tracks, never the test files.
+PRETRAIN_CORPUS = tuple(os.path.join(CLEAN_DIR, name) for name in (
+    "usual_train.txt", "virus_train.txt", "usual_eval_labeled.txt", "virus_eval_labeled.txt"))
+
 WORKSPACE = os.path.join(REPO_ROOT, "workspace", "wb")
 BEST_DIR = os.path.join(WORKSPACE, "best")
 

@@ -56,46 +56,57 @@ def autocast_dtype(device):
     return AMP_DTYPES[choose_precision("auto", torch.device(device))]
 
 
-def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, **extra):
-    """A BERT of the given size with bert-base's proportions: a head per 64 dimensions, a
-    feed-forward layer 4x as wide."""
+def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, num_heads=None,
+                intermediate_size=None, **extra):
+    """A BERT of the given size, by default with bert-base's proportions: a head per 64
+    dimensions, a feed-forward layer 4x as wide."""
+    num_heads = num_heads or max(1, hidden_size // 64)
+    if hidden_size % num_heads:
+        raise UserError(f"--hidden_size {hidden_size} is not a multiple of the {num_heads} heads")
     config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                        num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 64),
-                        intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout, **extra)
+                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                        intermediate_size=intermediate_size or 4 * hidden_size,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **extra)
     config._attn_implementation = "sdpa"
     return config
 
 
-def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_layers=12,
-                hidden_size=768):
-    """(model, tokenizer) for training, weights in fp32 whatever dtype they were saved in:
-    pretrained from a hub name or local folder, or, with from_scratch, a randomly initialised
-    BERT of the given size on the given WordPiece vocabulary."""
-    if from_scratch:
-        if not vocab or not os.path.isfile(vocab):
-            raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
-        tokenizer = BertTokenizer(vocab)
-        config = bert_config(len(tokenizer), num_layers, hidden_size, dropout,
-                             num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
-        return BertForSequenceClassification(config), tokenizer
+def from_pretrained(auto_class, model_name, dropout=0.1, **kwargs):
+    """(model, tokenizer) from a hub id or a local folder (~ expanded), weights in fp32 whatever
+    dtype they were saved in: trained in fp16 they overflow, in bf16 an lr-1e-5 update rounds
+    away and the model silently stops learning. Autocast gives the speed of half precision."""
     model_name = os.path.expanduser(model_name)
-    if os.path.isabs(model_name) or model_name.startswith(".") or os.path.isdir(model_name):
-        if not os.path.isdir(model_name):
-            raise UserError(f"--model_name {model_name}: no such folder")
+    if (os.path.isabs(model_name) or model_name.startswith(".")) and not os.path.isdir(model_name):
+        raise UserError(f"--model_name {model_name}: no such folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name)
-        # fp32 master weights: trained in fp16 they overflow, in bf16 an lr-1e-5 update rounds
-        # away and the model silently stops learning. Autocast gives the speed of half precision.
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_class.from_pretrained(
             model_name, dtype=torch.float32, hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout, attn_implementation="sdpa",
-            num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
+            attention_probs_dropout_prob=dropout, attn_implementation="sdpa", **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); without network, "
                         "pass a local folder with --model_name (HF_HUB_OFFLINE=1 answers at once "
                         "instead of retrying), or use --from_scratch --vocab VOCAB.txt") from None
     return model, tokenizer
+
+
+def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_layers=12,
+                hidden_size=768):
+    """(classifier, tokenizer) for training: pretrained (from_pretrained above), or, with
+    from_scratch, a randomly initialised BERT of the given size on the given vocabulary."""
+    if from_scratch:
+        tokenizer = scratch_tokenizer(vocab)
+        config = bert_config(len(tokenizer), num_layers, hidden_size, dropout,
+                             num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
+        return BertForSequenceClassification(config), tokenizer
+    return from_pretrained(AutoModelForSequenceClassification, model_name, dropout,
+                           num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
+
+
+def scratch_tokenizer(vocab):
+    if not vocab or not os.path.isfile(vocab):
+        raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
+    return BertTokenizer(vocab)
 
 
 def load_checkpoint(model_dir, device="cpu"):

@@ -1,0 +1,225 @@
+"""Masked-LM pretraining parts (BERT §3.1; Chinese-BERT-wwm's whole-word masking), below the loop.
+
+read_corpus      unique cleaned posts of SMP2020-EWECT JSON, CSV and plain-text files
+split_held_out   the deterministic held-out share of the corpus
+encode_corpus    token ids, once, and for whole-word masking each token's jieba word
+mask_tokens      choose 15% of eligible tokens (or of words); 80% [MASK], 10% random, 10% kept
+MaskingCollator  pads a batch, masks it with a generator seeded per batch: reproducible, resumable
+masked_lm_loss   the vocabulary projection at the chosen positions only, cross-entropy in float32
+build_mlm_model  a BertForMaskedLM from scratch or from a hub id or folder
+"""
+import csv
+import json
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cleaning import clean_text
+from .data import encode, read_records
+from .errors import UserError, first_line
+from .modeling import bert_config, from_pretrained, scratch_tokenizer
+
+MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
+MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; the rest stay
+
+
+def read_corpus(paths, log=print, skip_bad_records=False):
+    """Unique cleaned posts of all files, in order; posts that cleaning empties are dropped.
+    A .csv file needs a `content` column; a file whose text is a JSON array is read as
+    SMP2020-EWECT records (labels ignored); anything else is plain text, one post per line."""
+    texts = []
+    for path in paths:
+        if "test" in os.path.basename(path).lower():
+            log(f"warning: {path} looks like a test file: its text leaks into pretraining, so "
+                "scores on it will be optimistic")
+        posts = [clean_text(post) for post in _read_posts(path, log, skip_bad_records)]
+        posts = [post for post in posts if post]
+        if not posts:
+            log(f"warning: {path}: no usable text")
+        texts += posts
+    texts = list(dict.fromkeys(texts))  # exact duplicates out, first occurrence kept
+    if not texts:
+        raise UserError(f"corpus {' '.join(paths)}: no usable text (every post is empty once "
+                        "cleaned)")
+    return texts
+
+
+def _read_posts(path, log, skip_bad_records):
+    if not os.path.isfile(path):
+        raise UserError(f"--corpus {path}: file not found")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            if path.lower().endswith(".csv"):
+                rows = list(csv.DictReader(f))
+                if rows and "content" not in rows[0]:
+                    raise UserError(f"{path}: no 'content' column (found: "
+                                    f"{', '.join(map(str, rows[0]))})")
+                return [row["content"] or "" for row in rows]
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (OSError, csv.Error) as err:
+        raise UserError(f"{path}: cannot read it ({first_line(err)})") from None
+    if text.lstrip().startswith("["):  # a Weibo post may start with [心] too: parse to be sure
+        try:
+            is_array = isinstance(json.loads(text), list)
+        except ValueError:
+            is_array = False
+        if is_array:
+            records = read_records(path, require_label=False, skip_bad_records=skip_bad_records,
+                                   log=log)
+            return [r.content for r in records]
+    return text.splitlines()
+
+
+def split_held_out(texts, fraction=0.02, seed=0):
+    """(train, held out): a random `fraction` of the texts (at least one when there are two or
+    more), the same for the same seed; both keep the corpus order."""
+    count = max(1, round(len(texts) * fraction)) if len(texts) > 1 else 0
+    held = set(random.Random(seed).sample(range(len(texts)), count))
+    return ([t for i, t in enumerate(texts) if i not in held],
+            [t for i, t in enumerate(texts) if i in held])
+
+
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        raise UserError("--whole_word_mask needs jieba: pip install jieba") from None
+    jieba.setLogLevel(logging.WARNING)  # else it logs its dictionary load on every first use
+    return jieba
+
+
+def encode_corpus(tokenizer, texts, max_length, whole_word_mask=False):
+    """(token ids, word ids) of every text, tokenized once. Word ids number each token's jieba
+    word within its text (0, 1, ...; -1 for [CLS]/[SEP]); a `##` wordpiece continues the word
+    before it. None without whole_word_mask. jieba loads its dictionary on first use (~1 s)."""
+    if not whole_word_mask:
+        return encode(tokenizer, texts, max_length), None
+    jieba = _jieba()
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length,
+                        return_offsets_mapping=True, return_special_tokens_mask=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+    all_word_ids = []
+    for row, text in enumerate(texts):
+        word_of_char = [0] * len(text)
+        for number, (_, start, end) in enumerate(jieba.tokenize(text)):
+            word_of_char[start:end] = [number] * (end - start)
+        word_ids, last_word, count = [], None, -1
+        for token, (start, _), special in zip(encoded.tokens(row), encoded["offset_mapping"][row],
+                                              encoded["special_tokens_mask"][row]):
+            if special:
+                word_ids.append(-1)
+                continue
+            if not token.startswith("##") and word_of_char[start] != last_word:
+                count += 1
+            last_word = word_of_char[start]
+            word_ids.append(count)
+        all_word_ids.append(word_ids)
+    return encoded["input_ids"], all_word_ids
+
+
+def replacement_ids(tokenizer):
+    """The ids a chosen token may become at random: the vocabulary without special and
+    [unused…] tokens."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor(sorted(i for token, i in tokenizer.get_vocab().items()
+                               if i not in special and not token.startswith("[unused")))
+
+
+def mask_tokens(input_ids, eligible, word_ids=None, *, mask_id, replacement_ids, generator,
+                probability=MASK_PROBABILITY):
+    """(inputs, labels) for masked-LM: each eligible token is chosen with `probability` (with
+    word_ids: each word is, and then all its eligible tokens are; a token's chance, hence the
+    expected share of chosen tokens, stays `probability`, where Chinese-BERT-wwm picks words
+    until exactly 15% of a sequence's tokens are chosen). Each chosen token independently
+    becomes [MASK] (80%), a random token from replacement_ids (10%) or stays (10%). Labels hold
+    the chosen tokens' ids and -100 elsewhere. All draws come from `generator` (CPU)."""
+    rows, length = input_ids.shape
+    if word_ids is None:  # every token its own word
+        word_ids = torch.arange(length).expand(rows, length)
+    # Word numbers are below the sequence length, so one draw per position covers every word.
+    word_chosen = torch.rand(rows, length, generator=generator) < probability
+    chosen = word_chosen.gather(1, word_ids.clamp(min=0)) & eligible
+    labels = torch.where(chosen, input_ids, -100)
+    action = torch.rand(rows, length, generator=generator)
+    random_tokens = replacement_ids[torch.randint(len(replacement_ids), (rows, length),
+                                                  generator=generator)]
+    inputs = torch.where(chosen & (action < MASK_SHARE), mask_id, input_ids)
+    inputs = torch.where(chosen & (action >= MASK_SHARE) & (action < MASK_SHARE + RANDOM_SHARE),
+                         random_tokens, inputs)
+    return inputs, labels
+
+
+class MaskingCollator:
+    """Pads a batch of indices to its longest member and masks it: input_ids, attention_mask,
+    labels (-100 where not chosen) and masked_positions (flat indices of the chosen tokens, so
+    the loss needs no device sync to find them). Eligible are the tokens that are neither
+    padding nor special ([CLS], [SEP], [UNK], [MASK], ...), as in transformers' collator.
+    The masks of a batch depend only on the seed and the batch's indices: the same in any
+    DataLoader worker, and after a resume. Pass seed + epoch to draw new masks each epoch."""
+
+    def __init__(self, input_ids, tokenizer, word_ids=None, seed=0,
+                 probability=MASK_PROBABILITY):
+        self.input_ids, self.word_ids, self.seed = input_ids, word_ids, seed
+        self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
+        self.special_ids = torch.tensor(tokenizer.all_special_ids)
+        self.replacement_ids = replacement_ids(tokenizer)
+        self.probability = probability
+
+    def __call__(self, indices):
+        longest = max(len(self.input_ids[i]) for i in indices)
+        ids = torch.full((len(indices), longest), self.pad_id, dtype=torch.long)
+        words = torch.full((len(indices), longest), -1, dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids[row, :len(self.input_ids[i])] = torch.tensor(self.input_ids[i])
+            if self.word_ids is not None:
+                words[row, :len(self.word_ids[i])] = torch.tensor(self.word_ids[i])
+        attention_mask = (torch.arange(longest) < torch.tensor(
+            [len(self.input_ids[i]) for i in indices])[:, None]).long()
+        seed = np.random.SeedSequence([self.seed, *indices]).generate_state(1, np.uint64)[0]
+        inputs, labels = mask_tokens(
+            ids, attention_mask.bool() & ~torch.isin(ids, self.special_ids),
+            words if self.word_ids is not None else None, mask_id=self.mask_id,
+            replacement_ids=self.replacement_ids, probability=self.probability,
+            generator=torch.Generator().manual_seed(int(seed)))
+        return {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels,
+                "masked_positions": (labels.view(-1) != -100).nonzero().squeeze(1)}
+
+
+def masked_lm_loss(model, batch):
+    """(mean cross-entropy, chosen tokens, correctly predicted ones) of a BertForMaskedLM on a
+    MaskingCollator batch, as tensors. The 21128-way projection runs only at the chosen
+    positions: over all positions it costs more than the encoder on short posts. Their count
+    comes from the host (masked_positions' shape), so nothing waits for the GPU; without
+    masked_positions they are found from labels, which syncs on CUDA. Under DDP call it inside
+    the wrapped module's forward: calling model.bert directly would skip DDP's gradient sync."""
+    positions = batch.get("masked_positions")
+    if positions is None:
+        positions = (batch["labels"].view(-1) != -100).nonzero().squeeze(1)
+    hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        return_dict=True).last_hidden_state
+    targets = batch["labels"].view(-1)[positions]
+    logits = model.cls(hidden.flatten(0, 1)[positions]).float()
+    loss = F.cross_entropy(logits, targets, reduction="sum") / max(len(positions), 1)
+    correct = (logits.detach().argmax(-1) == targets).sum()
+    count = torch.full((), len(positions), device=loss.device)  # a fill, not a host copy
+    return loss, count, correct
+
+
+def build_mlm_model(model_name=None, from_scratch=False, vocab=None, num_layers=12,
+                    hidden_size=768, num_heads=None, intermediate_size=None, dropout=0.1):
+    """(BertForMaskedLM, tokenizer): continued pretraining from a hub id or folder, or, with
+    from_scratch, a random BERT of the given size on the given WordPiece vocabulary."""
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+    if from_scratch:
+        tokenizer = scratch_tokenizer(vocab)
+        config = bert_config(len(tokenizer), num_layers, hidden_size, dropout, num_heads,
+                             intermediate_size, pad_token_id=tokenizer.pad_token_id)
+        return BertForMaskedLM(config), tokenizer
+    return from_pretrained(AutoModelForMaskedLM, model_name, dropout)
