@@ -36,8 +36,8 @@ from ewect.data import (Collator, clean_records, encode, length_grouped_batches,
 from ewect.errors import UserError, first_line, positive_int, run_cli
 from ewect.metrics import scores
 from ewect.modeling import (autocast_dtype, build_model, check_max_length, load_checkpoint,
-                            predict_logits, resolve_device, restore_interrupted_save,
-                            save_checkpoint)
+                            resolve_device, restore_interrupted_save, save_checkpoint)
+from ewect.prediction import predict_logits
 from ewect.training import (RunningMetrics, confusion_counts, make_grad_scaler, make_optimizer,
                             train_step)
 

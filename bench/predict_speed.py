@@ -7,10 +7,10 @@ against the published repo's, same model, same posts, in one process.
     python bench/predict_speed.py --device cpu --num_layers 2 --hidden_size 128 --limit 200 \
         --int8 --single                                                     # smoke test, seconds
 
-(a)  project: posts tokenized in one call (ewect.data.encode), then ewect.modeling.predict_logits:
+(a)  project: posts tokenized in one call (ewect.data.encode), then ewect.prediction.predict_logits:
      batches sorted by length and padded to their own longest post, inference_mode, bf16 autocast
      on GPUs that have it.
-(a') --int8, CPU only: the same after ewect.modeling.quantize_int8 (dynamic int8 Linear layers).
+(a') --int8, CPU only: the same after ewect.prediction.quantize_int8 (dynamic int8 Linear layers).
 (b)  baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140 on
      access, batches in file order, no_grad, fp32 on CPU / fp16 autocast on GPU, .cpu() per batch.
 
@@ -42,8 +42,8 @@ from ewect.config import ID2LABEL, MAX_LENGTH  # noqa: E402
 from ewect.data import encode, sorted_batches  # noqa: E402
 from ewect.errors import run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
-from ewect.modeling import (autocast_dtype, build_model, load_checkpoint,  # noqa: E402
-                            predict_logits, quantize_int8, resolve_device)
+from ewect.modeling import autocast_dtype, build_model, load_checkpoint, resolve_device  # noqa: E402
+from ewect.prediction import predict_logits, quantize_int8  # noqa: E402
 
 
 def parse_args():
