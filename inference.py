@@ -6,6 +6,7 @@
     python inference.py --input_file posts.csv --output labels.jsonl --json   # 'content' column
     python inference.py --input_file posts.txt --output labels.tsv --resume   # go on after a kill
     python inference.py --input '好开心' --backend onnx --int8   # after `python export.py`
+    torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
 line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional) or a
@@ -16,15 +17,20 @@ SMP2020-EWECT's files; use lines or CSV for millions of posts).
 Output, one row per post in input order: TSV (id, label, its probability, cleaned text) or with
 --json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
-skips the posts already there.
+skips the posts already there (with the same --chunk_size).
+Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_RANK; on a CPU
+they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order.
 """
 import argparse
 import csv
+import glob
 import itertools
 import json
 import os
 import re
 import sys
+import time
+from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.errors import UserError, positive_int, run_cli
@@ -170,27 +176,63 @@ class RowWriter:
             self.file.close()
 
 
-def label_file(args, posts, predictor):
-    """Stream the posts through clean → predict → write, chunk by chunk, in input order."""
+def chunks(items, size):
+    return iter(lambda: list(itertools.islice(items, size)), [])
+
+
+def process_group():
+    """(rank, world size, local rank) under torchrun, (0, 1, 0) otherwise."""
+    env = os.environ
+    return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def label_file(args, posts, predictor, rank=0, world_size=1):
+    """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
+    several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk."""
     from tqdm import tqdm
 
     from ewect.cleaning import clean_text
 
-    skip = rows_done(args.output) if args.resume else 0
-    posts = itertools.islice(posts, skip, None)
-    writer = RowWriter(args.output, append=skip > 0)
+    output = f"{args.output}.part{rank}" if world_size > 1 else args.output
+    mine = (post for index, chunk in enumerate(chunks(posts, args.chunk_size))
+            if index % world_size == rank for post in chunk)
+    skip = rows_done(output) if args.resume and output else 0
+    writer = RowWriter(output, append=skip > 0)
     progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
-                    disable=None)  # None: no bar when stderr is not a terminal
+                    disable=None if rank == 0 else True)  # None: no bar unless a terminal
     try:
-        while chunk := list(itertools.islice(posts, args.chunk_size)):
+        for chunk in chunks(itertools.islice(mine, skip, None), args.chunk_size):
             texts = [clean_text(text) for _, text in chunk]
             probs = predictor.predict(texts, args.batch_size, args.max_length)
             writer.write([format_row(post_id, text, row, args.json)
                           for (post_id, _), text, row in zip(chunk, texts, probs)])
-            progress.update(len(chunk))
+            progress.update(len(chunk) * world_size)
     finally:
         progress.close()
         writer.close()
+
+
+def merge_parts(output, world_size, chunk_size):
+    """Rank 0, once every process has marked its part done: interleave the parts' chunks back
+    into input order in OUTPUT (written whole, then renamed into place), and remove the parts."""
+    parts = [f"{output}.part{rank}" for rank in range(world_size)]
+    while not all(os.path.exists(part + ".done") for part in parts):
+        time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
+    files = [open(part, encoding="utf-8") for part in parts]
+    with open(output + ".tmp", "w", encoding="utf-8") as merged:
+        for chunk_index in itertools.count():
+            rows = list(itertools.islice(files[chunk_index % world_size], chunk_size))
+            if not rows:
+                break
+            merged.writelines(rows)
+        merged.flush()
+        os.fsync(merged.fileno())
+    for f in files:
+        f.close()
+    os.replace(output + ".tmp", output)
+    for part in parts:
+        os.remove(part)
+        os.remove(part + ".done")
 
 
 def label_one(args, predictor):
@@ -212,16 +254,25 @@ def main(argv=None):
     args = parse_args(argv)
     if args.input is not None and not args.input.strip():
         raise UserError("--input is empty: give the text of a post")
-    if args.output and not args.resume and os.path.exists(args.output):
-        raise UserError(f"{args.output} exists; pass --resume to go on with it, or remove it")
+    rank, world_size, local_rank = process_group()
+    if world_size > 1 and not (args.input_file and args.output):
+        raise UserError("several processes (torchrun) need --input_file and --output")
+    if args.output and not args.resume:
+        for path in [args.output] + glob.glob(glob.escape(args.output) + ".part*"):
+            if os.path.exists(path):
+                raise UserError(f"{path} exists; pass --resume to go on with it, or remove it")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
     from ewect.prediction import load_predictor
 
-    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8)
+    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank)
     if posts is None:
         label_one(args, predictor)
-    else:
-        label_file(args, posts, predictor)
+        return
+    label_file(args, posts, predictor, rank, world_size)
+    if world_size > 1:
+        Path(f"{args.output}.part{rank}.done").touch()
+        if rank == 0:
+            merge_parts(args.output, world_size, args.chunk_size)
 
 
 if __name__ == "__main__":

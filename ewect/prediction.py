@@ -96,13 +96,13 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
                                            model.config.num_labels))
 
 
-def load_for_prediction(model_dir, device_name="auto", int8=False):
-    """(model, tokenizer, device); int8 means a quantized CPU model."""
+def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0):
+    """(model, tokenizer, device); int8 means a quantized CPU model; local_rank picks the GPU."""
     from .modeling import load_checkpoint, resolve_device
 
     if int8 and device_name == "cuda":
         raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
-    device = resolve_device("cpu" if int8 else device_name)
+    device = resolve_device("cpu" if int8 else device_name, local_rank)
     model, tokenizer = load_checkpoint(model_dir, device)
     return (quantize_int8(model) if int8 else model), tokenizer, device
 
@@ -124,8 +124,9 @@ class TorchPredictor:
     """The checkpoint as train.py saved it (or its int8 quantization, on the CPU)."""
     labels = LABELS
 
-    def __init__(self, model_dir, device="auto", int8=False):
-        self.model, self.tokenizer, self.device = load_for_prediction(model_dir, device, int8)
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
+        self.model, self.tokenizer, self.device = load_for_prediction(model_dir, device, int8,
+                                                                      local_rank)
         self.default_batch_size = DEFAULT_BATCH_SIZE[self.device.type]
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
@@ -149,7 +150,7 @@ class OnnxPredictor:
     labels = LABELS
     default_batch_size = DEFAULT_BATCH_SIZE["cpu"]
 
-    def __init__(self, model_dir, device="auto", int8=False):
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
         if device == "cuda":
             raise UserError("--backend onnx runs on the CPU; drop --device cuda")
         try:
@@ -200,9 +201,11 @@ class OnnxPredictor:
         return softmax(self.logits(ids, batch_size or self.default_batch_size))
 
 
-def load_predictor(model_dir, backend="torch", device="auto", int8=False):
+def load_predictor(model_dir, backend="torch", device="auto", int8=False, local_rank=0):
     """A predictor of the checkpoint in model_dir: .labels, and .predict(cleaned_texts) giving
-    an (n, 6) numpy array of probabilities in input order."""
+    an (n, 6) numpy array of probabilities in input order. local_rank: the GPU of this process
+    under torchrun."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
-    return (TorchPredictor if backend == "torch" else OnnxPredictor)(model_dir, device, int8)
+    predictor = TorchPredictor if backend == "torch" else OnnxPredictor
+    return predictor(model_dir, device, int8, local_rank)

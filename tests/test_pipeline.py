@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from conftest import FIXTURE_RAW, SHARED_RAW, requires_shared_data, run_script
 from ewect.cleaning import clean_text

@@ -150,3 +150,19 @@ def test_onnx_without_an_export_says_how_to_make_one(checkpoint, tmp_path):
 
 def test_export_without_a_checkpoint(tmp_path):
     assert_clean_error(run_script("export.py", "--model_dir", tmp_path), "no checkpoint here")
+
+
+def test_two_processes_label_disjoint_shares_merged_in_input_order(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(f"{i} {post}" for i, post in enumerate(POSTS * 2)) + "\n",
+                     encoding="utf-8")
+    single, merged = tmp_path / "single.jsonl", tmp_path / "merged.jsonl"
+    common = ["--model_dir", checkpoint, "--input_file", posts, "--chunk_size", 3, "--json",
+              "--device", "cpu"]
+    inference.main([*map(str, common), "--output", str(single)])
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "inference.py", *common, "--output", merged, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert merged.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.jsonl", "posts.txt",
+                                                          "single.jsonl"]
