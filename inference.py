@@ -146,16 +146,20 @@ def format_row(post_id, text, row, as_json):
     return f"{post_id}\t{label}\t{row.max():.4f}\t{' '.join(text.split())}\n"
 
 
-def rows_done(path):
-    """Complete rows already in an output file; a torn last line (a kill mid-write) is cut."""
+def rows_done(path, block=1 << 20):
+    """Complete rows already in an output file, counted block by block; a torn last line (a
+    kill mid-write) is cut off."""
     if not os.path.exists(path):
         return 0
+    rows = complete = offset = 0
     with open(path, "rb+") as f:
-        data = f.read()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            f.truncate(complete)
-    return data.count(b"\n", 0, complete)
+        while data := f.read(block):
+            rows += data.count(b"\n")
+            if b"\n" in data:
+                complete = offset + data.rfind(b"\n") + 1
+            offset += len(data)
+        f.truncate(complete)
+    return rows
 
 
 class RowWriter:
