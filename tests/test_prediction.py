@@ -166,3 +166,17 @@ def test_two_processes_label_disjoint_shares_merged_in_input_order(checkpoint, c
     assert merged.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.jsonl", "posts.txt",
                                                           "single.jsonl"]
+
+
+def test_test_script_with_onnx_scores_like_torch(exported, clean_dir, tmp_path):
+    data = clean_dir / "usual_test_labeled.txt"
+    outputs = {}
+    for backend in ("torch", "onnx"):
+        result = run_script("test.py", "--model_dir", exported, "--data_file", data,
+                            "--output_dir", tmp_path / backend, "--backend", backend,
+                            "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        outputs[backend] = json.loads(
+            (tmp_path / backend / "usual_test_labeled.metrics.json").read_text())
+    assert outputs["onnx"]["backend"] == "onnx"
+    assert outputs["onnx"]["confusion"] == outputs["torch"]["confusion"]
