@@ -80,20 +80,24 @@ def quantize_int8(model):
 
 
 def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=None):
-    """Logits (a float32 torch tensor on the CPU) for every token-id list, in the input order."""
+    """Logits (a float32 torch tensor on the CPU) for every token-id list, in the input order.
+    The batches' logits stay on the device until the end: no host sync per batch on a GPU."""
     import torch
 
     device = torch.device(device)
     pad_id = model.config.pad_token_id or 0
-
-    def run_batch(batch):
-        ids, mask = (torch.from_numpy(a).to(device, non_blocking=True) for a in pad(batch, pad_id))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
-                                                    enabled=amp_dtype is not None):
-            return model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
-
-    return torch.from_numpy(predict_sorted(input_ids, batch_size, run_batch,
-                                           model.config.num_labels))
+    results, order = [], []
+    with torch.inference_mode():
+        for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
+            ids, mask = (torch.from_numpy(a).to(device, non_blocking=True)
+                         for a in pad([input_ids[i] for i in indices], pad_id))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                results.append(model(input_ids=ids, attention_mask=mask).logits.float())
+            order += indices
+        logits = torch.empty(len(input_ids), model.config.num_labels)
+        if results:
+            logits[torch.tensor(order)] = torch.cat(results).cpu()
+    return logits
 
 
 def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0):
