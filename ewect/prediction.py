@@ -23,9 +23,10 @@ from .data import sorted_batches
 from .errors import UserError, first_line
 
 BACKENDS = ("torch", "onnx")
-# Posts per forward pass. On the CPU the attention and GELU temporaries of a large batch fall out
-# of the cache: batch 32 ran bert-base at 16 posts/s where 128 ran at 10 (bench/RESULTS.md).
-DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 128}
+# Posts per forward pass. On the 2-core CPU small batches win (the activations of a big one fall
+# out of the cache): bert-base fp32 ran 21 posts/s at 16, 19 at 32, ~10 at 128; onnx int8 72 at
+# 16, 53 at 64 (bench/RESULTS.md). GPUs want big batches; 128 is the published default there.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 128}
 ONNX_DIR = "onnx"
 ONNX_FILES = {False: "model.onnx", True: "model.int8.onnx"}  # keyed by int8
 
