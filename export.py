@@ -41,27 +41,25 @@ def parse_args(argv=None):
 
 def require(package):
     try:
-        return __import__(package)
+        __import__(package)
     except ImportError:
         raise UserError(f"export needs the {package} package: pip install -r requirements.txt"
                         ) from None
 
 
-class LogitsOnly:
-    """A forward that returns the logits tensor alone, the output the exporter can name."""
+def logits_only(model):
+    """The model with a forward that returns the logits tensor alone, the output ONNX names."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-            def forward(self, input_ids, attention_mask):
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        return Wrapper().eval()
+    return LogitsOnly().eval()
 
 
 def export_fp32(model, path):
@@ -71,7 +69,7 @@ def export_fp32(model, path):
     input_ids = torch.tensor([[101, 1962, 102], [101, 102, 0]])
     attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     dynamic = {0: "batch", 1: "sequence"}
-    torch.onnx.export(LogitsOnly(model), (input_ids, attention_mask), str(path),
+    torch.onnx.export(logits_only(model), (input_ids, attention_mask), str(path),
                       input_names=["input_ids", "attention_mask"], output_names=["logits"],
                       dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
                                     "logits": {0: "batch"}},

@@ -1,5 +1,6 @@
 """The prediction module and inference.py's file handling: formats, streaming, resume."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +181,15 @@ def test_test_script_with_onnx_scores_like_torch(exported, clean_dir, tmp_path):
             (tmp_path / backend / "usual_test_labeled.metrics.json").read_text())
     assert outputs["onnx"]["backend"] == "onnx"
     assert outputs["onnx"]["confusion"] == outputs["torch"]["confusion"]
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_missing_onnx_packages_get_one_line(exported, monkeypatch, package):
+    import export
+
+    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
+    with pytest.raises(UserError, match=f"needs the {package} package"):
+        export.main(["--model_dir", str(exported)])
+    if package == "onnxruntime":
+        with pytest.raises(UserError, match="needs the onnxruntime package"):
+            load_predictor(exported, backend="onnx")
