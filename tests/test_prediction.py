@@ -193,3 +193,11 @@ def test_missing_onnx_packages_get_one_line(exported, monkeypatch, package):
     if package == "onnxruntime":
         with pytest.raises(UserError, match="needs the onnxruntime package"):
             load_predictor(exported, backend="onnx")
+
+
+def test_onnx_labels_hostile_strings(exported):
+    from ewect.cleaning import clean_text
+    from test_hostile_input import HOSTILE
+
+    probs = load_predictor(exported, backend="onnx").predict([clean_text(t) for t in HOSTILE])
+    assert probs.shape == (len(HOSTILE), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
