@@ -5,13 +5,14 @@ import re
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from conftest import FIXTURE_RAW, ROOT, SHARED_RAW, requires_shared_data, run_script
 from ewect.cleaning import clean_text
 from ewect.config import DATA_FILES, LABELS
 from ewect.data import encode, read_records
-from ewect.modeling import build_model, load_checkpoint, predict_logits, save_checkpoint
+from ewect.modeling import build_model, load_checkpoint, save_checkpoint
+from ewect.prediction import predict_logits
 
 
 def test_clean_data_drops_only_empty_train_records(clean_dir):
@@ -78,9 +79,14 @@ def test_test_script_reports_scikit_learn_metrics_and_writes_outputs(trained, cl
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     acc = accuracy_score(golds, preds)
     f1 = f1_score(golds, preds, average="macro", labels=list(LABELS), zero_division=0)
-    assert f"accuracy {acc:.4f}  macro-F1 {f1:.4f}" in result.stdout
+    precision, recall, _, _ = precision_recall_fscore_support(
+        golds, preds, labels=list(LABELS), zero_division=0)
+    official = 2 * precision.mean() * recall.mean() / (precision.mean() + recall.mean())
+    assert f"accuracy {acc:.4f}  macro-F1 {f1:.4f} (scikit-learn" in result.stdout
+    assert f"official macro-F1 {official:.4f}" in result.stdout
     metrics = json.loads((trained / "test" / "usual_test_labeled.metrics.json").read_text())
     assert np.isclose(metrics["accuracy"], acc) and np.isclose(metrics["macro_f1"], f1)
+    assert np.isclose(metrics["official_macro_f1"], official)
     assert (trained / "test" / "usual_test_labeled.confusion.png").read_bytes()[:4] == b"\x89PNG"
     # inference.py labels the same file the same way
     result = run_script("inference.py", "--model_dir", trained / "best", "--input_file", data,
