@@ -126,11 +126,15 @@ def main():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; works offline
     demo = build_demo(predictor)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                    max_file_size=MAX_FILE_SIZE, ssr_mode=False)
+        _, local_url, share_url = demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share,
+            max_file_size=MAX_FILE_SIZE, ssr_mode=False, quiet=True, prevent_thread_lock=True)
     except OSError as err:  # port taken, or an address this machine does not have
-        raise UserError(f"--host {args.host} --port {args.port}: cannot serve there "
-                        f"({first_line(err)})") from None
+        raise UserError(f"--host {args.host} --port {args.port}: cannot serve there, the port "
+                        "is taken or the address is not this machine's; choose another") from None
+    print(f"serving on {local_url}" + (f" and publicly on {share_url}" if share_url else "")
+          + " (Ctrl-C stops)", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

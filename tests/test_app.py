@@ -91,6 +91,15 @@ def test_missing_checkpoint_stops_before_serving(tmp_path):
                                   free_port()), "no checkpoint here")
 
 
+def test_taken_port_is_one_error_line(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_clean_error(run_script("app.py", "--model_dir", model_dir, "--device", "cpu",
+                                      "--port", port), f"--port {port}: cannot serve there")
+
+
 def test_text_over_http(client, expected_labels):
     post = "你是个什么东西，垃圾 @someone http://t.cn/abc"
     result = client.predict(post, api_name="/classify_text")
