@@ -11,6 +11,7 @@ and a CSV to download. Posts are cleaned exactly as the training data was. The a
 """
 import argparse
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def build_demo(predictor):
 
     from ewect.cleaning import clean_text
 
+    downloads = tempfile.TemporaryDirectory(prefix="ewect-demo-")  # removed when the app exits
+
     def classify_text(text):
         if not text or not text.strip():
             raise gr.Error("Type a post first.")
@@ -94,11 +97,12 @@ def build_demo(predictor):
                               "label": [predictor.labels[i] for i in probs.argmax(1)]})
         for column, label in enumerate(predictor.labels):
             table[label] = probs[:, column].astype(float).round(4)
-        out = Path(tempfile.mkdtemp()) / f"{Path(path).stem}_labels.csv"
+        out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
         table.to_csv(out, index=False)
         return table, str(out)
 
-    with gr.Blocks(title="Weibo emotion") as demo:
+    # Gradio's copies of uploads and downloads are deleted after an hour, and at exit.
+    with gr.Blocks(title="Weibo emotion", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## Weibo emotion (SMP2020-EWECT)\n"
                     f"Labels a Chinese Weibo post as one of: {', '.join(LABELS)}.")
         with gr.Tab("Post"):
@@ -134,6 +138,7 @@ def main():
                         "is taken or the address is not this machine's; choose another") from None
     print(f"serving on {local_url}" + (f" and publicly on {share_url}" if share_url else "")
           + " (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C, cleaning up
     demo.block_thread()
 
 

@@ -66,9 +66,10 @@ def app_url(model_dir, tmp_path_factory):
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            assert process.wait(timeout=10) == 0, log.read_text()  # a clean stop on SIGTERM
         except subprocess.TimeoutExpired:
             process.kill()
+            raise
 
 
 @pytest.fixture(scope="module")
