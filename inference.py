@@ -22,17 +22,16 @@ Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_R
 they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order.
 """
 import argparse
-import csv
 import glob
 import itertools
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
+from ewect.data import read_posts
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
@@ -69,70 +68,6 @@ def parse_args(argv=None):
     if args.resume and not args.output:
         p.error("--resume needs --output")
     return args
-
-
-def open_text(path):
-    """The file opened as UTF-8 text (a byte-order mark dropped), or a one-line error."""
-    try:
-        return open(path, encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-
-
-def detect_format(path):
-    """'csv' by extension; 'json' when the file opens with a JSON array of objects ('[{' or
-    '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
-    if path.lower().endswith(".csv"):
-        return "csv"
-    with open_text(path) as f:
-        try:
-            head = f.read(4096)
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
-    return "json" if re.match(r"\s*\[\s*[{\]]", head) else "lines"
-
-
-def read_lines(path):
-    with open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                yield number, line.rstrip("\r\n")
-
-
-def read_csv(path):
-    with open_text(path) as f:
-        rows = csv.DictReader(f)
-        if "content" not in (rows.fieldnames or []):
-            raise UserError(f"{path}: no 'content' column (found {rows.fieldnames})")
-        for number, row in enumerate(rows, 1):
-            yield row.get("id") or number, row["content"] or ""
-
-
-def read_posts(path, file_format="auto"):
-    """An iterator of (id, text) over the file's posts; a JSON array is read whole, lines and
-    CSV lazily. The first post is read here, so a bad or empty file fails before the model loads."""
-    file_format = detect_format(path) if file_format == "auto" else file_format
-    if file_format == "json":
-        from ewect.data import read_records
-
-        posts = iter([(r.id, r.content) for r in read_records(path, require_label=False)])
-    else:
-        posts = _decode_errors(path, {"lines": read_lines, "csv": read_csv}[file_format](path))
-    first = next(posts, None)
-    if first is None:
-        raise UserError(f"{path}: no posts in this file")
-    return itertools.chain([first], posts)
-
-
-def _decode_errors(path, posts):
-    try:
-        yield from posts
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
-    except csv.Error as err:
-        raise UserError(f"{path}: not valid CSV ({err})") from None
 
 
 def format_row(post_id, text, row, as_json):

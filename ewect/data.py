@@ -1,7 +1,11 @@
-"""Reading and validating SMP2020-EWECT files, tokenizing once, length-grouped batching, padding."""
+"""Reading and validating SMP2020-EWECT files and users' post files (lines, JSON, CSV), tokenizing
+once, length-grouped batching, padding."""
+import csv
+import itertools
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 
 from .cleaning import clean_text
@@ -89,6 +93,69 @@ def clean_records(records, drop_empty):
     cleaning empties are left out; eval and test files keep every record, so their ids survive."""
     cleaned = [Record(r.id, clean_text(r.content), r.label) for r in records]
     return [r for r in cleaned if r.content or not drop_empty]
+
+
+def open_text(path):
+    """The file opened as UTF-8 text (a byte-order mark dropped), or a one-line error."""
+    try:
+        return open(path, encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def detect_format(path):
+    """'csv' by extension; 'json' when the file opens with a JSON array of objects ('[{' or
+    '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
+    if path.lower().endswith(".csv"):
+        return "csv"
+    with open_text(path) as f:
+        try:
+            head = f.read(4096)
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
+    return "json" if re.match(r"\s*\[\s*[{\]]", head) else "lines"
+
+
+def read_lines(path):
+    with open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield number, line.rstrip("\r\n")
+
+
+def read_csv(path):
+    with open_text(path) as f:
+        rows = csv.DictReader(f)
+        if "content" not in (rows.fieldnames or []):
+            raise UserError(f"{path}: no 'content' column (found {rows.fieldnames})")
+        for number, row in enumerate(rows, 1):
+            yield row.get("id") or number, row["content"] or ""
+
+
+def read_posts(path, file_format="auto", skip_bad_records=False, log=print):
+    """An iterator of (id, text) over the file's posts; a JSON array is read whole, lines and
+    CSV lazily. The first post is read here, so a bad or empty file fails before the model loads."""
+    file_format = detect_format(path) if file_format == "auto" else file_format
+    if file_format == "json":
+        posts = iter([(r.id, r.content) for r in read_records(
+            path, require_label=False, skip_bad_records=skip_bad_records, log=log)])
+    else:
+        posts = _decode_errors(path, {"lines": read_lines, "csv": read_csv}[file_format](path))
+    first = next(posts, None)
+    if first is None:
+        raise UserError(f"{path}: no posts in this file")
+    return itertools.chain([first], posts)
+
+
+def _decode_errors(path, posts):
+    try:
+        yield from posts
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: not valid CSV ({err})") from None
 
 
 def encode(tokenizer, texts, max_length):

@@ -8,8 +8,6 @@ MaskingCollator  pads a batch, masks it with a generator seeded per batch: repro
 masked_lm_loss   the vocabulary projection at the chosen positions only, cross-entropy in float32
 build_mlm_model  a BertForMaskedLM from scratch or from a hub id or folder
 """
-import csv
-import json
 import logging
 import os
 import random
@@ -19,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .cleaning import clean_text
-from .data import encode, read_records
-from .errors import UserError, first_line
+from .data import encode, read_posts
+from .errors import UserError
 from .modeling import bert_config, from_pretrained, scratch_tokenizer
 
 MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
@@ -29,14 +27,15 @@ MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; th
 
 def read_corpus(paths, log=print, skip_bad_records=False):
     """Unique cleaned posts of all files, in order; posts that cleaning empties are dropped.
-    A .csv file needs a `content` column; a file whose text is a JSON array is read as
-    SMP2020-EWECT records (labels ignored); anything else is plain text, one post per line."""
+    Each file is read as inference.py reads one (ewect.data.read_posts): one post per line, an
+    SMP2020-EWECT JSON array (labels ignored) or a CSV with a `content` column."""
     texts = []
     for path in paths:
         if "test" in os.path.basename(path).lower():
             log(f"warning: {path} looks like a test file: its text leaks into pretraining, so "
                 "scores on it will be optimistic")
-        posts = [clean_text(post) for post in _read_posts(path, log, skip_bad_records)]
+        posts = [clean_text(text) for _, text in read_posts(
+            path, skip_bad_records=skip_bad_records, log=log)]
         posts = [post for post in posts if post]
         if not posts:
             log(f"warning: {path}: no usable text")
@@ -46,34 +45,6 @@ def read_corpus(paths, log=print, skip_bad_records=False):
         raise UserError(f"corpus {' '.join(paths)}: no usable text (every post is empty once "
                         "cleaned)")
     return texts
-
-
-def _read_posts(path, log, skip_bad_records):
-    if not os.path.isfile(path):
-        raise UserError(f"--corpus {path}: file not found")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            if path.lower().endswith(".csv"):
-                rows = list(csv.DictReader(f))
-                if rows and "content" not in rows[0]:
-                    raise UserError(f"{path}: no 'content' column (found: "
-                                    f"{', '.join(map(str, rows[0]))})")
-                return [row["content"] or "" for row in rows]
-            text = f.read()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except (OSError, csv.Error) as err:
-        raise UserError(f"{path}: cannot read it ({first_line(err)})") from None
-    if text.lstrip().startswith("["):  # a Weibo post may start with [心] too: parse to be sure
-        try:
-            is_array = isinstance(json.loads(text), list)
-        except ValueError:
-            is_array = False
-        if is_array:
-            records = read_records(path, require_label=False, skip_bad_records=skip_bad_records,
-                                   log=log)
-            return [r.content for r in records]
-    return text.splitlines()
 
 
 def split_held_out(texts, fraction=0.02, seed=0):

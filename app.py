@@ -1,0 +1,132 @@
+"""Web demo: label a Weibo post, or a file of posts, in the browser (Gradio).
+
+    python app.py --model_dir workspace/wb/best                 # then open http://127.0.0.1:7860
+    python app.py --model_dir workspace/wb/best --port 8000 --device cpu
+    python app.py --host 0.0.0.0                                # reachable from the local network
+
+Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
+posts (one per line, an SMP2020-EWECT JSON array, or a CSV with a `content` column) for a table
+and a CSV to download. Posts are cleaned exactly as the training data was. The app serves on
+--host only; a public gradio.live link is made only with --share.
+"""
+import argparse
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+from ewect.config import BEST_DIR, LABELS
+from ewect.errors import UserError, run_cli
+
+EXAMPLES = [  # one post per label, in LABELS order
+    "周末去看海，好快乐～",
+    "你是个什么东西，垃圾",
+    "外婆走了，再也吃不到她做的饭了",
+    "半夜一个人在家，听到门外有脚步声，好害怕",
+    "天哪，他居然向我求婚了？！",
+    "明天上午九点在三楼会议室开会",
+]
+MAX_FILE_SIZE = "10mb"  # about 100k posts; larger files belong to inference.py
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx needs a model exported by export.py")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses the GPU when there is one")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on; 0.0.0.0 opens the demo to the local network")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--share", action="store_true",
+                   help="also make a public gradio.live link (anyone with it can use the demo)")
+    return p.parse_args()
+
+
+def read_file_posts(path):
+    """[(id, text)] of an uploaded file, read as inference.py reads files: one post per line, an
+    SMP2020-EWECT JSON array, or a CSV with a `content` column (and an optional `id`)."""
+    from ewect.data import read_posts
+
+    return list(read_posts(path))
+
+
+def build_demo(predictor):
+    import gradio as gr
+    import pandas as pd
+
+    from ewect.cleaning import clean_text
+
+    downloads = tempfile.TemporaryDirectory(prefix="ewect-demo-")  # removed when the app exits
+
+    def classify_text(text):
+        if not text or not text.strip():
+            raise gr.Error("Type a post first.")
+        cleaned = clean_text(text)
+        if not cleaned:
+            gr.Warning("Nothing was left of this post after cleaning.")
+        row = predictor.predict([cleaned])[0]
+        return {label: float(p) for label, p in zip(predictor.labels, row)}
+
+    def classify_file(path):
+        if path is None:
+            raise gr.Error("Upload a file first.")
+        try:
+            posts = read_file_posts(path)
+        except UserError as err:  # name the file as the user knows it, not its upload path
+            raise gr.Error(str(err).replace(path, Path(path).name)) from None
+        texts = [clean_text(text) for _, text in posts]
+        probs = predictor.predict(texts)
+        table = pd.DataFrame({"id": [post_id for post_id, _ in posts], "text": texts,
+                              "label": [predictor.labels[i] for i in probs.argmax(1)]})
+        for column, label in enumerate(predictor.labels):
+            table[label] = probs[:, column].astype(float).round(4)
+        out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
+        table.to_csv(out, index=False)
+        return table, str(out)
+
+    # Gradio's copies of uploads and downloads are deleted after an hour, and at exit.
+    with gr.Blocks(title="Weibo emotion", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## Weibo emotion (SMP2020-EWECT)\n"
+                    f"Labels a Chinese Weibo post as one of: {', '.join(LABELS)}.")
+        with gr.Tab("Post"):
+            text = gr.Textbox(label="Post", lines=3, placeholder="输入一条微博")
+            button = gr.Button("Classify", variant="primary")
+            probabilities = gr.Label(label="Emotion", num_top_classes=len(LABELS))
+            gr.Examples(EXAMPLES, inputs=text, label="One example per emotion")
+            gr.on([button.click, text.submit], classify_text, text, probabilities,
+                  api_name="classify_text")
+        with gr.Tab("File"):
+            upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV with "
+                                   "a `content` column", file_types=[".txt", ".json", ".csv"])
+            file_button = gr.Button("Classify file", variant="primary")
+            table = gr.Dataframe(label="Labels", interactive=False)
+            download = gr.File(label="Download CSV")
+            file_button.click(classify_file, upload, [table, download], api_name="classify_file")
+    return demo
+
+
+def main():
+    args = parse_args()
+    from ewect.prediction import load_predictor
+
+    predictor = load_predictor(args.model_dir, args.backend, args.device)  # fails before serving
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; works offline
+    demo = build_demo(predictor)
+    try:
+        _, local_url, share_url = demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share,
+            max_file_size=MAX_FILE_SIZE, ssr_mode=False, quiet=True, prevent_thread_lock=True)
+    except OSError:  # port taken, or an address this machine does not have
+        raise UserError(f"--host {args.host} --port {args.port}: cannot serve there, the port "
+                        "is taken or the address is not this machine's; choose another") from None
+    print(f"serving on {local_url}" + (f" and publicly on {share_url}" if share_url else "")
+          + " (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C, cleaning up
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,163 @@
+"""The web demo (app.py), as a user meets it: served on a local port, called over HTTP with
+gradio_client, and driven in a real headless browser (skipped where Chromium or Playwright is
+absent; .ci/run installs both)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, assert_clean_error, run_script
+from ewect.cleaning import clean_text
+from ewect.config import LABELS
+
+gradio_client = pytest.importorskip("gradio_client")
+CHROMIUM = shutil.which("chromium")
+# Without the background-networking flags Chromium's own connections fail on a closed network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STARTUP_TIMEOUT = 120  # seconds: importing torch and gradio on a busy 2-core machine
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url, process, log):
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"app.py did not serve {url} within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return trained / "best"
+
+
+@pytest.fixture(scope="module")
+def app_url(model_dir, tmp_path_factory):
+    """URL of app.py serving the tiny checkpoint on a free local port; stopped afterwards."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "app.py", "--model_dir", str(model_dir),
+                                    "--device", "cpu", "--port", str(port)],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            assert process.wait(timeout=10) == 0, log.read_text()  # a clean stop on SIGTERM
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return gradio_client.Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def expected_labels(model_dir):
+    """The label the checkpoint gives each post, computed here without the app."""
+    from ewect.prediction import load_predictor
+
+    predictor = load_predictor(model_dir, device="cpu")
+    return lambda posts: [LABELS[i] for i in predictor.predict(
+        [clean_text(p) for p in posts]).argmax(1)]
+
+
+def test_missing_checkpoint_stops_before_serving(tmp_path):
+    assert_clean_error(run_script("app.py", "--model_dir", tmp_path / "none", "--port",
+                                  free_port()), "no checkpoint here")
+
+
+def test_taken_port_is_one_error_line(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_clean_error(run_script("app.py", "--model_dir", model_dir, "--device", "cpu",
+                                      "--port", port), f"--port {port}: cannot serve there")
+
+
+def test_text_over_http(client, expected_labels):
+    post = "你是个什么东西，垃圾 @someone http://t.cn/abc"
+    result = client.predict(post, api_name="/classify_text")
+    assert result["label"] == expected_labels([post])[0]
+    probabilities = {c["label"]: c["confidence"] for c in result["confidences"]}
+    assert set(probabilities) == set(LABELS)
+    assert sum(probabilities.values()) == pytest.approx(1, abs=1e-4)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Type a post first"):
+        client.predict("   ", api_name="/classify_text")
+
+
+POSTS = ["周末去看海，好快乐～", "網速慢得要死，煩死了", "明天上午九点开会"]
+
+
+@pytest.mark.parametrize("name, content, ids", [
+    ("posts.txt", POSTS[0] + "\n\n" + "\n".join(POSTS[1:]) + "\n", [1, 3, 4]),
+    ("posts.json", json.dumps([{"id": 7 + i, "content": p} for i, p in enumerate(POSTS)],
+                              ensure_ascii=False), [7, 8, 9]),
+    ("posts.csv", "id,content\n" + "".join(f"p{i},{p}\n" for i, p in enumerate(POSTS)),
+     ["p0", "p1", "p2"]),
+], ids=["lines", "json", "csv"])
+def test_file_over_http(client, expected_labels, tmp_path, name, content, ids):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    table, csv_path = client.predict(gradio_client.handle_file(str(path)),
+                                     api_name="/classify_file")
+    shown = pd.DataFrame(table["data"], columns=table["headers"])
+    downloaded = pd.read_csv(csv_path, dtype={"id": str})
+    for frame in shown, downloaded:
+        assert list(frame.columns) == ["id", "text", "label", *LABELS]
+        assert list(frame["id"].astype(str)) == [str(i) for i in ids]
+        assert list(frame["text"]) == [clean_text(p) for p in POSTS]
+        assert list(frame["label"]) == expected_labels(POSTS)
+        assert frame[list(LABELS)].sum(axis=1).tolist() == pytest.approx([1] * 3, abs=1e-3)
+
+
+def test_bad_file_is_a_clear_message(client, tmp_path):
+    path = tmp_path / "posts.csv"
+    path.write_text("id,text\n1,你好\n", encoding="utf-8")
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        client.predict(gradio_client.handle_file(str(path)), api_name="/classify_file")
+    assert str(err.value).startswith("posts.csv: no 'content' column"), str(err.value)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_browser_types_a_post_and_sees_the_label(app_url, expected_labels):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    post = POSTS[1]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(app_url)
+            page.get_by_label("Post").first.fill(post)
+            page.get_by_role("button", name="Classify", exact=True).click()
+            label = page.get_by_test_id("label-output-value")
+            label.wait_for(timeout=30_000)
+            assert label.inner_text().strip() == expected_labels([post])[0]
+        finally:
+            browser.close()
