@@ -3,6 +3,8 @@ fill-mask and train.py take, an interrupted run resumes exactly, torchrun change
 input gets one line."""
 import json
 import math
+import os
+import subprocess
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from transformers import AutoModelForMaskedLM, pipeline
 
 import pretrain
 import train
-from conftest import assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_script
 from test_training import from_folder_args
 
 
@@ -119,3 +121,12 @@ def test_bad_input_gets_one_line(problem, clean_dir, vocab, tmp_path):
         expected = ["--max_length 600: this model reads at most 512 tokens"]
     assert_clean_error(run_script("pretrain.py", *args), *expected)
     assert not (tmp_path / "out" / "last").exists()
+
+
+def test_pretrain_sh_takes_paths_relative_to_the_users_folder(clean_dir, vocab, tmp_path):
+    args = tiny_pretrain_args(clean_dir, vocab, "mine", "--stop_after_steps", 1)
+    result = subprocess.run(["sh", str(ROOT / "pretrain.sh"), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, NGPU="1"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mine" / "last" / "training_state.pt").is_file()
