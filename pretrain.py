@@ -216,6 +216,11 @@ def pretrain(args, rank, world_size, device):
     held_ids, held_words = encode_corpus(tokenizer, held_texts, args.max_length,
                                          args.whole_word_mask)
     held_out = MaskingCollator(held_ids, tokenizer, held_words, seed=args.seed)  # fixed masks
+    held_lengths = [len(ids) for ids in held_ids]
+    if not any(len(held_out(b)["masked_positions"])
+               for b in sorted_batches(held_lengths, args.eval_batch_size)):
+        raise UserError(f"the held-out {len(held_ids)} post(s) have no masked token to score: "
+                        "raise --held_out_fraction or give a larger --corpus")
 
     # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
     per_device = args.per_device_batch_size or math.ceil(args.batch_size / world_size)
@@ -329,8 +334,8 @@ def pretrain(args, rank, world_size, device):
                     return False
             bar.close()
 
-            result = evaluate(model, held_out, [len(ids) for ids in held_ids], args, rank,
-                              world_size, device, precision)
+            result = evaluate(model, held_out, held_lengths, args, rank, world_size, device,
+                              precision)
             progress.update(epoch=epoch + 1, step_in_epoch=0)
             improved = result["loss"] < progress["best_loss"]
             if improved:

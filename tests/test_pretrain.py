@@ -15,6 +15,7 @@ from transformers import AutoModelForMaskedLM, pipeline
 import pretrain
 import train
 from conftest import ROOT, assert_clean_error, run_script
+from ewect.errors import UserError
 from test_training import from_folder_args
 
 
@@ -130,3 +131,13 @@ def test_pretrain_sh_takes_paths_relative_to_the_users_folder(clean_dir, vocab, 
                             env=dict(os.environ, NGPU="1"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mine" / "last" / "training_state.pt").is_file()
+
+
+def test_a_held_out_share_with_nothing_to_score_is_refused(vocab, tmp_path):
+    # 2% of 20 one-character posts: one post, and its one token is not chosen under seed 42.
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("\n".join("好坏大小多少上下左右天地日月山水风云雨雪"), encoding="utf-8")
+    args = ["--from_scratch", "--vocab", vocab, "--num_layers", "1", "--hidden_size", "32",
+            "--device", "cpu", "--corpus", str(corpus), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="held-out 1 post.* no masked token.*--held_out_fraction"):
+        pretrain.main(args)
