@@ -176,7 +176,8 @@ def evaluate(model, collator, lengths, args, rank, world_size, device, precision
     model.train()
     loss, chosen, correct = all_reduce(sums).tolist()
     loss /= max(chosen, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "accuracy": correct / max(chosen, 1)}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
+            "accuracy": correct / max(chosen, 1)}
 
 
 def main(argv=None):

@@ -60,7 +60,11 @@ def parse_args():
                    help="fine-tuning learning rates to choose from on usual_eval")
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds (42, 43, ...)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of every run")
-    return p.parse_args()
+    args = p.parse_args()
+    # The runs start in the repo root; paths given here are relative to the caller's folder.
+    args.data_dir, args.vocab, args.work_dir = map(os.path.abspath,
+                                                   (args.data_dir, args.vocab, args.work_dir))
+    return args
 
 
 def run(name, command, work_dir):
@@ -93,7 +97,8 @@ def pretrain(arm, args, clean_dir):
         run(f"pretrain_{arm}", ["pretrain.py", "--from_scratch", "--vocab", args.vocab,
                                 "--num_layers", str(args.num_layers),
                                 "--hidden_size", str(args.hidden_size),
-                                "--epochs", str(args.pretrain_epochs), "--lr", str(args.pretrain_lr),
+                                "--epochs", str(args.pretrain_epochs),
+                                "--lr", str(args.pretrain_lr),
                                 "--corpus", *corpus, "--device", args.device, "--output_dir", out,
                                 "--resume" if epochs_done is not None else "--overwrite_output_dir",
                                 *(["--whole_word_mask"] if arm == "c" else [])], args.work_dir)
@@ -132,8 +137,9 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
 
 
 def mean_std(values):
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.4f} ± {spread:.4f}"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main():
