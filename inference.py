@@ -3,92 +3,280 @@
     python inference.py --input '你是个什么东西，垃圾' --device cpu
     python inference.py --input_file posts.txt                  # one post per line
     python inference.py --input_file data/raw/virus_test_labeled.txt --json > labels.jsonl
+    python inference.py --input_file posts.csv --output labels.jsonl --json   # 'content' column
+    python inference.py --input_file posts.txt --output labels.tsv --resume   # go on after a kill
+    python inference.py --input '好开心' --backend onnx --int8   # after `python export.py`
+    torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
-line, blank lines skipped) or an SMP2020-EWECT JSON array (labels optional). --json prints one
-JSON object per post: id, text (as cleaned), label, probabilities.
+line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional) or a
+CSV file with a 'content' column (and an optional 'id'); --format auto tells them apart by the
+file's extension and first record. Lines and CSV are streamed: posts are read, labelled and
+written in chunks, so memory does not grow with the file; a JSON array is read whole (fine for
+SMP2020-EWECT's files; use lines or CSV for millions of posts).
+Output, one row per post in input order: TSV (id, label, its probability, cleaned text) or with
+--json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
+every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
+skips the posts already there (with the same --chunk_size).
+Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_RANK; on a CPU
+they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order.
 """
 import argparse
+import csv
+import glob
+import itertools
 import json
+import os
+import re
 import sys
+import time
+from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.errors import UserError, positive_int, run_cli
+from ewect.prediction import BACKENDS
+
+FORMATS = ("auto", "lines", "json", "csv")
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="one post to label")
-    source.add_argument("--input_file", help="file of posts: one per line, or a JSON array")
+    source.add_argument("--input_file", help="file of posts: lines, a JSON array or CSV")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="--input_file's format; auto: .csv is CSV, a file starting with a JSON "
+                        "array of objects is JSON, anything else one post per line")
+    p.add_argument("--output", help="write the rows to this file instead of stdout")
+    p.add_argument("--resume", action="store_true",
+                   help="--output exists from an interrupted run: label only the posts after it")
     p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="torch: the checkpoint; onnx: its export by export.py (CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
-    p.add_argument("--json", action="store_true", help="print one JSON object per post")
-    p.add_argument("--batch_size", type=positive_int, default=64, help="posts per forward pass")
+    p.add_argument("--json", action="store_true", help="one JSON object per post")
+    p.add_argument("--batch_size", type=positive_int, default=None,
+                   help="posts per forward pass; None: the measured best for the device")
+    p.add_argument("--chunk_size", type=positive_int, default=2048,
+                   help="posts read, labelled and written at a time with --input_file")
     p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
                    help="tokens kept per post")
     p.add_argument("--int8", action="store_true",
-                   help="dynamic int8 quantization of the Linear layers (CPU only)")
-    return p.parse_args()
+                   help="int8 model: dynamic quantization (torch, CPU) or export.py's int8 file")
+    args = p.parse_args(argv)
+    if args.resume and not args.output:
+        p.error("--resume needs --output")
+    return args
 
 
-def read_posts(path):
-    """[(id, text)] from a JSON array of records or from plain lines (id = line number)."""
-    from ewect.data import read_records
-
+def open_text(path):
+    """The file opened as UTF-8 text (a byte-order mark dropped), or a one-line error."""
     try:
-        with open(path, encoding="utf-8") as f:
-            head = f.read(1024).lstrip()
+        return open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    if head.startswith("["):
-        return [(r.id, r.content) for r in read_records(path, require_label=False)]
-    with open(path, encoding="utf-8") as f:
+
+
+def detect_format(path):
+    """'csv' by extension; 'json' when the file opens with a JSON array of objects ('[{' or
+    '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
+    if path.lower().endswith(".csv"):
+        return "csv"
+    with open_text(path) as f:
         try:
-            posts = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+            head = f.read(4096)
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
-    if not posts:
-        raise UserError(f"{path}: no posts in this file")
-    return posts
+    return "json" if re.match(r"\s*\[\s*[{\]]", head) else "lines"
 
 
-def main():
-    args = parse_args()
-    if args.input is not None:
-        if not args.input.strip():
-            raise UserError("--input is empty: give the text of a post")
-        posts = [(None, args.input)]
+def read_lines(path):
+    with open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield number, line.rstrip("\r\n")
+
+
+def read_csv(path):
+    with open_text(path) as f:
+        rows = csv.DictReader(f)
+        if "content" not in (rows.fieldnames or []):
+            raise UserError(f"{path}: no 'content' column (found {rows.fieldnames})")
+        for number, row in enumerate(rows, 1):
+            yield row.get("id") or number, row["content"] or ""
+
+
+def read_posts(path, file_format="auto"):
+    """An iterator of (id, text) over the file's posts; a JSON array is read whole, lines and
+    CSV lazily. The first post is read here, so a bad or empty file fails before the model loads."""
+    file_format = detect_format(path) if file_format == "auto" else file_format
+    if file_format == "json":
+        from ewect.data import read_records
+
+        posts = iter([(r.id, r.content) for r in read_records(path, require_label=False)])
     else:
-        posts = read_posts(args.input_file)
+        posts = _decode_errors(path, {"lines": read_lines, "csv": read_csv}[file_format](path))
+    first = next(posts, None)
+    if first is None:
+        raise UserError(f"{path}: no posts in this file")
+    return itertools.chain([first], posts)
+
+
+def _decode_errors(path, posts):
+    try:
+        yield from posts
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: not valid CSV ({err})") from None
+
+
+def format_row(post_id, text, row, as_json):
+    """One output line for one post."""
+    label = LABELS[int(row.argmax())]
+    if as_json:
+        return json.dumps({"id": post_id, "text": text, "label": label,
+                           "probabilities": {name: round(float(p), 4)
+                                             for name, p in zip(LABELS, row)}},
+                          ensure_ascii=False) + "\n"
+    return f"{post_id}\t{label}\t{row.max():.4f}\t{' '.join(text.split())}\n"
+
+
+def rows_done(path, block=1 << 20):
+    """Complete rows already in an output file, counted block by block; a torn last line (a
+    kill mid-write) is cut off."""
+    if not os.path.exists(path):
+        return 0
+    rows = complete = offset = 0
+    with open(path, "rb+") as f:
+        while data := f.read(block):
+            rows += data.count(b"\n")
+            if b"\n" in data:
+                complete = offset + data.rfind(b"\n") + 1
+            offset += len(data)
+        f.truncate(complete)
+    return rows
+
+
+class RowWriter:
+    """Writes whole chunks of rows to stdout, or to a file that is synced after each chunk."""
+
+    def __init__(self, path=None, append=False):
+        self.file = open(path, "a" if append else "w", encoding="utf-8") if path else sys.stdout
+        self.synced = path is not None
+
+    def write(self, lines):
+        self.file.write("".join(lines))
+        self.file.flush()
+        if self.synced:
+            os.fsync(self.file.fileno())
+
+    def close(self):
+        if self.synced:
+            self.file.close()
+
+
+def chunks(items, size):
+    return iter(lambda: list(itertools.islice(items, size)), [])
+
+
+def process_group():
+    """(rank, world size, local rank) under torchrun, (0, 1, 0) otherwise."""
+    env = os.environ
+    return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def label_file(args, posts, predictor, rank=0, world_size=1):
+    """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
+    several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk."""
+    from tqdm import tqdm
 
     from ewect.cleaning import clean_text
-    from ewect.modeling import load_for_prediction, predict_probabilities
 
-    model, tokenizer, device = load_for_prediction(args.model_dir, args.device, args.int8)
-    texts = [clean_text(text) for _, text in posts]
-    probs = predict_probabilities(model, tokenizer, texts, device, args.batch_size, args.max_length)
-    for (post_id, _), text, row in zip(posts, texts, probs):
-        label = LABELS[int(row.argmax())]
-        if args.json:
-            print(json.dumps({"id": post_id, "text": text, "label": label,
-                              "probabilities": {name: round(float(p), 4)
-                                                for name, p in zip(LABELS, row)}},
-                             ensure_ascii=False))
-        elif post_id is None:
-            print(label)
-            for name, p in zip(LABELS, row):
-                print(f"  {name:<9}{p:.4f}")
-            if not text:
-                print("note: nothing was left of this post after cleaning", file=sys.stderr)
-        else:
-            print(f"{post_id}\t{label}\t{row.max():.4f}\t{text}")
+    output = f"{args.output}.part{rank}" if world_size > 1 else args.output
+    mine = (post for index, chunk in enumerate(chunks(posts, args.chunk_size))
+            if index % world_size == rank for post in chunk)
+    skip = rows_done(output) if args.resume and output else 0
+    writer = RowWriter(output, append=skip > 0)
+    progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
+                    disable=None if rank == 0 else True)  # None: no bar unless a terminal
+    try:
+        for chunk in chunks(itertools.islice(mine, skip, None), args.chunk_size):
+            texts = [clean_text(text) for _, text in chunk]
+            probs = predictor.predict(texts, args.batch_size, args.max_length)
+            writer.write([format_row(post_id, text, row, args.json)
+                          for (post_id, _), text, row in zip(chunk, texts, probs)])
+            progress.update(len(chunk) * world_size)
+    finally:
+        progress.close()
+        writer.close()
+
+
+def merge_parts(output, world_size, chunk_size):
+    """Rank 0, once every process has marked its part done: interleave the parts' chunks back
+    into input order in OUTPUT (written whole, then renamed into place), and remove the parts."""
+    parts = [f"{output}.part{rank}" for rank in range(world_size)]
+    while not all(os.path.exists(part + ".done") for part in parts):
+        time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
+    files = [open(part, encoding="utf-8") for part in parts]
+    with open(output + ".tmp", "w", encoding="utf-8") as merged:
+        for chunk_index in itertools.count():
+            rows = list(itertools.islice(files[chunk_index % world_size], chunk_size))
+            if not rows:
+                break
+            merged.writelines(rows)
+        merged.flush()
+        os.fsync(merged.fileno())
+    for f in files:
+        f.close()
+    os.replace(output + ".tmp", output)
+    for part in parts:
+        os.remove(part)
+        os.remove(part + ".done")
+
+
+def label_one(args, predictor):
+    from ewect.cleaning import clean_text
+
+    text = clean_text(args.input)
+    row = predictor.predict([text], 1, args.max_length)[0]
+    if args.json:
+        print(format_row(None, text, row, True), end="")
+        return
+    print(LABELS[int(row.argmax())])
+    for name, p in zip(LABELS, row):
+        print(f"  {name:<9}{p:.4f}")
+    if not text:
+        print("note: nothing was left of this post after cleaning", file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.input is not None and not args.input.strip():
+        raise UserError("--input is empty: give the text of a post")
+    rank, world_size, local_rank = process_group()
+    if world_size > 1 and not (args.input_file and args.output):
+        raise UserError("several processes (torchrun) need --input_file and --output")
+    if args.output and not args.resume:
+        for path in [args.output] + glob.glob(glob.escape(args.output) + ".part*"):
+            if os.path.exists(path):
+                raise UserError(f"{path} exists; pass --resume to go on with it, or remove it")
+    posts = read_posts(args.input_file, args.format) if args.input_file else None
+    from ewect.prediction import load_predictor
+
+    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank)
+    if posts is None:
+        label_one(args, predictor)
+        return
+    label_file(args, posts, predictor, rank, world_size)
+    if world_size > 1:
+        Path(f"{args.output}.part{rank}.done").touch()
+        if rank == 0:
+            merge_parts(args.output, world_size, args.chunk_size)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from ewect.data import (Collator, clean_records, encode, length_grouped_batches,
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import scores
 from ewect.modeling import (AMP_DTYPES, PRECISIONS, autocast, build_model, check_max_length,
-                            choose_precision, load_checkpoint, predict_logits, save_checkpoint)
+                            choose_precision, load_checkpoint, save_checkpoint)
+from ewect.prediction import predict_logits
 from ewect.training import (RunningSums, StopRequest, all_reduce, backward, close_processes,
                             load_training_state, make_grad_scaler, make_optimizer, optimizer_step,
                             prepare_output_dir, refuse_cpu_marathon, rescale_peak_lr,

@@ -3,14 +3,17 @@ against the published repo's, same model, same posts, in one process.
 
     python bench/predict_speed.py --device cuda --single             # GPU, all 5,000 posts
     python bench/predict_speed.py --device cpu --limit 640 --int8 --single   # 2-core CPU, ~3 min
+    python bench/predict_speed.py --device cpu --limit 1000 --int8 --onnx --batch_size 32
     python bench/predict_speed.py --model_dir workspace/wb/best --device cpu --int8   # + scores
     python bench/predict_speed.py --device cpu --num_layers 2 --hidden_size 128 --limit 200 \
         --int8 --single                                                     # smoke test, seconds
 
-(a)  project: posts tokenized in one call (ewect.data.encode), then ewect.modeling.predict_logits:
+(a)  project: posts tokenized in one call (ewect.data.encode), then ewect.prediction.predict_logits:
      batches sorted by length and padded to their own longest post, inference_mode, bf16 autocast
      on GPUs that have it.
-(a') --int8, CPU only: the same after ewect.modeling.quantize_int8 (dynamic int8 Linear layers).
+(a') --int8, CPU only: the same after ewect.prediction.quantize_int8 (dynamic int8 Linear layers).
+(c)  --onnx, CPU: export.py's fp32 and int8 ONNX files of the same model run by
+     ewect.prediction.OnnxPredictor (onnxruntime, tokenizers; batches sorted as in (a)).
 (b)  baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140 on
      access, batches in file order, no_grad, fp32 on CPU / fp16 autocast on GPU, .cpu() per batch.
 
@@ -28,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
@@ -42,8 +46,8 @@ from ewect.config import ID2LABEL, MAX_LENGTH  # noqa: E402
 from ewect.data import encode, sorted_batches  # noqa: E402
 from ewect.errors import run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
-from ewect.modeling import (autocast_dtype, build_model, load_checkpoint,  # noqa: E402
-                            predict_logits, quantize_int8, resolve_device)
+from ewect.modeling import autocast_dtype, build_model, load_checkpoint, resolve_device  # noqa: E402
+from ewect.prediction import predict_logits, quantize_int8  # noqa: E402
 
 
 def parse_args():
@@ -65,6 +69,8 @@ def parse_args():
     p.add_argument("--limit", type=int, default=None, help="use only the first N posts; None: all 5,000")
     p.add_argument("--int8", action="store_true",
                    help="also time (a') the project's path with dynamic int8 quantization (CPU)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time (c) the model exported by export.py, fp32 and int8 (CPU)")
     p.add_argument("--single", action="store_true",
                    help="also time labelling one post with the project's path")
     p.add_argument("--single_runs", type=int, default=20, help="timed runs for --single (median)")
@@ -108,6 +114,28 @@ def run_path(name, predict, model, tokenizer, texts, lengths, batch_size, device
     return row, logits
 
 
+def onnx_predict(predictor, tokenizer, texts, batch_size, device):
+    """Logits of every text by the onnx backend, from the raw strings."""
+    return torch.from_numpy(predictor.logits(predictor.encode(texts, MAX_LENGTH), batch_size))
+
+
+def export_onnx(model, tokenizer):
+    """(fp32, int8) OnnxPredictors of the model, exported by export.py into a temporary folder."""
+    import tempfile
+
+    import export
+    from ewect.modeling import save_checkpoint
+    from ewect.prediction import ONNX_DIR, ONNX_FILES, OnnxPredictor
+
+    folder = Path(tempfile.mkdtemp(prefix="predict_speed_"))
+    save_checkpoint(model, tokenizer, folder / "model")
+    (folder / "model" / ONNX_DIR).mkdir()
+    fp32_path = folder / "model" / ONNX_DIR / ONNX_FILES[False]
+    export.export_fp32(model, fp32_path)
+    export.export_int8(fp32_path, folder / "model" / ONNX_DIR / ONNX_FILES[True])
+    return [OnnxPredictor(folder / "model", "cpu", int8) for int8 in (False, True)]
+
+
 def compare(label, logits, reference):
     """Label agreement and the largest probability difference of two paths."""
     probs, ref = logits.softmax(-1), reference.softmax(-1)
@@ -149,9 +177,9 @@ def main():
     args = parse_args()
     device = resolve_device(args.device)
     print(describe_machine(device))
-    if args.int8 and device.type != "cpu":
-        print("--int8: skipped; dynamic int8 quantization runs on the CPU only (--device cpu)")
-        args.int8 = False
+    if (args.int8 or args.onnx) and device.type != "cpu":
+        print("--int8, --onnx: skipped; they run on the CPU only (--device cpu)")
+        args.int8 = args.onnx = False
 
     if not args.model_dir:
         require_vocab(args.vocab)
@@ -176,6 +204,13 @@ def main():
         print(f"int8 conversion: {time.perf_counter() - start:.1f} s (not timed below)")
         runs["(a') project int8"] = run_path("(a') project int8", project_predict, int8_model,
                                              tokenizer, texts, lengths, args.batch_size, device)
+    if args.onnx:
+        start = time.perf_counter()
+        onnx_fp32, onnx_int8 = export_onnx(model, tokenizer)
+        print(f"onnx export: {time.perf_counter() - start:.1f} s (not timed below)")
+        for name, predictor in (("(c) onnx", onnx_fp32), ("(c') onnx int8", onnx_int8)):
+            runs[name] = run_path(name, onnx_predict, predictor, tokenizer, texts, lengths,
+                                  args.batch_size, device)
     runs["(b) baseline"] = run_path("(b) baseline", baseline_predict, model, tokenizer, texts,
                                     lengths, args.batch_size, device, padded_to=MAX_LENGTH)
 
@@ -192,6 +227,9 @@ def main():
     compare("(a) vs (b)", project_logits, baseline_logits)
     if args.int8:
         compare("(a') int8 vs (a)", runs["(a') project int8"][1], project_logits)
+    if args.onnx:
+        compare("(c) onnx vs (a)", runs["(c) onnx"][1], project_logits)
+        compare("(c') onnx int8 vs (a)", runs["(c') onnx int8"][1], project_logits)
     if args.model_dir:
         for name, (_, logits) in runs.items():
             s = classification_scores(golds, logits.argmax(-1).numpy())

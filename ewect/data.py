@@ -23,7 +23,7 @@ def load_json_array(path):
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not an error
             data = json.load(f)
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None

@@ -1,4 +1,9 @@
-"""Classification metrics from a confusion matrix; the same numbers scikit-learn gives.
+"""Classification metrics from a confusion matrix; the same numbers scikit-learn gives, plus the
+official SMP2020-EWECT score.
+
+Two "macro-F1"s: scikit-learn's (macro_f1) is the mean of the six per-class F1s, which the
+published repo reported; the evaluation's official one (official_macro_f1) is the F1 of the
+macro-averaged precision and recall, 2PR/(P+R).
 
 Training keeps a running confusion matrix on the device (no host sync per step) and calls
 scores() on it at log intervals; test.py calls it once on all predictions.
@@ -27,14 +32,22 @@ def scores(confusion):
     predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
     f1 = _safe_divide(2 * true_pos, predicted + support)
     total = confusion.sum()
+    precision, recall = _safe_divide(true_pos, predicted), _safe_divide(true_pos, support)
     return {
         "acc": float(true_pos.sum() / total) if total else 0.0,
         "macro_f1": float(f1.mean()),
-        "precision": _safe_divide(true_pos, predicted),
-        "recall": _safe_divide(true_pos, support),
+        "official_macro_f1": official_macro_f1(precision, recall),
+        "precision": precision,
+        "recall": recall,
         "f1": f1,
         "support": support.astype(np.int64),
     }
+
+
+def official_macro_f1(precision, recall):
+    """SMP2020-EWECT's score: the F1 of macro-precision and macro-recall, 2PR/(P+R)."""
+    p, r = float(np.mean(precision)), float(np.mean(recall))
+    return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def classification_scores(golds, preds):

@@ -1,7 +1,6 @@
-"""Building, loading, saving and running the classifier: one place for each."""
+"""Building, loading and saving the classifier: one place for each (prediction: prediction.py)."""
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -9,8 +8,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
                           BertForSequenceClassification, BertTokenizer)
 from transformers.utils import logging as transformers_logging
 
-from .config import ID2LABEL, LABEL2ID, LABELS, MAX_LENGTH
-from .data import Collator, encode, sorted_batches
+from .config import ID2LABEL, LABEL2ID, LABELS
 from .errors import UserError, first_line
 
 transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
@@ -173,58 +171,7 @@ def save_checkpoint(model, tokenizer, directory, extra=None):
     save_atomically(directory, write)
 
 
-def quantize_int8(model):
-    """Dynamic int8 quantization of the Linear layers, for CPU prediction."""
-    # torch.ao.quantization works in the pinned torch but warns that it is deprecated (its
-    # successor is the separate torchao package); the warnings say nothing a user can act on.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
-                                                          dtype=torch.qint8)
-        except (AttributeError, ImportError, RuntimeError) as err:
-            raise UserError(f"--int8 is not available with torch {torch.__version__} "
-                            f"({first_line(err)}); drop --int8") from None
-
-
-@torch.inference_mode()
-def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=None):
-    """Logits (float32, on the CPU) for every token-id list, in the input order. Batches are
-    sorted by length so each is padded only to its own longest text."""
-    device = torch.device(device)
-    collate = Collator(input_ids, pad_id=model.config.pad_token_id or 0)
-    results, order = [], []
-    for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(indices).items()}
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            results.append(model(**batch).logits.float())
-        order += indices
-    logits = torch.empty(len(input_ids), model.config.num_labels)
-    if results:
-        logits[torch.tensor(order)] = torch.cat(results).cpu()
-    return logits
-
-
-def load_for_prediction(model_dir, device_name="auto", int8=False):
-    """(model, tokenizer, device) for test.py and inference.py; int8 means a quantized CPU model."""
-    if int8 and device_name == "cuda":
-        raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
-    device = resolve_device("cpu" if int8 else device_name)
-    model, tokenizer = load_checkpoint(model_dir, device)
-    return (quantize_int8(model) if int8 else model), tokenizer, device
-
-
 def check_max_length(model, max_length):
-    limit = model.config.max_position_embeddings
-    if max_length > limit:
-        raise UserError(f"--max_length {max_length}: this model reads at most {limit} tokens")
+    from .prediction import check_length_limit  # the torch-free check the onnx backend uses too
 
-
-def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
-                          max_length=MAX_LENGTH):
-    """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
-    through clean_text, as the training data did."""
-    check_max_length(model, max_length)
-    logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
-                            device, autocast_dtype(device))
-    return logits.softmax(-1).numpy()
+    check_length_limit(max_length, model.config.max_position_embeddings)

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from conftest import run_script
 from ewect.cleaning import clean_text
 from ewect.config import LABELS
-from ewect.modeling import build_model, predict_probabilities
+from ewect.modeling import build_model
+from ewect.prediction import predict_probabilities
 
 HOSTILE = ["", "\x00\x01\x1b[31m\x7f", "\ud800\udfff lone surrogates", "好" * 100_000,
            "😀🎉🔥[心][哈哈]", "Ελληνικά русский العربية עברית हिन्दी 한국어 日本語",

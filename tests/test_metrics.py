@@ -25,5 +25,10 @@ def test_metrics_equal_scikit_learn(pairs):
     assert np.allclose(ours["f1"], f1) and (ours["support"] == support).all()
 
 
-def test_label_set_is_the_published_order():
-    assert LABELS == ("happy", "angry", "sad", "fear", "surprise", "neutral")
+def test_official_macro_f1_is_the_f1_of_macro_precision_and_recall():
+    # gold 0,0,0,1 predicted 0,0,1,1: precision happy 1, angry 1/2; recall happy 2/3, angry 1;
+    # the other four labels are absent and score 0. P = 1.5/6 = 1/4, R = (5/3)/6 = 5/18,
+    # official = 2PR/(P+R) = (5/36)/(19/36) = 5/19; scikit-learn's mean F1 = (0.8 + 2/3)/6 = 11/45.
+    result = classification_scores([0, 0, 0, 1], [0, 0, 1, 1])
+    assert np.isclose(result["official_macro_f1"], 5 / 19)
+    assert np.isclose(result["macro_f1"], 11 / 45)

@@ -1,0 +1,216 @@
+"""Labelling posts with a trained checkpoint: the one prediction path of test.py, inference.py,
+bench/predict_speed.py and the demo.
+
+    predictor = load_predictor("workspace/wb/best")                   # torch, GPU if there is one
+    predictor = load_predictor(DIR, backend="onnx", int8=True)        # export.py's DIR/onnx files
+    probabilities = predictor.predict([clean_text(t) for t in posts])  # (n, 6), LABELS order
+
+Both backends tokenize once, sort the posts by length and pad each batch to its own longest post,
+then put the rows back in input order. Importing this module imports neither torch nor
+transformers: the torch backend imports them when it is loaded, and the onnx backend never does
+(it needs onnxruntime, the tokenizers library and numpy only), so it starts in a fraction of a
+second.
+"""
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .config import LABELS, MAX_LENGTH
+from .data import sorted_batches
+from .errors import UserError, first_line
+
+BACKENDS = ("torch", "onnx")
+# Posts per forward pass. On the 2-core CPU small batches win (the activations of a big one fall
+# out of the cache): bert-base fp32 ran 21 posts/s at 16, 19 at 32, ~10 at 128; onnx int8 72 at
+# 16, 53 at 64 (bench/RESULTS.md). GPUs want big batches; 128 is the published default there.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 128}
+ONNX_DIR = "onnx"
+ONNX_FILES = {False: "model.onnx", True: "model.int8.onnx"}  # keyed by int8
+
+
+def softmax(logits):
+    """Row-wise softmax of a numpy array, in float32."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def check_length_limit(max_length, limit):
+    if max_length > limit:
+        raise UserError(f"--max_length {max_length}: this model reads at most {limit} tokens")
+
+
+def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
+    """Logits (numpy float32, input order) of every token-id list; run_batch(list of id lists)
+    returns one batch's logits, the batch being of similar lengths."""
+    logits = np.empty((len(input_ids), num_labels), dtype=np.float32)
+    for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
+        logits[indices] = run_batch([input_ids[i] for i in indices])
+    return logits
+
+
+def pad(batch, pad_id):
+    """(input_ids, attention_mask) int64 arrays of one batch, padded to its longest member."""
+    longest = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), longest), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, :len(ids)] = ids
+        mask[row, :len(ids)] = 1
+    return input_ids, mask
+
+
+# --- torch backend ----------------------------------------------------------------------------
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the Linear layers, for CPU prediction."""
+    import torch
+
+    # torch.ao.quantization works in the pinned torch but warns that it is deprecated (its
+    # successor is the separate torchao package); the warnings say nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                          dtype=torch.qint8)
+        except (AttributeError, ImportError, RuntimeError) as err:
+            raise UserError(f"--int8 is not available with torch {torch.__version__} "
+                            f"({first_line(err)}); drop --int8") from None
+
+
+def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=None):
+    """Logits (a float32 torch tensor on the CPU) for every token-id list, in the input order.
+    The batches' logits stay on the device until the end: no host sync per batch on a GPU."""
+    import torch
+
+    device = torch.device(device)
+    pad_id = model.config.pad_token_id or 0
+    results, order = [], []
+    with torch.inference_mode():
+        for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
+            ids, mask = (torch.from_numpy(a).to(device, non_blocking=True)
+                         for a in pad([input_ids[i] for i in indices], pad_id))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                results.append(model(input_ids=ids, attention_mask=mask).logits.float())
+            order += indices
+        logits = torch.empty(len(input_ids), model.config.num_labels)
+        if results:
+            logits[torch.tensor(order)] = torch.cat(results).cpu()
+    return logits
+
+
+def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0):
+    """(model, tokenizer, device); int8 means a quantized CPU model; local_rank picks the GPU."""
+    from .modeling import load_checkpoint, resolve_device
+
+    if int8 and device_name == "cuda":
+        raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
+    device = resolve_device("cpu" if int8 else device_name, local_rank)
+    model, tokenizer = load_checkpoint(model_dir, device)
+    return (quantize_int8(model) if int8 else model), tokenizer, device
+
+
+def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
+                          max_length=MAX_LENGTH):
+    """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
+    through clean_text, as the training data did."""
+    from .data import encode
+    from .modeling import autocast_dtype
+
+    check_length_limit(max_length, model.config.max_position_embeddings)
+    logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
+                            device, autocast_dtype(device))
+    return softmax(logits.numpy())
+
+
+class TorchPredictor:
+    """The checkpoint as train.py saved it (or its int8 quantization, on the CPU)."""
+    labels = LABELS
+
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
+        self.model, self.tokenizer, self.device = load_for_prediction(model_dir, device, int8,
+                                                                      local_rank)
+        self.default_batch_size = DEFAULT_BATCH_SIZE[self.device.type]
+
+    def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
+        return predict_probabilities(self.model, self.tokenizer, list(cleaned_texts), self.device,
+                                     batch_size or self.default_batch_size, max_length)
+
+
+# --- onnx backend -----------------------------------------------------------------------------
+
+def onnx_path(model_dir, int8=False):
+    return Path(model_dir) / ONNX_DIR / ONNX_FILES[int8]
+
+
+def cpu_threads():
+    """Threads for onnxruntime: the cores this process may use (2 here, 16 on a big box)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class OnnxPredictor:
+    """export.py's ONNX files run by onnxruntime on the CPU; tokenized by tokenizer.json."""
+    labels = LABELS
+    default_batch_size = DEFAULT_BATCH_SIZE["cpu"]
+
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
+        if device == "cuda":
+            raise UserError("--backend onnx runs on the CPU; drop --device cuda")
+        try:
+            import onnxruntime
+            from tokenizers import Tokenizer
+        except ImportError as err:
+            raise UserError(f"--backend onnx needs the {err.name} package: "
+                            "pip install -r requirements.txt") from None
+        if not (Path(model_dir) / "config.json").is_file():
+            raise UserError(f"{model_dir}: no checkpoint here (config.json missing); "
+                            "train one with `sh train.sh` or pass --model_dir")
+        path = onnx_path(model_dir, int8)
+        if not path.is_file():
+            raise UserError(f"{path}: not found; write it with `python export.py --model_dir "
+                            f"{model_dir}`")
+        config = self._read_json(Path(model_dir) / "config.json")
+        self.pad_id = config.get("pad_token_id") or 0
+        self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
+        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cpu_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _read_json(path):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: cannot read ({first_line(err)})") from None
+
+    def encode(self, cleaned_texts, max_length):
+        self.tokenizer.enable_truncation(max_length)
+        return [e.ids for e in self.tokenizer.encode_batch(list(cleaned_texts))]
+
+    def logits(self, input_ids, batch_size):
+        def run_batch(batch):
+            ids, mask = pad(batch, self.pad_id)
+            return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        return predict_sorted(input_ids, batch_size, run_batch)
+
+    def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
+        check_length_limit(max_length, self.position_limit)
+        ids = self.encode(cleaned_texts, max_length)
+        return softmax(self.logits(ids, batch_size or self.default_batch_size))
+
+
+def load_predictor(model_dir, backend="torch", device="auto", int8=False, local_rank=0):
+    """A predictor of the checkpoint in model_dir: .labels, and .predict(cleaned_texts) giving
+    an (n, 6) numpy array of probabilities in input order. local_rank: the GPU of this process
+    under torchrun."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    predictor = TorchPredictor if backend == "torch" else OnnxPredictor
+    return predictor(model_dir, device, int8, local_rank)

@@ -1,0 +1,137 @@
+"""Export a trained checkpoint to ONNX for light, fast CPU prediction (--backend onnx).
+
+    python export.py                                  # workspace/wb/best → workspace/wb/best/onnx
+    python export.py --model_dir DIR --check_posts 200
+    python inference.py --input '好开心' --backend onnx --int8
+
+Writes DIR/onnx/model.onnx (fp32) and DIR/onnx/model.int8.onnx (onnxruntime's dynamic int8
+quantization of the weights), both with dynamic batch and sequence axes, inputs input_ids and
+attention_mask, output logits. The torch model is traced by the TorchScript exporter
+(dynamo=False): it needs only the onnx package, where the dynamo exporter also needs onnxscript,
+and BERT has no data-dependent control flow that tracing would miss once the dummy batch has
+padding. Then both files are checked against torch on --check_file: the largest logit difference
+(fp32: below 1e-3) and how often the int8 model agrees with torch on the label.
+"""
+import argparse
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from ewect.config import BEST_DIR, EVAL_FILE, MAX_LENGTH
+from ewect.errors import UserError, first_line, positive_int, run_cli
+from ewect.prediction import ONNX_DIR, ONNX_FILES
+
+FIXTURE_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
+                            "raw", "usual_eval_labeled.txt")
+OPSET = 17
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--check_file", default=EVAL_FILE,
+                   help="labelled SMP2020-EWECT file to check the export on; the repo's "
+                        "fixture when it is absent")
+    p.add_argument("--check_posts", type=positive_int, default=500,
+                   help="posts of --check_file to check on (torch and both exports run them)")
+    return p.parse_args(argv)
+
+
+def require(package):
+    try:
+        __import__(package)
+    except ImportError:
+        raise UserError(f"export needs the {package} package: pip install -r requirements.txt"
+                        ) from None
+
+
+def logits_only(model):
+    """The model with a forward that returns the logits tensor alone, the output ONNX names."""
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return LogitsOnly().eval()
+
+
+def export_fp32(model, path):
+    import torch
+
+    # Padding in the dummy batch, so the traced graph keeps the attention-mask path.
+    input_ids = torch.tensor([[101, 1962, 102], [101, 102, 0]])
+    attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    dynamic = {0: "batch", 1: "sequence"}
+    torch.onnx.export(logits_only(model), (input_ids, attention_mask), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                      dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
+                                    "logits": {0: "batch"}},
+                      opset_version=OPSET, dynamo=False)
+
+
+def export_int8(fp32_path, int8_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+
+
+def check_texts(check_file, limit):
+    from ewect.data import clean_records, read_records
+
+    if not os.path.isfile(check_file):
+        print(f"{check_file} not found; checking on the repo's fixture")
+        check_file = FIXTURE_EVAL
+    records = clean_records(read_records(check_file, require_label=False), drop_empty=False)
+    return check_file, [r.content for r in records[:limit]]
+
+
+def check(model_dir, model, tokenizer, texts):
+    """Max |logit difference| and label agreement of each export against torch."""
+    from ewect.data import encode
+    from ewect.prediction import OnnxPredictor, predict_logits
+
+    reference = predict_logits(model, encode(tokenizer, texts, MAX_LENGTH), 32).numpy()
+    for int8 in (False, True):
+        onnx_model = OnnxPredictor(model_dir, "cpu", int8)
+        logits = onnx_model.logits(onnx_model.encode(texts, MAX_LENGTH), 32)
+        difference = abs(logits - reference).max()
+        agreement = (logits.argmax(-1) == reference.argmax(-1)).mean()
+        print(f"{ONNX_FILES[int8]:<16} max |logit difference| vs torch {difference:.2e}, "
+              f"same label {agreement:.2%} of {len(texts)} posts")
+        if not int8 and difference >= 1e-3:
+            raise UserError(f"{ONNX_FILES[int8]}: logits differ from torch by {difference:.2e}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for package in ("onnx", "onnxruntime"):
+        require(package)
+    from ewect.modeling import load_checkpoint
+
+    model, tokenizer = load_checkpoint(args.model_dir, "cpu")
+    check_file, texts = check_texts(args.check_file, args.check_posts)
+    out = Path(args.model_dir) / ONNX_DIR
+    out.mkdir(exist_ok=True)
+    fp32_path, int8_path = out / ONNX_FILES[False], out / ONNX_FILES[True]
+    try:
+        with warnings.catch_warnings():  # the tracer's and deprecation warnings: checked below
+            warnings.simplefilter("ignore")
+            export_fp32(model, fp32_path)
+        logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing"
+        export_int8(fp32_path, int8_path)
+    except Exception as err:  # the exporters fail in many library-specific ways
+        raise UserError(f"cannot export {args.model_dir} ({first_line(err)})") from None
+    print(f"wrote {fp32_path} ({fp32_path.stat().st_size / 2**20:.0f} MiB), {int8_path} "
+          f"({int8_path.stat().st_size / 2**20:.0f} MiB); checking on {check_file}")
+    check(args.model_dir, model, tokenizer, texts)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,203 @@
+"""The prediction module and inference.py's file handling: formats, streaming, resume."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import inference
+from conftest import assert_clean_error, run_script
+from ewect.config import LABELS
+from ewect.errors import UserError
+from ewect.modeling import build_model, save_checkpoint
+from ewect.prediction import load_predictor
+
+POSTS = ["[哈哈]今天好开心", "气死我了!", "嗯嗯", "好", "今天天气很好我们去公园", "害怕", "哇"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(vocab, tmp_path_factory):
+    """A tiny random checkpoint as train.py saves it."""
+    torch.manual_seed(0)
+    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=1,
+                                   hidden_size=32)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model.eval(), tokenizer, folder)
+    return folder
+
+
+def label(checkpoint, capsys, *args):
+    inference.main(["--model_dir", str(checkpoint), "--device", "cpu", *map(str, args)])
+    return capsys.readouterr().out
+
+
+def test_predictor_interface_gives_probabilities_in_input_order(checkpoint):
+    predictor = load_predictor(checkpoint, device="cpu")
+    probs = predictor.predict(POSTS, batch_size=3)
+    assert predictor.labels == LABELS and probs.shape == (len(POSTS), len(LABELS))
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    one_by_one = np.concatenate([predictor.predict([post]) for post in POSTS])
+    assert np.allclose(probs, one_by_one, atol=1e-5)
+
+
+def test_importing_prediction_loads_neither_torch_nor_transformers():
+    code = ("import sys, ewect.prediction; "
+            "print(any(m in sys.modules for m in ('torch', 'transformers')))")
+    result = run_script("-c", code)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_text_file_starting_with_a_bracketed_emoticon_is_text(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("[哈哈]今天好开心\n\n气死了\n", encoding="utf-8")
+    rows = label(checkpoint, capsys, "--input_file", posts).splitlines()
+    assert [row.split("\t")[0] for row in rows] == ["1", "3"]
+    assert rows[0].endswith("\t[哈哈]今天好开心")
+
+
+def test_json_file_with_a_byte_order_mark_is_json(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    records = [{"id": 7, "content": "好开心"}, {"id": 9, "content": "气死了"}]
+    posts.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False).encode())
+    rows = [json.loads(line) for line in label(checkpoint, capsys, "--input_file", posts,
+                                               "--json").splitlines()]
+    assert [(r["id"], r["text"]) for r in rows] == [(7, "好开心"), (9, "气死了")]
+
+
+def test_csv_file_with_content_and_id_columns(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.csv"
+    posts.write_text('id,content\na1,"好, 开心"\na2,气死了\n', encoding="utf-8")
+    rows = [json.loads(line) for line in label(checkpoint, capsys, "--input_file", posts,
+                                               "--json").splitlines()]
+    assert [(r["id"], r["text"]) for r in rows] == [("a1", "好, 开心"), ("a2", "气死了")]
+
+
+def test_csv_without_content_column_is_refused(checkpoint, tmp_path):
+    posts = tmp_path / "posts.csv"
+    posts.write_text("id,text\n1,好\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no 'content' column"):
+        inference.main(["--model_dir", str(checkpoint), "--input_file", str(posts)])
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tmp_path, as_json):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS * 3) + "\n", encoding="utf-8")
+    whole, part = tmp_path / "whole.out", tmp_path / "part.out"
+    common = ["--input_file", posts, "--chunk_size", "4", *as_json]
+    label(checkpoint, capsys, *common, "--output", whole)
+    rows = whole.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(rows) == 3 * len(POSTS)
+    # a kill in the middle of writing row 6: five whole rows and a torn sixth
+    part.write_text("".join(rows[:5]) + rows[5][:7], encoding="utf-8")
+    with pytest.raises(UserError, match="exists; pass --resume"):
+        label(checkpoint, capsys, *common, "--output", part)
+    label(checkpoint, capsys, *common, "--output", part, "--resume")
+    assert part.read_text(encoding="utf-8") == whole.read_text(encoding="utf-8")
+
+
+def test_empty_input_file_is_refused(checkpoint, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(UserError, match="no posts in this file"):
+        inference.main(["--model_dir", str(checkpoint), "--input_file", str(posts)])
+
+
+def test_transformers_pipeline_reads_a_saved_checkpoint(checkpoint):
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(checkpoint), top_k=None, device="cpu")
+    scores = {r["label"]: r["score"] for r in classify(["好开心"])[0]}
+    ours = load_predictor(checkpoint, device="cpu").predict(["好开心"])[0]
+    assert sorted(scores) == sorted(LABELS)
+    assert np.allclose([scores[name] for name in LABELS], ours, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint):
+    import export
+
+    export.main(["--model_dir", str(checkpoint), "--check_posts", "8"])
+    return checkpoint
+
+
+def test_onnx_export_predicts_like_torch(exported):
+    torch_probs = load_predictor(exported, device="cpu").predict(POSTS)
+    onnx_probs = load_predictor(exported, backend="onnx").predict(POSTS, batch_size=3)
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+    int8_probs = load_predictor(exported, backend="onnx", int8=True).predict(POSTS)
+    assert int8_probs.shape == torch_probs.shape and np.allclose(int8_probs.sum(1), 1, atol=1e-5)
+
+
+def test_onnx_inference_imports_neither_torch_nor_transformers(exported):
+    code = ("import sys, inference; inference.main(['--model_dir', sys.argv[1], '--input', '好', "
+            "'--backend', 'onnx', '--int8']); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = run_script("-c", code, exported)
+    assert result.returncode == 0, result.stderr
+    label_line, *_, modules = result.stdout.splitlines()
+    assert label_line in LABELS and modules == "[]"
+
+
+def test_onnx_without_an_export_says_how_to_make_one(checkpoint, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (bare / name).write_bytes((checkpoint / name).read_bytes())
+    with pytest.raises(UserError, match="python export.py --model_dir"):
+        load_predictor(bare, backend="onnx")
+
+
+def test_export_without_a_checkpoint(tmp_path):
+    assert_clean_error(run_script("export.py", "--model_dir", tmp_path), "no checkpoint here")
+
+
+def test_two_processes_label_disjoint_shares_merged_in_input_order(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(f"{i} {post}" for i, post in enumerate(POSTS * 2)) + "\n",
+                     encoding="utf-8")
+    single, merged = tmp_path / "single.jsonl", tmp_path / "merged.jsonl"
+    common = ["--model_dir", checkpoint, "--input_file", posts, "--chunk_size", 3, "--json",
+              "--device", "cpu"]
+    inference.main([*map(str, common), "--output", str(single)])
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "inference.py", *common, "--output", merged, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert merged.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.jsonl", "posts.txt",
+                                                          "single.jsonl"]
+
+
+def test_test_script_with_onnx_scores_like_torch(exported, clean_dir, tmp_path):
+    data = clean_dir / "usual_test_labeled.txt"
+    outputs = {}
+    for backend in ("torch", "onnx"):
+        result = run_script("test.py", "--model_dir", exported, "--data_file", data,
+                            "--output_dir", tmp_path / backend, "--backend", backend,
+                            "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        outputs[backend] = json.loads(
+            (tmp_path / backend / "usual_test_labeled.metrics.json").read_text())
+    assert outputs["onnx"]["backend"] == "onnx"
+    assert outputs["onnx"]["confusion"] == outputs["torch"]["confusion"]
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_missing_onnx_packages_get_one_line(exported, monkeypatch, package):
+    import export
+
+    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
+    with pytest.raises(UserError, match=f"needs the {package} package"):
+        export.main(["--model_dir", str(exported)])
+    if package == "onnxruntime":
+        with pytest.raises(UserError, match="needs the onnxruntime package"):
+            load_predictor(exported, backend="onnx")
+
+
+def test_onnx_labels_hostile_strings(exported):
+    from ewect.cleaning import clean_text
+    from test_hostile_input import HOSTILE
+
+    probs = load_predictor(exported, backend="onnx").predict([clean_text(t) for t in HOSTILE])
+    assert probs.shape == (len(HOSTILE), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
