@@ -37,17 +37,17 @@ from ewect.metrics import scores
 from ewect.modeling import (AMP_DTYPES, PRECISIONS, autocast, build_model, check_max_length,
                             choose_precision, load_checkpoint, save_checkpoint)
 from ewect.prediction import predict_logits
-from ewect.training import (STATE_FILE, RunningSums, StopRequest, all_reduce, backward,
-                            close_processes, gather_rng_states, load_training_state,
-                            make_grad_scaler, make_optimizer, optimizer_step, prepare_output_dir,
-                            restore_rng_state, setup_processes)
+from ewect.training import (RunningSums, StopRequest, all_reduce, backward, close_processes,
+                            load_training_state, make_grad_scaler, make_optimizer, optimizer_step,
+                            prepare_output_dir, refuse_cpu_marathon, rescale_peak_lr,
+                            restore_rng_state, save_training_state, setup_logging,
+                            setup_processes, write_json)
 
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
 ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "dropout",
                   "train_file", "eval_file", "batch_size", "max_length", "seed")
 SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
-CPU_MAX_LAYERS = 4  # larger models need --device cpu to train on the CPU: it takes days
 
 log = logging.getLogger("train")
 
@@ -115,15 +115,6 @@ def parse_args(argv=None):
     if args.lr is None:
         args.lr = SCRATCH_LR if args.from_scratch else 1e-5
     return args
-
-
-def setup_logging(output_dir, is_main):
-    handlers = [logging.StreamHandler(sys.stdout)]
-    if is_main:
-        os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(message)s", force=True)
 
 
 def read_split(path, args, drop_empty):
@@ -221,11 +212,7 @@ def train(args, rank, world_size, device):
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
                                        args.vocab, args.num_layers, args.hidden_size)
         model.to(device)
-    layers = model.config.num_hidden_layers
-    if args.device == "auto" and device.type == "cpu" and layers > CPU_MAX_LAYERS:
-        raise UserError(f"no GPU found, and training this {layers}-layer model on the CPU takes "
-                        "days (the recipe: about 37 hours for bert-base). Pass --device cpu to "
-                        "train on the CPU anyway")
+    refuse_cpu_marathon(args.device, device, model)
     check_max_length(model, args.max_length)
     train_ids, train_labels = tokenize(train_records, tokenizer, args.max_length)
     eval_ids, eval_labels = tokenize(eval_records, tokenizer, args.max_length)
@@ -257,12 +244,8 @@ def train(args, rank, world_size, device):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress.update(state["progress"])
-        if args.lr != state["args"]["lr"]:  # keep the schedule's shape, scaled to the new peak
-            factor = args.lr / state["args"]["lr"]
-            scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-            for group in optimizer.param_groups:
-                group["lr"] *= factor
-                group["initial_lr"] *= factor
+        if args.lr != state["args"]["lr"]:
+            rescale_peak_lr(optimizer, scheduler, args.lr / state["args"]["lr"])
         # RNG last, so that building the model and loading the data cannot disturb it.
         restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
@@ -286,15 +269,11 @@ def train(args, rank, world_size, device):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id)
 
-    def save_last():
-        """last/: the model, the tokenizer and the one state dict that continues the run."""
-        rngs = gather_rng_states(device)  # a collective: every process calls it
-        if is_main:
-            checkpoint = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict() if scaler else None,
-                          "progress": progress, "rng_per_rank": rngs, "args": vars(args)}
-            save_checkpoint(model, tokenizer, last_dir, extra=lambda folder: torch.save(
-                checkpoint, os.path.join(folder, STATE_FILE)))
+    def save_last():  # a collective: every process calls it
+        save_training_state(model, tokenizer, last_dir, device, is_main, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "progress": progress,
+            "args": vars(args)})
 
     stop = StopRequest(log)
     running = RunningSums()
@@ -381,11 +360,6 @@ def train(args, rank, world_size, device):
     log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s", progress["best_f1"],
              progress["best_epoch"], best_dir)
     return True
-
-
-def write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 # Relative paths in the arguments are relative to the folder you run it from.
 set -e
 REPO=$(cd "$(dirname "$0")" && pwd)
+SCRIPT=${EWECT_TRAINING_SCRIPT:-train.py}  # pretrain.sh runs pretrain.py through this file
 
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
 if [ -f "$RAW/usual_train.txt" ] && { [ ! -f "$REPO/data/clean/usual_train.txt" ] ||
@@ -25,6 +26,6 @@ if [ -z "$NGPU" ]; then
 fi
 
 if [ "${NGPU:-0}" -gt 1 ]; then
-    exec python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/train.py" "$@"
+    exec python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/$SCRIPT" "$@"
 fi
-exec python "$REPO/train.py" "$@"
+exec python "$REPO/$SCRIPT" "$@"

@@ -4,7 +4,8 @@ read_corpus      unique cleaned posts of SMP2020-EWECT JSON, CSV and plain-text 
 split_held_out   the deterministic held-out share of the corpus
 encode_corpus    token ids, once, and for whole-word masking each token's jieba word
 mask_tokens      choose 15% of eligible tokens (or of words); 80% [MASK], 10% random, 10% kept
-MaskingCollator  pads a batch, masks it with a generator seeded per batch: reproducible, resumable
+MaskingCollator  pads a batch, masks it with a generator seeded per batch: reproducible, resumable;
+                 collate_step masks a training step once and deals it out in micro-batches
 masked_lm_loss   the vocabulary projection at the chosen positions only, cross-entropy in float32
 build_mlm_model  a BertForMaskedLM from scratch or from a hub id or folder
 """
@@ -158,8 +159,32 @@ class MaskingCollator:
             words if self.word_ids is not None else None, mask_id=self.mask_id,
             replacement_ids=self.replacement_ids, probability=self.probability,
             generator=torch.Generator().manual_seed(int(seed)))
-        return {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels,
-                "masked_positions": (labels.view(-1) != -100).nonzero().squeeze(1)}
+        return _with_positions({"input_ids": inputs, "attention_mask": attention_mask,
+                                "labels": labels})
+
+    def collate_step(self, step):
+        """(micro-batches, chosen tokens in the whole step) of one training step, given as (the
+        step's indices, this process's pieces of them; ewect.data.split_for_step). The step is
+        masked as one batch and then cut into pieces, each padded to its own longest post: the
+        masks do not depend on how a step is dealt to processes and micro-batches, and the
+        count, which normalises the loss, needs no communication between processes."""
+        indices, pieces = step
+        whole = self(indices)
+        row_of = {i: row for row, i in enumerate(indices)}
+        micro_batches = []
+        for piece in pieces:
+            rows = torch.tensor([row_of[i] for i in piece])
+            longest = int(whole["attention_mask"][rows].sum(1).max())
+            micro_batches.append(_with_positions({
+                name: whole[name][rows, :longest]
+                for name in ("input_ids", "attention_mask", "labels")}))
+        return micro_batches, len(whole["masked_positions"])
+
+
+def _with_positions(batch):
+    """masked_positions: the flat indices of the chosen tokens (see masked_lm_loss)."""
+    batch["masked_positions"] = (batch["labels"].view(-1) != -100).nonzero().squeeze(1)
+    return batch
 
 
 def masked_lm_loss(model, batch):

@@ -2,16 +2,19 @@
 processes of a torchrun run, the optimizer and its step, sums kept on the device between log
 steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal. The loops
 themselves stay in the scripts, to be read top to bottom."""
+import json
+import logging
 import os
 import shutil
 import signal
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 
 from .errors import UserError, first_line
-from .modeling import restore_interrupted_save, resolve_device
+from .modeling import restore_interrupted_save, resolve_device, save_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Processes. torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python x.py` is rank 0 of 1,
@@ -36,6 +39,28 @@ def close_processes(finished):
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+CPU_MAX_LAYERS = 4  # larger models need --device cpu to train on the CPU: it takes days
+
+
+def refuse_cpu_marathon(device_name, device, model):
+    """--device auto found no GPU: train a small model on the CPU, refuse a large one."""
+    layers = model.config.num_hidden_layers
+    if device_name == "auto" and device.type == "cpu" and layers > CPU_MAX_LAYERS:
+        raise UserError(f"no GPU found, and training this {layers}-layer model on the CPU takes "
+                        "days (the recipe: about 37 hours for bert-base). Pass --device cpu to "
+                        "train on the CPU anyway")
+
+
+def setup_logging(output_dir, is_main):
+    """INFO to stdout and OUTPUT_DIR/train.log from rank 0; only warnings from the others."""
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if is_main:
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(message)s", force=True)
 
 
 def all_reduce(tensor, op=dist.ReduceOp.SUM):
@@ -130,6 +155,14 @@ def optimizer_step(optimizer, scaler, max_grad_norm, finite):
     return skipped
 
 
+def rescale_peak_lr(optimizer, scheduler, factor):
+    """A resumed run with a new --lr: the schedule keeps its shape, scaled to the new peak."""
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        group["initial_lr"] *= factor
+
+
 class RunningSums:
     """Named sums kept on the device between log steps: add() never waits for the GPU, read()
     syncs once, sums over all processes and starts again from zero."""
@@ -191,6 +224,21 @@ def load_training_state(args, essential_args):
     if changed:
         raise UserError("--resume: this is not the same run; " + "; ".join(changed))
     return state
+
+
+def save_training_state(model, tokenizer, folder, device, is_main, state):
+    """OUTPUT_DIR/last: the model, the tokenizer and the one state dict that continues the run,
+    with every process's random state added. A collective: every process calls it."""
+    rngs = gather_rng_states(device)
+    if is_main:
+        state = dict(state, rng_per_rank=rngs)
+        save_checkpoint(model, tokenizer, folder, extra=lambda tmp: torch.save(
+            state, os.path.join(tmp, STATE_FILE)))
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
 
 
 def rng_state(device):

@@ -1,0 +1,369 @@
+"""Pretrain a BERT with masked-LM (BERT §3.1) on Weibo text, from scratch or continued from a
+pretrained model; keep the epoch with the lowest held-out loss.
+
+    python pretrain.py --from_scratch --vocab ../shared/models/bert-base-chinese-vocab/vocab.txt \\
+        --num_layers 2 --hidden_size 128 --epochs 20 --device cpu      # offline, small
+    python pretrain.py --model_name bert-base-chinese --whole_word_mask  # continued, GPU
+    torchrun --nproc_per_node=4 pretrain.py --model_name bert-base-chinese
+    python pretrain.py --resume                                        # continue a stopped run
+    python train.py --model_name workspace/mlm/best                    # then fine-tune it
+
+The corpus (--corpus, default: the cleaned train and eval files of both tracks, never the test
+files) loses its exact duplicates; --held_out_fraction of it (2%) is held out, masked once with
+fixed masks, and gives the held-out loss, perplexity and masked-token accuracy of every epoch.
+Writes to --output_dir (workspace/mlm): best/ (save_pretrained of the BertForMaskedLM and its
+tokenizer, with eval_results.json), last/ (the same plus training_state.pt for --resume),
+tensorboard/ and train.log.
+"""
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from ewect.config import MAX_LENGTH, PRETRAIN_CORPUS, REPO_ROOT
+from ewect.data import length_grouped_batches, sorted_batches, split_for_step
+from ewect.errors import UserError, positive_int, run_cli
+from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
+                       read_corpus, split_held_out)
+from ewect.modeling import (PRECISIONS, autocast, check_max_length, choose_precision,
+                            save_checkpoint)
+from ewect.training import (RunningSums, StopRequest, all_reduce, backward, close_processes,
+                            load_training_state, make_grad_scaler, make_optimizer, optimizer_step,
+                            prepare_output_dir, refuse_cpu_marathon, rescale_peak_lr,
+                            restore_rng_state, save_training_state, setup_logging,
+                            setup_processes, write_json)
+
+# What a resumed run must share with the run it continues: the model, the corpus, the batches
+# and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
+ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "num_heads",
+                  "intermediate_size", "dropout", "corpus", "held_out_fraction", "whole_word_mask",
+                  "batch_size", "max_length", "seed")
+# --lr defaults. A random small BERT takes large steps (as train.py's --from_scratch does); a
+# pretrained one continues at the rate of domain-adaptive pretraining, small enough to keep what
+# it knows.
+SCRATCH_LR, CONTINUED_LR = 5e-4, 5e-5
+
+log = logging.getLogger("pretrain")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_name", default="bert-base-chinese",
+                   help="hub id or local folder of a pretrained model to continue pretraining")
+    p.add_argument("--from_scratch", action="store_true",
+                   help="start from a randomly initialised BERT of the size below")
+    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
+    p.add_argument("--num_layers", type=positive_int, default=12,
+                   help="layers, with --from_scratch")
+    p.add_argument("--hidden_size", type=positive_int, default=768,
+                   help="hidden size, with --from_scratch")
+    p.add_argument("--num_heads", type=positive_int, default=None,
+                   help="attention heads, with --from_scratch (default: hidden_size / 64)")
+    p.add_argument("--intermediate_size", type=positive_int, default=None,
+                   help="feed-forward size, with --from_scratch (default: 4 x hidden_size)")
+    p.add_argument("--corpus", nargs="+", default=list(PRETRAIN_CORPUS), metavar="FILE",
+                   help="SMP2020-EWECT JSON, CSV with a content column, or text with a post a "
+                        "line; default: the cleaned train and eval files of both tracks")
+    p.add_argument("--held_out_fraction", type=float, default=0.02,
+                   help="share of the corpus held out to pick the best epoch")
+    p.add_argument("--whole_word_mask", action="store_true",
+                   help="mask whole jieba words (Chinese-BERT-wwm) instead of single tokens")
+    p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "workspace", "mlm"),
+                   help="where best/, last/, logs go")
+    p.add_argument("--batch_size", type=positive_int, default=64,
+                   help="posts per optimizer step, in all processes together")
+    p.add_argument("--per_device_batch_size", type=positive_int, default=None,
+                   help="most posts per forward pass in one process; more are done by gradient "
+                        "accumulation (default: batch_size / processes)")
+    p.add_argument("--eval_batch_size", type=positive_int, default=128,
+                   help="batch size for the held-out evaluation")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of AdamW (default: {CONTINUED_LR:g}; {SCRATCH_LR:g} "
+                        "with --from_scratch)%(default).0s")
+    p.add_argument("--weight_decay", type=float, default=0.01,
+                   help="AdamW weight decay (none on biases and LayerNorm)")
+    p.add_argument("--warmup_epochs", type=float, default=1.0,
+                   help="epochs of linear warmup before the linear decay")
+    p.add_argument("--epochs", type=positive_int, default=20, help="pretraining epochs")
+    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
+                   help="tokens kept per post")
+    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed for init, dropout, held-out split, masks and batch order")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses the GPU when there is one")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
+                        "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
+    p.add_argument("--log_every", type=positive_int, default=20,
+                   help="steps between reading the running metrics (TensorBoard, progress bar)")
+    p.add_argument("--stop_after_steps", type=int, default=0,
+                   help="stop after this many optimizer steps in total, saving last/ for "
+                        "--resume (0: run all epochs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start a new run even though OUTPUT_DIR holds one (which is deleted)")
+    args = p.parse_args(argv)
+    if args.from_scratch and not args.vocab:
+        p.error("--from_scratch needs --vocab VOCAB.txt")
+    if not 0 < args.held_out_fraction < 1:
+        p.error("--held_out_fraction must be between 0 and 1")
+    if args.lr is None:
+        args.lr = SCRATCH_LR if args.from_scratch else CONTINUED_LR
+    return args
+
+
+class MaskedLM(torch.nn.Module):
+    """masked_lm_loss as a module's forward, so that DDP (and torch.compile) see the call: the
+    loss reaches into model.bert and model.cls, which would bypass DDP's gradient sync."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return masked_lm_loss(self.model, batch)
+
+
+def mlm_step(model, pieces, masked_in_step, optimizer, scaler, precision, max_grad_norm,
+             world_size=1):
+    """One optimizer step over this process's micro-batches (`pieces`, on the device). The
+    gradient is that of the mean loss over all `masked_in_step` chosen tokens of the step (all
+    processes), however they are split (DDP averages over processes, hence the world_size).
+    Returns device tensors, not synced: summed loss, chosen and correct tokens, skipped."""
+    loss_sum, chosen, correct = 0.0, 0, 0
+    finite = torch.ones((), dtype=torch.bool, device=pieces[0]["labels"].device)
+    for i, batch in enumerate(pieces):
+        last = i == len(pieces) - 1  # DDP all-reduces the gradients on the last one only
+        with contextlib.nullcontext() if last else getattr(model, "no_sync", contextlib.nullcontext)():
+            with autocast(precision, batch["labels"].device):
+                mean_loss, count, right = model(batch)
+            loss = mean_loss * count
+            backward(loss * world_size / max(masked_in_step, 1), scaler)
+        finite &= torch.isfinite(loss)
+        loss_sum, chosen, correct = loss_sum + loss.detach(), chosen + count, correct + right
+    skipped = optimizer_step(optimizer, scaler, max_grad_norm, finite)
+    return loss_sum, chosen, correct, skipped
+
+
+@torch.inference_mode()
+def evaluate(model, collator, lengths, args, rank, world_size, device, precision):
+    """Held-out loss (mean over the chosen tokens), perplexity and masked-token accuracy; the
+    masks are the same every epoch; each process takes a share of the batches."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, chosen, correct
+    for indices in sorted_batches(lengths, args.eval_batch_size)[rank::world_size]:
+        batch = {k: v.to(device) for k, v in collator(indices).items()}
+        with autocast(precision, device):
+            loss, count, correct = masked_lm_loss(model, batch)
+        sums += torch.stack([loss.double() * count, count.double(), correct.double()])
+    model.train()
+    loss, chosen, correct = all_reduce(sums).tolist()
+    loss /= max(chosen, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
+            "accuracy": correct / max(chosen, 1)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world_size, device = setup_processes(args.device)
+    finished = False
+    try:
+        finished = pretrain(args, rank, world_size, device)
+    finally:
+        close_processes(finished)
+
+
+def pretrain(args, rank, world_size, device):
+    """The run, top to bottom; True when it finished, False when stopped early for --resume."""
+    is_main = rank == 0
+    prepare_output_dir(args, is_main)
+    setup_logging(args.output_dir, is_main)
+    log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
+    state = load_training_state(args, ESSENTIAL_ARGS) if args.resume else None
+    last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))
+
+    # Data first: a bad corpus stops the run before a model is downloaded or built.
+    texts = read_corpus(args.corpus, log=log.warning)
+    train_texts, held_texts = split_held_out(texts, args.held_out_fraction, args.seed)
+    torch.manual_seed(args.seed)
+    if state:
+        model, tokenizer = build_mlm_model(last_dir, dropout=args.dropout)
+    else:
+        model, tokenizer = build_mlm_model(args.model_name, args.from_scratch, args.vocab,
+                                           args.num_layers, args.hidden_size, args.num_heads,
+                                           args.intermediate_size, args.dropout)
+    model.to(device).train()
+    refuse_cpu_marathon(args.device, device, model)
+    check_max_length(model, args.max_length)
+    train_ids, train_words = encode_corpus(tokenizer, train_texts, args.max_length,
+                                           args.whole_word_mask)
+    held_ids, held_words = encode_corpus(tokenizer, held_texts, args.max_length,
+                                         args.whole_word_mask)
+    held_out = MaskingCollator(held_ids, tokenizer, held_words, seed=args.seed)  # fixed masks
+    held_lengths = [len(ids) for ids in held_ids]
+    if not any(len(held_out(b)["masked_positions"])
+               for b in sorted_batches(held_lengths, args.eval_batch_size)):
+        raise UserError(f"the held-out {len(held_ids)} post(s) have no masked token to score: "
+                        "raise --held_out_fraction or give a larger --corpus")
+
+    # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
+    per_device = args.per_device_batch_size or math.ceil(args.batch_size / world_size)
+    accumulation = math.ceil(args.batch_size / (world_size * per_device))
+    lengths = [len(ids) for ids in train_ids]
+
+    def epoch_batches(epoch):  # every process computes the same list: same seed, same data
+        batches = length_grouped_batches(lengths, args.batch_size, args.seed + epoch)
+        return [b for b in batches if len(b) >= world_size]  # each process needs a post
+
+    steps_per_epoch = len(epoch_batches(0))
+    if steps_per_epoch == 0:
+        raise UserError(f"corpus: too few posts for a step of {args.batch_size}")
+
+    precision = choose_precision(args.precision, device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer,
+                                                round(args.warmup_epochs * steps_per_epoch),
+                                                args.epochs * steps_per_epoch)
+    # A step skipped for a non-finite loss still advances the schedule, by design.
+    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": math.inf,
+                "best_epoch": 0}
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress.update(state["progress"])
+        if args.lr != state["args"]["lr"]:
+            rescale_peak_lr(optimizer, scheduler, args.lr / state["args"]["lr"])
+        # RNG last, so that building the model and loading the data cannot disturb it.
+        restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
+    scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
+    log.info("corpus: %d posts, held out: %d; %s masking; %d steps per epoch of %d posts = %d "
+             "process(es) x %d micro-batch(es) of up to %d; %s on %s", len(train_ids),
+             len(held_ids), "whole-word" if args.whole_word_mask else "token", steps_per_epoch,
+             args.batch_size, world_size, accumulation, per_device, precision, device)
+    if state:
+        log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
+                 progress["step_in_epoch"])
+
+    trained_model = MaskedLM(model)
+    if args.compile:
+        trained_model = torch.compile(trained_model, dynamic=True)
+    if world_size > 1:
+        trained_model = DistributedDataParallel(
+            trained_model, device_ids=[device] if device.type == "cuda" else None)
+    writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
+                           purge_step=progress["global_step"] or None) if is_main else None
+    num_workers = args.num_workers if args.num_workers is not None else (
+        2 if device.type == "cuda" else 0)
+    if num_workers:  # workers only pad and mask; tokenizers would warn about the fork
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+    def save_last():  # a collective: every process calls it
+        save_training_state(model, tokenizer, last_dir, device, is_main, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "progress": progress,
+            "args": vars(args)})
+
+    stop = StopRequest(log)
+    running = RunningSums()
+    try:
+        while progress["epoch"] < args.epochs:
+            epoch = progress["epoch"]
+            # New masks every epoch; a step's masks depend only on its posts, not on the workers,
+            # the processes or the micro-batches: resume and torchrun train on the same tokens.
+            collator = MaskingCollator(train_ids, tokenizer, train_words, seed=args.seed + epoch)
+            loader = DataLoader([(b, split_for_step(b, rank, world_size, accumulation))
+                                 for b in epoch_batches(epoch)[progress["step_in_epoch"]:]],
+                                batch_size=None, collate_fn=collator.collate_step,
+                                num_workers=num_workers, pin_memory=device.type == "cuda",
+                                generator=torch.Generator())  # leaves the global RNG to dropout
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main,
+                       initial=progress["step_in_epoch"], total=steps_per_epoch, dynamic_ncols=True)
+            for pieces, masked_in_step in bar:
+                pieces = [{k: v.to(device, non_blocking=True) for k, v in piece.items()}
+                          for piece in pieces]
+                loss_sum, chosen, correct, skipped = mlm_step(
+                    trained_model, pieces, masked_in_step, optimizer, scaler, precision,
+                    args.max_grad_norm, world_size)
+                scheduler.step()
+                running.add(loss=torch.where(skipped, 0.0, loss_sum), correct=correct,
+                            chosen=torch.where(skipped, 0, chosen), all_chosen=chosen,
+                            skipped=skipped.long())
+                progress["step_in_epoch"] += 1
+                progress["global_step"] += 1
+                step = progress["global_step"]
+                if step % args.log_every == 0:  # the one host sync of log_every steps
+                    sums = running.read()
+                    lr = scheduler.get_last_lr()[0]
+                    mean_loss = sums["loss"].item() / max(1, sums["chosen"].item())
+                    accuracy = sums["correct"].item() / max(1, sums["all_chosen"].item())
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    if writer:
+                        for name, value in (("loss", mean_loss), ("accuracy", accuracy),
+                                            ("lr", lr)):
+                            writer.add_scalar(f"Train/{name}", value, step)
+                    if sums["skipped"].item() == world_size * args.log_every:
+                        save_last()  # skipped steps changed no weight: these are still sound
+                        raise UserError(
+                            f"the loss was not finite for {args.log_every} steps in a row (steps "
+                            f"{step - args.log_every + 1}-{step}); saved {last_dir}; try a "
+                            "lower --lr, then --resume")
+                if stop.requested() or step == args.stop_after_steps:
+                    bar.close()
+                    save_last()
+                    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume",
+                             epoch + 1, progress["step_in_epoch"], last_dir)
+                    if stop.signum is not None:
+                        sys.exit(128 + stop.signum)  # interrupted, though nothing is lost
+                    return False
+            bar.close()
+
+            result = evaluate(model, held_out, held_lengths, args, rank, world_size, device,
+                              precision)
+            progress.update(epoch=epoch + 1, step_in_epoch=0)
+            improved = result["loss"] < progress["best_loss"]
+            if improved:
+                progress.update(best_loss=result["loss"], best_epoch=epoch + 1)
+            log.info("epoch %d: held-out loss %.4f, perplexity %.2f, masked-token accuracy %.4f%s",
+                     epoch + 1, result["loss"], result["perplexity"], result["accuracy"],
+                     " (best so far, saved)" if improved else "")
+            if writer:
+                for name in ("loss", "perplexity", "accuracy"):
+                    writer.add_scalar(f"MLM/held_out_{name}", result[name], epoch + 1)
+                writer.flush()
+            if improved and is_main:
+                summary = {"epoch": epoch + 1, "held_out_posts": len(held_ids),
+                           "whole_word_mask": args.whole_word_mask,
+                           **{f"held_out_{name}": value for name, value in result.items()}}
+                save_checkpoint(model, tokenizer, best_dir, extra=lambda folder: write_json(
+                    os.path.join(folder, "eval_results.json"), summary))
+            save_last()
+    finally:
+        stop.restore()
+        if writer:
+            writer.close()
+    log.info("done: best held-out loss %.4f (perplexity %.2f) at epoch %d, saved in %s; "
+             "fine-tune it with train.py --model_name %s", progress["best_loss"],
+             math.exp(min(progress["best_loss"], 50)), progress["best_epoch"], best_dir, best_dir)
+    return True
+
+
+if __name__ == "__main__":
+    run_cli(main)
