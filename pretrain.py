@@ -31,18 +31,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ewect.config import MAX_LENGTH, PRETRAIN_CORPUS, REPO_ROOT
+from ewect.config import PRETRAIN_CORPUS, REPO_ROOT
 from ewect.data import length_grouped_batches, sorted_batches, split_for_step
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
                        read_corpus, split_held_out)
-from ewect.modeling import (PRECISIONS, autocast, check_max_length, choose_precision,
-                            save_checkpoint)
-from ewect.training import (RunningSums, StopRequest, all_reduce, backward, close_processes,
-                            load_training_state, make_grad_scaler, make_optimizer, optimizer_step,
-                            prepare_output_dir, refuse_cpu_marathon, rescale_peak_lr,
-                            restore_rng_state, save_training_state, setup_logging,
-                            setup_processes, write_json)
+from ewect.modeling import autocast, check_max_length, choose_precision, save_checkpoint
+from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
+                            close_processes, load_training_state, make_grad_scaler,
+                            make_optimizer, optimizer_step, prepare_output_dir,
+                            refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
+                            save_training_state, setup_logging, setup_processes, write_json)
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
 # and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
@@ -60,15 +59,7 @@ log = logging.getLogger("pretrain")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_name", default="bert-base-chinese",
-                   help="hub id or local folder of a pretrained model to continue pretraining")
-    p.add_argument("--from_scratch", action="store_true",
-                   help="start from a randomly initialised BERT of the size below")
-    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
-    p.add_argument("--num_layers", type=positive_int, default=12,
-                   help="layers, with --from_scratch")
-    p.add_argument("--hidden_size", type=positive_int, default=768,
-                   help="hidden size, with --from_scratch")
+    add_shared_args(p, "hub id or local folder of a pretrained model to continue pretraining")
     p.add_argument("--num_heads", type=positive_int, default=None,
                    help="attention heads, with --from_scratch (default: hidden_size / 64)")
     p.add_argument("--intermediate_size", type=positive_int, default=None,
@@ -82,43 +73,10 @@ def parse_args(argv=None):
                    help="mask whole jieba words (Chinese-BERT-wwm) instead of single tokens")
     p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "workspace", "mlm"),
                    help="where best/, last/, logs go")
-    p.add_argument("--batch_size", type=positive_int, default=64,
-                   help="posts per optimizer step, in all processes together")
-    p.add_argument("--per_device_batch_size", type=positive_int, default=None,
-                   help="most posts per forward pass in one process; more are done by gradient "
-                        "accumulation (default: batch_size / processes)")
-    p.add_argument("--eval_batch_size", type=positive_int, default=128,
-                   help="batch size for the held-out evaluation")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate of AdamW (default: {CONTINUED_LR:g}; {SCRATCH_LR:g} "
                         "with --from_scratch)%(default).0s")
-    p.add_argument("--weight_decay", type=float, default=0.01,
-                   help="AdamW weight decay (none on biases and LayerNorm)")
-    p.add_argument("--warmup_epochs", type=float, default=1.0,
-                   help="epochs of linear warmup before the linear decay")
     p.add_argument("--epochs", type=positive_int, default=20, help="pretraining epochs")
-    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
-                   help="tokens kept per post")
-    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
-    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
-    p.add_argument("--seed", type=int, default=42,
-                   help="seed for init, dropout, held-out split, masks and batch order")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto uses the GPU when there is one")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
-                        "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--num_workers", type=int, default=None,
-                   help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
-    p.add_argument("--log_every", type=positive_int, default=20,
-                   help="steps between reading the running metrics (TensorBoard, progress bar)")
-    p.add_argument("--stop_after_steps", type=int, default=0,
-                   help="stop after this many optimizer steps in total, saving last/ for "
-                        "--resume (0: run all epochs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="start a new run even though OUTPUT_DIR holds one (which is deleted)")
     args = p.parse_args(argv)
     if args.from_scratch and not args.vocab:
         p.error("--from_scratch needs --vocab VOCAB.txt")

@@ -29,19 +29,19 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ewect.config import EVAL_FILE, LABEL2ID, LABELS, MAX_LENGTH, TRAIN_FILE, WORKSPACE
+from ewect.config import EVAL_FILE, LABEL2ID, LABELS, TRAIN_FILE, WORKSPACE
 from ewect.data import (Collator, clean_records, encode, length_grouped_batches, read_records,
                         split_for_step)
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import scores
-from ewect.modeling import (AMP_DTYPES, PRECISIONS, autocast, build_model, check_max_length,
+from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_max_length,
                             choose_precision, load_checkpoint, save_checkpoint)
 from ewect.prediction import predict_logits
-from ewect.training import (RunningSums, StopRequest, all_reduce, backward, close_processes,
-                            load_training_state, make_grad_scaler, make_optimizer, optimizer_step,
-                            prepare_output_dir, refuse_cpu_marathon, rescale_peak_lr,
-                            restore_rng_state, save_training_state, setup_logging,
-                            setup_processes, write_json)
+from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
+                            close_processes, load_training_state, make_grad_scaler,
+                            make_optimizer, optimizer_step, prepare_output_dir,
+                            refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
+                            save_training_state, setup_logging, setup_processes, write_json)
 
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
@@ -55,58 +55,18 @@ log = logging.getLogger("train")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_name", default="bert-base-chinese",
-                   help="hub id or local folder of a pretrained model")
-    p.add_argument("--from_scratch", action="store_true",
-                   help="start from a randomly initialised BERT (offline runs, tests, benchmarks)")
-    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
-    p.add_argument("--num_layers", type=positive_int, default=12,
-                   help="layers, with --from_scratch")
-    p.add_argument("--hidden_size", type=positive_int, default=768,
-                   help="hidden size, with --from_scratch")
+    add_shared_args(p, "hub id or local folder of a pretrained model to fine-tune")
     p.add_argument("--train_file", default=TRAIN_FILE, help="cleaned training file")
     p.add_argument("--eval_file", default=EVAL_FILE, help="cleaned file that picks the best epoch")
     p.add_argument("--output_dir", default=WORKSPACE, help="where best/, last/, logs go")
-    p.add_argument("--batch_size", type=positive_int, default=64,
-                   help="posts per optimizer step, in all processes together")
-    p.add_argument("--per_device_batch_size", type=positive_int, default=None,
-                   help="most posts per forward pass in one process; more are done by gradient "
-                        "accumulation (default: batch_size / processes)")
-    p.add_argument("--eval_batch_size", type=positive_int, default=128,
-                   help="batch size for evaluation")
     p.add_argument("--lr", type=float, default=None,
                    # '%(default).0s' prints nothing; it stops argparse adding "(default: None)"
                    help="peak learning rate of AdamW (default: 1e-5, the published fine-tuning "
                         f"recipe; {SCRATCH_LR:g} with --from_scratch, as random weights need "
                         "larger steps)%(default).0s")
-    p.add_argument("--weight_decay", type=float, default=0.01,
-                   help="AdamW weight decay (none on biases and LayerNorm)")
-    p.add_argument("--warmup_epochs", type=float, default=1.0,
-                   help="epochs of linear warmup before the linear decay")
     p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
-                   help="tokens kept per post")
-    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
-    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
-    p.add_argument("--seed", type=int, default=42, help="seed for init, dropout and batch order")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto uses the GPU when there is one")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
-                        "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--num_workers", type=int, default=None,
-                   help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--patience", type=int, default=0,
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
-    p.add_argument("--log_every", type=positive_int, default=20,
-                   help="steps between reading the running metrics (TensorBoard, progress bar)")
-    p.add_argument("--stop_after_steps", type=int, default=0,
-                   help="stop after this many optimizer steps in total, saving last/ for "
-                        "--resume (0: run all epochs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="start a new run even though OUTPUT_DIR holds one (which is deleted)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
     args = p.parse_args(argv)

@@ -267,3 +267,57 @@ def restore_rng_state(states, rank, world_size, device, log):
     torch.set_rng_state(states[rank]["torch"])
     if device.type == "cuda" and "cuda" in states[rank]:
         torch.cuda.set_rng_state(states[rank]["cuda"], device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The flags train.py and pretrain.py share, declared once.
+
+
+def add_shared_args(p, model_help):
+    """The model to start from and how to run: the flags both training scripts take."""
+    from .config import MAX_LENGTH
+    from .errors import positive_int
+    from .modeling import PRECISIONS
+
+    p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
+    p.add_argument("--from_scratch", action="store_true",
+                   help="start from a randomly initialised BERT of the size below (offline runs, "
+                        "tests, benchmarks)")
+    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
+    p.add_argument("--num_layers", type=positive_int, default=12,
+                   help="layers, with --from_scratch")
+    p.add_argument("--hidden_size", type=positive_int, default=768,
+                   help="hidden size, with --from_scratch")
+    p.add_argument("--batch_size", type=positive_int, default=64,
+                   help="posts per optimizer step, in all processes together")
+    p.add_argument("--per_device_batch_size", type=positive_int, default=None,
+                   help="most posts per forward pass in one process; more are done by gradient "
+                        "accumulation (default: batch_size / processes)")
+    p.add_argument("--eval_batch_size", type=positive_int, default=128,
+                   help="batch size for evaluation")
+    p.add_argument("--weight_decay", type=float, default=0.01,
+                   help="AdamW weight decay (none on biases and LayerNorm)")
+    p.add_argument("--warmup_epochs", type=float, default=1.0,
+                   help="epochs of linear warmup before the linear decay")
+    p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
+                   help="tokens kept per post")
+    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed for init, dropout, batch order (and masks, held-out split)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses the GPU when there is one")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
+                        "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
+    p.add_argument("--log_every", type=positive_int, default=20,
+                   help="steps between reading the running metrics (TensorBoard, progress bar)")
+    p.add_argument("--stop_after_steps", type=int, default=0,
+                   help="stop after this many optimizer steps in total, saving last/ for "
+                        "--resume (0: run all epochs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start a new run even though OUTPUT_DIR holds one (which is deleted)")

@@ -113,10 +113,10 @@ def test_bad_input_gets_one_line(problem, clean_dir, vocab, tmp_path):
     corpus = args.index("--corpus") + 1
     if problem == "missing corpus":
         args[corpus] = str(tmp_path / "nope.txt")
-        expected = ["--corpus", "nope.txt: file not found"]
+        expected = ["nope.txt: file not found"]
     elif problem == "no usable text":
         empty = tmp_path / "blank.txt"
-        empty.write_text("\n  \n\n", encoding="utf-8")
+        empty.write_text("http://t.cn/abc\n@someone\n", encoding="utf-8")  # cleaned to nothing
         args[corpus:corpus + 4] = [str(empty)]
         expected = ["blank.txt: no usable text"]
     else:
