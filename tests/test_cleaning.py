@@ -73,7 +73,8 @@ def test_mention_removes_one_nickname_at_most(name):
 # Fragments that make the generated text likely to hit every rule, mixed with arbitrary Unicode
 # (lone surrogates included: command-line arguments can carry them).
 FRAGMENTS = ["http://", "https://t.cn/", "www.", "t.cn/", "@", "//@", "＠", ":", "ｈｔｔｐ://",
-             "a@b.com", "Ａ", "　", "[心]", "😀", "們", "\n", ".cn/", "-", "_"]
+             "a@b.com", "Ａ", "　", "[心]", "😀", "們", "\n", ".cn/", "-", "_",
+             "我" * 16]                                          # longer than a nickname
 any_text = st.lists(st.one_of(st.text(st.characters(codec=None)), st.sampled_from(FRAGMENTS)),
                     max_size=12).map("".join)
 
