@@ -3,7 +3,8 @@
 Rules, in order: control characters and lone surrogates dropped; full-width → half-width
 (U+FF01..U+FF5E and the ideographic space); traditional → simplified (OpenCC t2s); lowercase;
 URLs (http/https, www., bare short links such as t.cn/…), emails and Weibo @-mentions (including
-repost chains //@name:) removed; whitespace collapsed. Emoji are kept: [心]-style tags and
+repost chains //@name:) removed, a mention taking at most one nickname's length (30 bytes by
+Weibo's count) so that text glued to a name survives beyond it; whitespace collapsed. Emoji are kept: [心]-style tags and
 Unicode emoji. clean_text(clean_text(x)) == clean_text(x).
 """
 import re
@@ -23,19 +24,41 @@ _URL = rf"(?:https?://|www\.){_URL_CHARS}*"
 _SHORT_LINK = rf"\b(?:[a-z0-9-]+\.)+(?:cn|com|net|org|cc|me|ly|io|gl|co)/{_URL_CHARS}*"
 _EMAIL = r"[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}"
 # A Weibo name is letters (any script), digits, '_' and '-'; '//' and a trailing ':' belong to it.
-_MENTION = r"(?://\s*)?@[\w\-]+(?:\s*:)?"
+_MENTION = r"(?://\s*)?@(?P<name>[\w\-]+)(?P<colon>\s*:)?"
 _NOISE = re.compile("|".join([_URL, _SHORT_LINK, _EMAIL, _MENTION]), re.IGNORECASE)
+# Weibo allows nicknames of 4 to 30 bytes, counting a Chinese character as 2 and an ASCII one as 1.
+# A name glued to the text after it (no space, punctuation or ':') cannot be told from that text,
+# so a mention takes at most this much and the rest of the run stays. Shorter runs are removed
+# whole: they are cut-off names, or mentions all the same.
+NICKNAME_MAX_BYTES = 30
 _SPACES = re.compile(r"\s+")
 # Control characters (Unicode category Cc; tabs and newlines become spaces) and lone surrogates,
 # which cannot be encoded as UTF-8 and would break the tokenizer and printing.
 _UNWANTED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def _nickname_end(name):
+    """How many leading characters of name one nickname can take."""
+    size = 0
+    for i, char in enumerate(name):
+        size += 1 if char.isascii() else 2
+        if size > NICKNAME_MAX_BYTES:
+            return i
+    return len(name)
+
+
+def _replace_noise(match):
+    """A space for a URL, an email or a whole mention; what lies beyond a nickname stays as it was."""
+    name = match["name"]
+    rest = name[_nickname_end(name):] if name else ""
+    return " " + rest + (match["colon"] or "") if rest else " "
+
+
 def _clean_once(text):
     text = _UNWANTED.sub(" ", text)
     text = _T2S.convert(text.translate(_HALF_WIDTH)).lower()
     # A space, not nothing, where noise was: nothing new can be glued together across the gap.
-    text = _NOISE.sub(" ", text)
+    text = _NOISE.sub(_replace_noise, text)
     return _SPACES.sub(" ", text).strip()
 
 
