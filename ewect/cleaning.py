@@ -4,8 +4,8 @@ Rules, in order: control characters and lone surrogates dropped; full-width → 
 (U+FF01..U+FF5E and the ideographic space); traditional → simplified (OpenCC t2s); lowercase;
 URLs (http/https, www., bare short links such as t.cn/…), emails and Weibo @-mentions (including
 repost chains //@name:) removed, a mention taking at most one nickname's length (30 bytes by
-Weibo's count) so that text glued to a name survives beyond it; whitespace collapsed. Emoji are kept: [心]-style tags and
-Unicode emoji. clean_text(clean_text(x)) == clean_text(x).
+Weibo's count) so that text glued to a name survives beyond it; whitespace collapsed. Emoji are
+kept: [心]-style tags and Unicode emoji. clean_text(clean_text(x)) == clean_text(x).
 """
 import re
 
