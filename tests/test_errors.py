@@ -34,12 +34,13 @@ def test_train_names_the_bad_record(tmp_path, clean_dir, vocab, record, message)
     assert not (tmp_path / "wb" / "best").exists()  # stopped before training
 
 
-def test_hub_model_without_network(monkeypatch, tmp_path):
+def test_hub_model_without_network(monkeypatch, clean_dir, vocab, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub library's own offline mode answers at once
+    args = tiny_train_args(clean_dir, vocab, tmp_path / "wb")[3:]  # no --from_scratch --vocab V
+    result = run_script("train.py", "--model_name", "some-org/a-model-nobody-cached", *args)
+    assert_clean_error(result, "cannot load model 'some-org/a-model-nobody-cached'", "--from_scratch")
     from ewect import modeling
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub library's own offline mode answers at once
-    with pytest.raises(UserError, match="cannot load model.*--from_scratch"):
-        modeling.build_model("some-org/a-model-nobody-cached")
     with pytest.raises(UserError, match="no such folder"):
         modeling.build_model(str(tmp_path / "bert-base-chinese"))
 
