@@ -1,11 +1,14 @@
-"""Shared code of the SMP2020-EWECT fine-tuning scripts; every fact is defined once here.
+"""Shared code of the SMP2020-EWECT scripts; every fact is defined once here.
 
 config.py    the label list, file names and default paths
 errors.py    UserError and the wrapper that turns it into one line and exit code 2
 cleaning.py  clean_text(): the text normalisation used by cleaning, training and inference
-data.py      reading/validating the JSON files, tokenizing once, length-grouped batching, padding
-metrics.py   accuracy, macro-F1, per-class scores and the confusion matrix (same as scikit-learn)
-modeling.py  building, loading, saving (atomically) and running the classifier
-training.py  the optimizer, grad scaler, training step and device-side running metrics
+data.py      reading/validating the JSON files and users' post files (lines, JSON, CSV),
+             tokenizing once, length-grouped batches dealt to processes, padding
+metrics.py   accuracy, both macro-F1s, per-class scores and the confusion matrix
+modeling.py  the precision policy; building (fp32), loading and saving (atomically) models
+prediction.py  load_predictor: the torch and onnx backends of test.py, inference.py and app.py
+training.py  what train.py and pretrain.py share: processes, optimizer step, running sums,
+             the resumable state, signals, the shared flags
 mlm.py       masked-LM pretraining parts: corpus, held-out split, (whole-word) masking, sparse loss
 """
