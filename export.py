@@ -62,12 +62,13 @@ def logits_only(model):
     return LogitsOnly().eval()
 
 
-def export_fp32(model, path):
+def export_fp32(model, tokenizer, path):
     import torch
 
-    # Padding in the dummy batch, so the traced graph keeps the attention-mask path.
-    input_ids = torch.tensor([[101, 1962, 102], [101, 102, 0]])
-    attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # Padding in the dummy batch, so the traced graph keeps the attention-mask path; made by the
+    # model's own tokenizer, so every id is in its vocabulary.
+    batch = tokenizer(["好", ""], padding=True, return_tensors="pt")
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     dynamic = {0: "batch", 1: "sequence"}
     torch.onnx.export(logits_only(model), (input_ids, attention_mask), str(path),
                       input_names=["input_ids", "attention_mask"], output_names=["logits"],
@@ -123,7 +124,7 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():  # the tracer's and deprecation warnings: checked below
             warnings.simplefilter("ignore")
-            export_fp32(model, fp32_path)
+            export_fp32(model, tokenizer, fp32_path)
         logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing"
         export_int8(fp32_path, int8_path)
     except Exception as err:  # the exporters fail in many library-specific ways

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import sys
 import warnings
 
 import torch
@@ -41,7 +40,8 @@ from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduc
                             close_processes, load_training_state, make_grad_scaler,
                             make_optimizer, optimizer_step, prepare_output_dir,
                             refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
-                            save_training_state, setup_logging, setup_processes, write_json)
+                            save_training_state, setup_logging, setup_processes,
+                            stop_for_resume, stop_if_every_step_skipped, write_json)
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
 # and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
@@ -277,19 +277,12 @@ def pretrain(args, rank, world_size, device):
                         for name, value in (("loss", mean_loss), ("accuracy", accuracy),
                                             ("lr", lr)):
                             writer.add_scalar(f"Train/{name}", value, step)
-                    if sums["skipped"].item() == world_size * args.log_every:
-                        save_last()  # skipped steps changed no weight: these are still sound
-                        raise UserError(
-                            f"the loss was not finite for {args.log_every} steps in a row (steps "
-                            f"{step - args.log_every + 1}-{step}); saved {last_dir}; try a "
-                            "lower --lr, then --resume")
+                    stop_if_every_step_skipped(sums["skipped"].item(), world_size,
+                                               args.log_every, step, save_last, last_dir)
                 if stop.requested() or step == args.stop_after_steps:
                     bar.close()
-                    save_last()
-                    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume",
-                             epoch + 1, progress["step_in_epoch"], last_dir)
-                    if stop.signum is not None:
-                        sys.exit(128 + stop.signum)  # interrupted, though nothing is lost
+                    stop_for_resume(stop, save_last, log, epoch, progress["step_in_epoch"],
+                                    last_dir)
                     return False
             bar.close()
 

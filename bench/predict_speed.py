@@ -131,7 +131,7 @@ def export_onnx(model, tokenizer):
     save_checkpoint(model, tokenizer, folder / "model")
     (folder / "model" / ONNX_DIR).mkdir()
     fp32_path = folder / "model" / ONNX_DIR / ONNX_FILES[False]
-    export.export_fp32(model, fp32_path)
+    export.export_fp32(model, tokenizer, fp32_path)
     export.export_int8(fp32_path, folder / "model" / ONNX_DIR / ONNX_FILES[True])
     return [OnnxPredictor(folder / "model", "cpu", int8) for int8 in (False, True)]
 

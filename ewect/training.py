@@ -181,6 +181,26 @@ class RunningSums:
         return totals
 
 
+def stop_if_every_step_skipped(skipped_steps, world_size, log_every, step, save_last, last_dir):
+    """After a log step: when every step since the last one was skipped for a non-finite loss,
+    save last/ (skipped steps changed no weight, so it is sound) and stop with one line."""
+    if skipped_steps == world_size * log_every:
+        save_last()
+        raise UserError(f"the loss was not finite for {log_every} steps in a row (steps "
+                        f"{step - log_every + 1}-{step}); saved {last_dir}; try a lower --lr, "
+                        "then --resume")
+
+
+def stop_for_resume(stop, save_last, log, epoch, step_in_epoch, last_dir):
+    """Save last/ and end the run so that --resume continues it; a signal's exit status tells
+    the shell the run was interrupted, though nothing is lost."""
+    save_last()
+    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume", epoch + 1,
+             step_in_epoch, last_dir)
+    if stop.signum is not None:
+        sys.exit(128 + stop.signum)
+
+
 # ---------------------------------------------------------------------------------------------
 # The output folder and the resumable state in OUTPUT_DIR/last.
 
