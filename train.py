@@ -34,7 +34,7 @@ from ewect.data import (Collator, clean_records, encode, length_grouped_batches,
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import scores
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_max_length,
-                            choose_precision, load_checkpoint, save_checkpoint)
+                            choose_precision, expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import predict_logits
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, load_training_state, make_grad_scaler,
@@ -117,7 +117,7 @@ def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_
         with contextlib.nullcontext() if last else getattr(model, "no_sync", contextlib.nullcontext)():
             with autocast(precision, batch["labels"].device):
                 logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
+                               attention_mask=expanded_mask(batch["attention_mask"])).logits
             loss = classification_loss(logits, batch["labels"])
             backward(loss * world_size / step_size, scaler)
         finite &= torch.isfinite(loss)

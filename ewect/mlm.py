@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .cleaning import clean_text
 from .data import encode, read_posts
 from .errors import UserError
-from .modeling import bert_config, from_pretrained, scratch_tokenizer
+from .modeling import bert_config, expanded_mask, from_pretrained, scratch_tokenizer
 
 MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; the rest stay
@@ -197,7 +197,8 @@ def masked_lm_loss(model, batch):
     positions = batch.get("masked_positions")
     if positions is None:
         positions = (batch["labels"].view(-1) != -100).nonzero().squeeze(1)
-    hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    hidden = model.bert(input_ids=batch["input_ids"],
+                        attention_mask=expanded_mask(batch["attention_mask"]),
                         return_dict=True).last_hidden_state
     targets = batch["labels"].view(-1)[positions]
     logits = model.cls(hidden.flatten(0, 1)[positions]).float()

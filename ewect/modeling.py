@@ -54,6 +54,12 @@ def autocast_dtype(device):
     return AMP_DTYPES[choose_precision("auto", torch.device(device))]
 
 
+def expanded_mask(attention_mask):
+    """The (batch, 1, 1, length) boolean mask transformers passes straight to attention. Given the
+    2-D mask, BERT's forward checks `mask.all()` to skip it, which waits for the GPU every pass."""
+    return attention_mask.bool()[:, None, None, :]
+
+
 def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, num_heads=None,
                 intermediate_size=None, **extra):
     """A BERT of the given size, by default with bert-base's proportions: a head per 64
