@@ -21,26 +21,24 @@ import json
 import logging
 import math
 import os
-import warnings
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from ewect.config import PRETRAIN_CORPUS, REPO_ROOT
-from ewect.data import length_grouped_batches, sorted_batches, split_for_step
+from ewect.data import sorted_batches, split_for_step, step_batches
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
                        read_corpus, split_held_out)
 from ewect.modeling import autocast, check_max_length, choose_precision, save_checkpoint
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            close_processes, load_training_state, make_grad_scaler,
-                            make_optimizer, optimizer_step, prepare_output_dir,
+                            close_processes, linear_schedule, load_training_state,
+                            make_grad_scaler, make_optimizer, optimizer_step, prepare_output_dir,
                             refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
-                            save_training_state, setup_logging, setup_processes,
+                            save_training_state, setup_logging, setup_processes, step_plan,
                             stop_for_resume, stop_if_every_step_skipped, write_json)
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
@@ -182,13 +180,11 @@ def pretrain(args, rank, world_size, device):
                         "raise --held_out_fraction or give a larger --corpus")
 
     # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
-    per_device = args.per_device_batch_size or math.ceil(args.batch_size / world_size)
-    accumulation = math.ceil(args.batch_size / (world_size * per_device))
+    per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size, world_size)
     lengths = [len(ids) for ids in train_ids]
 
-    def epoch_batches(epoch):  # every process computes the same list: same seed, same data
-        batches = length_grouped_batches(lengths, args.batch_size, args.seed + epoch)
-        return [b for b in batches if len(b) >= world_size]  # each process needs a post
+    def epoch_batches(epoch):
+        return step_batches(lengths, args.batch_size, args.seed + epoch, world_size)
 
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
@@ -196,11 +192,7 @@ def pretrain(args, rank, world_size, device):
 
     precision = choose_precision(args.precision, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer,
-                                                round(args.warmup_epochs * steps_per_epoch),
-                                                args.epochs * steps_per_epoch)
-    # A step skipped for a non-finite loss still advances the schedule, by design.
-    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+    scheduler = linear_schedule(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch)
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": math.inf,
                 "best_epoch": 0}
     if state:

@@ -21,7 +21,7 @@ from transformers import BertTokenizer  # noqa: E402
 
 from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, load_posts, require_vocab  # noqa: E402
 from ewect.config import MAX_LENGTH  # noqa: E402
-from ewect.data import encode, length_grouped_batches, split_for_step  # noqa: E402
+from ewect.data import encode, length_grouped_batches, split_for_step, step_batches  # noqa: E402
 from ewect.errors import run_cli  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def old_scheme(lengths, batch_size, seed, world_size):
 
 
 def new_scheme(lengths, batch_size, seed, world_size):
-    batches = [b for b in length_grouped_batches(lengths, batch_size, seed) if len(b) >= world_size]
+    batches = step_batches(lengths, batch_size, seed, world_size)  # train.py's steps
     return [[cost(split_for_step(b, r, world_size), lengths) for r in range(world_size)]
             for b in batches]
 

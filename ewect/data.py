@@ -182,6 +182,14 @@ def length_grouped_batches(lengths, batch_size, seed, shuffle=True, group_size=5
     return batches
 
 
+def step_batches(lengths, batch_size, seed, world_size):
+    """One epoch's steps, each a batch of batch_size posts (length-grouped, random order). Every
+    process computes the same list (same seed, same data); a last batch with fewer posts than
+    processes is left out, as each process needs one."""
+    batches = length_grouped_batches(lengths, batch_size, seed)
+    return [b for b in batches if len(b) >= world_size]
+
+
 def split_for_step(batch, rank, world_size, accumulation=1):
     """This process's micro-batches of one step's batch. The batch (sorted by length, as
     length_grouped_batches makes it) is dealt round-robin into world_size x accumulation pieces,

@@ -4,11 +4,13 @@ steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal.
 themselves stay in the scripts, to be read top to bottom."""
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -128,6 +130,22 @@ def make_grad_scaler(precision, device, saved_state=None):
     if saved_state:
         scaler.load_state_dict(saved_state)
     return scaler
+
+
+def step_plan(batch_size, per_device_batch_size, world_size):
+    """(posts per forward pass, micro-batches per process) for steps of batch_size posts."""
+    per_device = per_device_batch_size or math.ceil(batch_size / world_size)
+    return per_device, math.ceil(batch_size / (world_size * per_device))
+
+
+def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
+    """Linear warmup over the first epoch(s), then linear decay to zero. A step skipped for a
+    non-finite loss still advances it, by design (torch's warning about that is silenced)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+    return get_linear_schedule_with_warmup(optimizer, round(warmup_epochs * steps_per_epoch),
+                                           epochs * steps_per_epoch)
 
 
 def backward(loss, scaler):
