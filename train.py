@@ -7,10 +7,15 @@ usual_eval macro-F1.
     python train.py --resume                           # continue an interrupted run
     python train.py --from_scratch --vocab ../shared/models/bert-base-chinese-vocab/vocab.txt \\
         --num_layers 2 --hidden_size 128 --epochs 3 --device cpu   # offline, small
+    python train.py --class_weights auto --adversarial fgm --rdrop 1 --tune_bias   # the
+        # competition's tricks, each off by default (measured: bench/RESULTS.md)
+    python train.py --folds 5 --fold 2 --output_dir workspace/folds/fold2   # one k-fold member;
+        # sh train_folds.sh 5 workspace/folds trains all five and tests their ensemble
 
 Writes to --output_dir (workspace/wb): best/ (the best epoch, save_pretrained: weights, config with
 id2label, tokenizer), last/ (the same plus training_state.pt, everything --resume needs; written
-after every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log.
+after every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log; with --tune_bias,
+best/decision.json.
 """
 import argparse
 import contextlib
@@ -18,6 +23,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -28,11 +34,12 @@ from tqdm import tqdm
 from ewect.config import EVAL_FILE, LABEL2ID, LABELS, TRAIN_FILE, WORKSPACE
 from ewect.data import (Collator, clean_records, encode, read_records, split_for_step,
                         step_batches)
+from ewect.decision import save_offsets, tune_offsets
 from ewect.errors import UserError, positive_int, run_cli
-from ewect.metrics import scores
-from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_max_length,
+from ewect.metrics import classification_scores, scores
+from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, check_max_length,
                             choose_precision, expanded_mask, load_checkpoint, save_checkpoint)
-from ewect.prediction import predict_logits
+from ewect.prediction import predict_logits, softmax
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, linear_schedule, load_training_state,
                             make_grad_scaler, make_optimizer, optimizer_step, prepare_output_dir,
@@ -43,8 +50,24 @@ from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduc
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
 ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "dropout",
-                  "train_file", "eval_file", "batch_size", "max_length", "seed")
+                  "train_file", "eval_file", "folds", "fold", "batch_size", "max_length", "seed")
 SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
+AUTO_WEIGHT_CAP = 3.0  # --class_weights auto: no class weighs more than this
+
+
+def class_weights_arg(text):
+    """argparse type of --class_weights: 'none', 'auto', or one positive weight per label."""
+    if text in ("none", "auto"):
+        return text
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(LABELS) or min(weights) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected none, auto or {len(LABELS)} positive numbers ({', '.join(LABELS)}), "
+            f"not {text!r}")
+    return text
 
 log = logging.getLogger("train")
 
@@ -66,9 +89,39 @@ def parse_args(argv=None):
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
+    p.add_argument("--init_from", metavar="DIR",
+                   help="a checkpoint of this script (e.g. workspace/wb/best) whose encoder and "
+                        "classifier continue training here, as usual -> virus: like --model_name "
+                        "DIR, checked to be a six-label classifier")
+    p.add_argument("--folds", type=positive_int, default=1,
+                   help="K > 1: train on K-1 stratified parts of the training files and pick the "
+                        "best epoch on the held-out part (--fold) instead of --eval_file; "
+                        "train_folds.sh runs all K and tests their ensemble")
+    p.add_argument("--fold", type=positive_int, default=1, help="which part is held out, 1..K")
+    p.add_argument("--class_weights", type=class_weights_arg, default="none",
+                   help="cross-entropy class weights: none; auto (inverse class frequency, mean "
+                        f"1, capped at {AUTO_WEIGHT_CAP:g}); or six numbers in label order, e.g. "
+                        "1,1,1,2,1.5,1.5")
+    p.add_argument("--adversarial", choices=["none", "fgm"], default="none",
+                   help="fgm: a second forward/backward pass with the word embeddings moved "
+                        "along their gradient (FGM, Miyato et al. 2017); about 2x the compute")
+    p.add_argument("--adv_epsilon", type=float, default=1.0,
+                   help="FGM's step: the norm of the move of the word-embedding matrix")
+    p.add_argument("--rdrop", type=float, default=0.0, metavar="ALPHA",
+                   help="R-Drop (Liang et al. 2021): each post passes twice with different "
+                        "dropout, plus ALPHA x their symmetric KL divergence (0: off); 2x the "
+                        "compute per step")
+    p.add_argument("--tune_bias", action="store_true",
+                   help="after training, fit per-class logit offsets that maximise macro-F1 on "
+                        "the eval posts and save them as best/decision.json (test.py and "
+                        "inference.py apply them)")
     args = p.parse_args(argv)
-    if args.from_scratch and not args.vocab:
-        p.error("--from_scratch needs --vocab VOCAB.txt")
+    if args.from_scratch and (args.vocab is None or args.init_from):
+        p.error("--from_scratch needs --vocab VOCAB.txt and no --init_from")
+    if args.fold > args.folds:
+        p.error(f"--fold {args.fold} of --folds {args.folds}: the fold is 1..K")
+    if args.init_from:
+        args.model_name = args.init_from
     if args.lr is None:
         args.lr = SCRATCH_LR if args.from_scratch else 1e-5
     return args
@@ -87,9 +140,67 @@ def tokenize(records, tokenizer, max_length):
             [LABEL2ID[r.label] for r in records])
 
 
-def classification_loss(logits, labels):
+def held_out_fold(records, labels, folds, fold, seed):
+    """(training part, held-out part) of the records: part `fold` of a stratified K-fold split,
+    the same for every fold of one --seed, so the K runs of an ensemble partition the data."""
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+        np.zeros(len(labels)), labels)
+    train_part, held_out = list(splits)[fold - 1]
+    return [records[i] for i in train_part], [records[i] for i in held_out]
+
+
+def class_weights(spec, labels, device):
+    """The cross-entropy weight per label of --class_weights, on the device, or None."""
+    if spec == "none":
+        return None
+    if spec == "auto":  # inverse frequency: a post weighs 1 on average over the training data
+        counts = np.bincount(labels, minlength=len(LABELS)).clip(min=1)
+        weights = (len(labels) / (len(LABELS) * counts)).clip(max=AUTO_WEIGHT_CAP)
+    else:
+        weights = [float(w) for w in spec.split(",")]
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def classification_loss(logits, labels, weights=None):
     """Summed over the posts; train_step turns it into the mean over the whole step."""
-    return F.cross_entropy(logits.float(), labels, reduction="sum")
+    return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
+
+
+def forward_loss(model, batch, precision, weights=None, rdrop=0.0):
+    """(summed loss, logits) of one micro-batch. With R-Drop the batch goes through twice in one
+    pass (two dropout samples of each post): the mean of their two cross-entropies plus rdrop x
+    their symmetric KL divergence; the logits are the first sample's."""
+    ids, mask = batch["input_ids"], expanded_mask(batch["attention_mask"])
+    if rdrop:
+        ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
+    with autocast(precision, ids.device):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    if not rdrop:
+        return classification_loss(logits, batch["labels"], weights), logits
+    first, second = logits.float().chunk(2)
+    cross_entropy = (classification_loss(first, batch["labels"], weights)
+                     + classification_loss(second, batch["labels"], weights)) / 2
+    log_p, log_q = F.log_softmax(first, -1), F.log_softmax(second, -1)
+    divergence = (F.kl_div(log_p, log_q, reduction="sum", log_target=True)
+                  + F.kl_div(log_q, log_p, reduction="sum", log_target=True)) / 2
+    return cross_entropy + rdrop * divergence, first
+
+
+@contextlib.contextmanager
+def fgm_attack(embeddings, epsilon):
+    """FGM: the word-embedding matrix moved by epsilon along its gradient (normalised) for one
+    more forward and backward pass, then restored exactly. The gradient is the one accumulated so
+    far in this step (this micro-batch's alone without gradient accumulation, as usual)."""
+    saved = embeddings.detach().clone()
+    with torch.no_grad():  # no host sync: a zero or non-finite norm makes the step skip
+        embeddings.add_(epsilon * embeddings.grad / embeddings.grad.norm().clamp_min(1e-12))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            embeddings.copy_(saved)
 
 
 def confusion_counts(labels, logits):
@@ -101,22 +212,33 @@ def confusion_counts(labels, logits):
 
 
 def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_norm,
-               world_size=1):
+               world_size=1, options=None):
     """One optimizer step over this process's micro-batches (`pieces`, on the device) of a step
     of `step_size` posts. The gradient is that of the mean loss over all step_size posts, however
-    they are split across processes (DDP averages over them) and micro-batches. Returns device
-    tensors, not synced: the summed loss, the confusion counts, and whether the step was skipped
-    for a non-finite loss or gradient."""
+    they are split across processes (DDP averages over them) and micro-batches. `options` (a dict,
+    None: plain cross-entropy) holds the class weights, R-Drop's alpha, and with FGM the word
+    embeddings and epsilon. Returns device tensors, not synced: the summed loss, the confusion
+    counts, and whether the step was skipped for a non-finite loss or gradient."""
+    options = options or {}
+    weights, rdrop, fgm = options.get("weights"), options.get("rdrop", 0.0), options.get("fgm")
     loss_sum, confusion = 0.0, 0
     finite = torch.ones((), dtype=torch.bool, device=pieces[0]["labels"].device)
+
+    def sync_unless(skip):  # DDP all-reduces the gradients in the step's last backward only
+        return getattr(model, "no_sync", contextlib.nullcontext)() if skip else (
+            contextlib.nullcontext())
+
     for i, batch in enumerate(pieces):
-        last = i == len(pieces) - 1  # DDP all-reduces the gradients on the last one only
-        with contextlib.nullcontext() if last else getattr(model, "no_sync", contextlib.nullcontext)():
-            with autocast(precision, batch["labels"].device):
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=expanded_mask(batch["attention_mask"])).logits
-            loss = classification_loss(logits, batch["labels"])
+        last = i == len(pieces) - 1
+        with sync_unless(not last or fgm):
+            loss, logits = forward_loss(model, batch, precision, weights, rdrop)
             backward(loss * world_size / step_size, scaler)
+        if fgm:
+            embeddings, epsilon = fgm
+            with sync_unless(not last), fgm_attack(embeddings, epsilon):
+                adversarial_loss, _ = forward_loss(model, batch, precision, weights, rdrop)
+                backward(adversarial_loss * world_size / step_size, scaler)
+            finite &= torch.isfinite(adversarial_loss)
         finite &= torch.isfinite(loss)
         loss_sum += loss.detach()
         confusion += confusion_counts(batch["labels"], logits.detach())
@@ -160,7 +282,15 @@ def train(args, rank, world_size, device):
 
     # Data first: a bad record stops the run before a model is downloaded or built.
     train_records = read_split(args.train_file, args, drop_empty=True)
-    eval_records = read_split(args.eval_file, args, drop_empty=False)
+    if args.folds > 1:
+        train_records, eval_records = held_out_fold(
+            train_records, [r.label for r in train_records], args.folds, args.fold, args.seed)
+        log.info("fold %d of %d: %d posts held out to pick the best epoch", args.fold,
+                 args.folds, len(eval_records))
+    else:
+        eval_records = read_split(args.eval_file, args, drop_empty=False)
+    if args.init_from:
+        check_labels(args.init_from)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
@@ -186,6 +316,13 @@ def train(args, rank, world_size, device):
         raise UserError(f"{args.train_file}: too few posts for a step of {args.batch_size}")
 
     precision = choose_precision(args.precision, device)
+    options = {"weights": class_weights(args.class_weights, train_labels, device),
+               "rdrop": args.rdrop,
+               "fgm": (model.get_input_embeddings().weight, args.adv_epsilon)
+               if args.adversarial == "fgm" else None}
+    if options["weights"] is not None:
+        log.info("class weights: %s", ", ".join(
+            f"{label} {w:.2f}" for label, w in zip(LABELS, options["weights"].tolist())))
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = linear_schedule(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch)
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
@@ -246,7 +383,7 @@ def train(args, rank, world_size, device):
                           for piece in pieces]
                 loss_sum, confusion, skipped = train_step(
                     trained_model, pieces, len(batches[progress["step_in_epoch"]]), optimizer,
-                    scaler, precision, args.max_grad_norm, world_size)
+                    scaler, precision, args.max_grad_norm, world_size, options)
                 scheduler.step()
                 running.add(loss=torch.where(skipped, 0.0, loss_sum), confusion=confusion,
                             posts=torch.where(skipped, 0, sum(len(p["labels"]) for p in pieces)),
@@ -302,7 +439,25 @@ def train(args, rank, world_size, device):
             writer.close()
     log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s", progress["best_f1"],
              progress["best_epoch"], best_dir)
+    if args.tune_bias and is_main:
+        tune_decision(best_dir, eval_ids, eval_labels, args, device, precision)
     return True
+
+
+def tune_decision(best_dir, eval_ids, eval_labels, args, device, precision):
+    """--tune_bias: per-class offsets fitted on the eval posts' probabilities under best/'s
+    weights, saved beside them as best/decision.json."""
+    model, _ = load_checkpoint(best_dir, device)
+    probabilities = softmax(predict_logits(model, eval_ids, args.eval_batch_size, device,
+                                           AMP_DTYPES[precision]).numpy())
+    offsets, tuned_f1 = tune_offsets(probabilities, eval_labels)
+    source = (f"fold {args.fold} of {args.folds} of {args.train_file}" if args.folds > 1
+              else args.eval_file)
+    save_offsets(best_dir, offsets, source)
+    log.info("decision offsets (%s) raise eval macro-F1 from %.4f to %.4f; saved in %s",
+             ", ".join(f"{label} {o:+.1f}" for label, o in zip(LABELS, offsets)),
+             classification_scores(eval_labels, probabilities.argmax(-1))["macro_f1"], tuned_f1,
+             os.path.join(best_dir, "decision.json"))
 
 
 if __name__ == "__main__":

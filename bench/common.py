@@ -1,15 +1,19 @@
-"""What bench/train_speed.py and bench/predict_speed.py share: default paths, loading and
-cleaning one raw SMP2020-EWECT file, the published repo's padded Dataset (the baseline of both),
-timing, peak memory, the machine description and the results table.
+"""What the benchmarks share: default paths, loading and cleaning one raw SMP2020-EWECT file, the
+published repo's padded Dataset (the baseline of the speed benchmarks), timing, peak memory, the
+machine description, the results table; and for the accuracy studies (pretrain_ablation.py,
+recipes.py) running the repo's own scripts and summarising seeds.
 
-Not a benchmark itself; run the two scripts next to it.
+Not a benchmark itself; run the scripts next to it.
 """
 import ctypes
 import gc
+import json
 import os
 import platform
 import resource
 import shlex
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -168,3 +172,28 @@ def print_ratio(label, fast, slow):
     """Speed-up of one row over another, in items per second."""
     speedup = (fast["items"] / fast["seconds"]) / (slow["items"] / slow["seconds"])
     print(f"{label}: {speedup:.2f}x")
+
+
+def run_repo_script(name, command, work_dir):
+    """Run one of the repo's scripts (command: its file and arguments) from the repo root, its
+    output in WORK_DIR/logs/NAME.log; the command is printed first, as the recipe."""
+    print("$", shlex.join(command), flush=True)
+    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
+    log_path = os.path.join(work_dir, "logs", name + ".log")
+    with open(log_path, "w", encoding="utf-8") as log:
+        code = subprocess.call([sys.executable, *command], cwd=REPO_ROOT, stdout=log,
+                               stderr=subprocess.STDOUT)
+    if code:
+        raise UserError(f"{name} failed (exit status {code}); see {log_path}")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def mean_std(values):
+    """'mean ± sample std' over seeds, to 4 places; one value as it is."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"

@@ -22,9 +22,6 @@ are in WORK_DIR/logs/.
 import argparse
 import json
 import os
-import shlex
-import statistics
-import subprocess
 import sys
 
 import torch
@@ -32,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,  # noqa: E402
-                          describe_machine, require_vocab)
+                          describe_machine, mean_std, read_json, require_vocab, run_repo_script)
 from bench.tfidf_baseline import tfidf_scores  # noqa: E402
 from ewect.config import PRETRAIN_CORPUS  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -67,24 +64,6 @@ def parse_args():
     return args
 
 
-def run(name, command, work_dir):
-    """Run one of the repo's scripts, its output in WORK_DIR/logs/NAME.log; the command printed
-    first, as the recipe."""
-    print("$", shlex.join(command), flush=True)
-    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
-    log_path = os.path.join(work_dir, "logs", name + ".log")
-    with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.call([sys.executable, *command], cwd=REPO_ROOT, stdout=log,
-                               stderr=subprocess.STDOUT)
-    if code:
-        raise UserError(f"{name} failed (exit status {code}); see {log_path}")
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def pretrain(arm, args, clean_dir):
     """best/ of arm (b) or (c)'s pretraining run."""
     out = os.path.join(args.work_dir, f"mlm_{arm}")
@@ -94,14 +73,13 @@ def pretrain(arm, args, clean_dir):
         os.path.isfile(state_path)) else None
     if epochs_done is None or epochs_done < args.pretrain_epochs:
         corpus = [os.path.join(clean_dir, os.path.basename(path)) for path in PRETRAIN_CORPUS]
-        run(f"pretrain_{arm}", ["pretrain.py", "--from_scratch", "--vocab", args.vocab,
-                                "--num_layers", str(args.num_layers),
-                                "--hidden_size", str(args.hidden_size),
-                                "--epochs", str(args.pretrain_epochs),
-                                "--lr", str(args.pretrain_lr),
-                                "--corpus", *corpus, "--device", args.device, "--output_dir", out,
-                                "--resume" if epochs_done is not None else "--overwrite_output_dir",
-                                *(["--whole_word_mask"] if arm == "c" else [])], args.work_dir)
+        run_repo_script(f"pretrain_{arm}", [
+            "pretrain.py", "--from_scratch", "--vocab", args.vocab,
+            "--num_layers", str(args.num_layers), "--hidden_size", str(args.hidden_size),
+            "--epochs", str(args.pretrain_epochs), "--lr", str(args.pretrain_lr),
+            "--corpus", *corpus, "--device", args.device, "--output_dir", out,
+            "--resume" if epochs_done is not None else "--overwrite_output_dir",
+            *(["--whole_word_mask"] if arm == "c" else [])], args.work_dir)
     result = read_json(os.path.join(best, "eval_results.json"))
     print(f"  ({arm}) held-out loss {result['held_out_loss']:.4f}, perplexity "
           f"{result['held_out_perplexity']:.1f}, masked-token accuracy "
@@ -118,13 +96,14 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
         model = (["--from_scratch", "--vocab", args.vocab, "--num_layers", str(args.num_layers),
                   "--hidden_size", str(args.hidden_size)] if start is None
                  else ["--model_name", start])
-        run(name, ["train.py", *model, "--lr", str(lr), "--seed", str(seed),
-                   "--epochs", str(args.finetune_epochs), "--device", args.device,
-                   "--train_file", os.path.join(clean_dir, "usual_train.txt"),
-                   "--eval_file", os.path.join(clean_dir, "usual_eval_labeled.txt"),
-                   "--output_dir", out, "--overwrite_output_dir"], args.work_dir)
+        run_repo_script(name, [
+            "train.py", *model, "--lr", str(lr), "--seed", str(seed),
+            "--epochs", str(args.finetune_epochs), "--device", args.device,
+            "--train_file", os.path.join(clean_dir, "usual_train.txt"),
+            "--eval_file", os.path.join(clean_dir, "usual_eval_labeled.txt"),
+            "--output_dir", out, "--overwrite_output_dir"], args.work_dir)
         for test_file in TEST_FILES:
-            run(f"{name}_{test_file[:5]}", [
+            run_repo_script(f"{name}_{test_file[:5]}", [
                 "test.py", "--model_dir", os.path.join(out, "best"), "--device", args.device,
                 "--data_file", os.path.join(clean_dir, test_file),
                 "--output_dir", os.path.join(out, "test")], args.work_dir)
@@ -136,12 +115,6 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
     return result
 
 
-def mean_std(values):
-    if len(values) == 1:
-        return f"{values[0]:.4f}"  # one seed: no spread to show
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def main():
     args = parse_args()
     require_vocab(args.vocab)
@@ -150,8 +123,8 @@ def main():
     print(describe_machine(torch.device(args.device)))
     clean_dir = os.path.join(args.work_dir, "clean")
     if not os.path.isfile(os.path.join(clean_dir, TEST_FILES[-1])):
-        run("clean_data", ["clean_data.py", "--raw_dir", args.data_dir, "--out_dir", clean_dir],
-            args.work_dir)
+        run_repo_script("clean_data", ["clean_data.py", "--raw_dir", args.data_dir,
+                                       "--out_dir", clean_dir], args.work_dir)
     seeds = [42 + i for i in range(args.seeds)]
     rows, results = [], {}
     for arm in args.arms:

@@ -3,6 +3,7 @@ macro-F1 on the eval file (train.py --tune_bias), saved as MODEL_DIR/decision.js
 weights, applied by test.py and inference.py. Macro-F1 rewards the rare classes (fear, surprise)
 more than argmax does; a few tenths of a point in the competition's reports. Never fit on test."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,13 @@ def tune_offsets(probabilities, golds, rounds=3):
 
 
 def save_offsets(folder, offsets, fitted_on):
-    with open(Path(folder) / DECISION_FILE, "w", encoding="utf-8") as f:
-        json.dump({"offsets": dict(zip(LABELS, map(float, offsets))), "fitted_on": fitted_on},
-                  f, ensure_ascii=False, indent=2)
+    """FOLDER/decision.json, written aside and renamed: a kill never leaves half a file."""
+    path = Path(folder) / DECISION_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"offsets": dict(zip(LABELS, map(float, offsets))),
+                               "fitted_on": fitted_on}, ensure_ascii=False, indent=2),
+                   encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def load_offsets(path):

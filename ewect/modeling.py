@@ -126,10 +126,22 @@ def load_checkpoint(model_dir, device="cpu"):
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # a broken checkpoint fails in many library-specific ways
         raise UserError(f"{model_dir}: broken checkpoint ({first_line(err)})") from None
-    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    check_labels(model_dir, model.config)
+    return model.to(device).eval(), tokenizer
+
+
+def check_labels(model_dir, config=None):
+    """A classifier of this repo's six labels, in order, or a one-line error."""
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(os.path.expanduser(model_dir))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{model_dir}: not a checkpoint ({first_line(err)})") from None
+    labels = tuple(config.id2label[i] for i in range(config.num_labels))
     if labels != LABELS:
         raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
-    return model.to(device).eval(), tokenizer
 
 
 def _sibling(path, suffix):

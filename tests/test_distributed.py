@@ -9,15 +9,17 @@ from ewect.modeling import load_checkpoint
 
 def test_two_processes_train_as_one_does(clean_dir, vocab, tmp_path):
     # --batch_size is the step's size over all processes: 2 processes x 4 posts make the same
-    # 8-post steps as one process does, so (dropout off) they end with the same weights.
-    args = tiny_train_args(clean_dir, vocab, tmp_path / "two", "--dropout", 0)
+    # 8-post steps as one process does, so (dropout off) they end with the same weights; class
+    # weights and R-Drop's doubled batch keep that so.
+    options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5]
+    args = tiny_train_args(clean_dir, vocab, tmp_path / "two", *options)
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "6 steps per epoch of 8 posts = 2 process(es) x 1 micro-batch(es) of up to 4" in (
         result.stdout)
     assert result.stdout.count("done: best eval macro-F1") == 1  # only rank 0 logs
-    train.main(tiny_train_args(clean_dir, vocab, tmp_path / "one", "--dropout", 0))
+    train.main(tiny_train_args(clean_dir, vocab, tmp_path / "one", *options))
     two, one = (load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("two", "one"))
     assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
     load_checkpoint(tmp_path / "two" / "best")
