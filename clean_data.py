@@ -2,17 +2,26 @@
 
     python clean_data.py                                   # data/raw -> data/clean
     python clean_data.py --raw_dir ../shared/data/smp2020-ewect/raw --out_dir data/clean
+    python clean_data.py --dedup                           # train copies of eval/test posts out
 
 The rules live in ewect/cleaning.py. Train records that are empty after cleaning are dropped;
 eval and test records are always kept, so their ids survive. Per file it prints records in,
-out, dropped (empty after cleaning, or unusable with --skip_bad_records) and changed (records
-out whose text cleaning changed).
+out, dropped (empty after cleaning, or unusable with --skip_bad_records), changed (records
+out whose text cleaning changed) and deduped (train records dropped by --dedup).
+
+It also counts, for each train file and each eval or test file, the posts with the same cleaned
+text in both; --dedup drops those train records. In the real data (2026-11-28) usual_train
+shares 162 posts with usual_eval (129 eval posts) and 287 with usual_test (237 test posts);
+virus_train shares 522 with virus_eval and 972 with virus_test, mostly short stock replies
+(辛苦了, 武汉加油, [泪]); the two tracks share none. --dedup drops 435 usual_train and 1052
+virus_train records.
 """
 import argparse
+import itertools
 import json
 import os
 
-from ewect.config import CLEAN_DIR, DATA_FILES, RAW_DIR, TRAIN_FILES
+from ewect.config import CLEAN_DIR, DATA_FILES, EVAL_FILES, RAW_DIR, TRAIN_FILES
 from ewect.errors import UserError, run_cli
 
 
@@ -23,23 +32,43 @@ def parse_args():
     parser.add_argument("--out_dir", default=CLEAN_DIR, help="where the cleaned files go")
     parser.add_argument("--skip_bad_records", action="store_true",
                         help="skip and count unusable records instead of stopping")
+    parser.add_argument("--dedup", action="store_true",
+                        help="drop train records whose cleaned text is also in an eval or test "
+                             "file (those files keep every record)")
     return parser.parse_args()
 
 
-def clean_file(src, dst, drop_empty, skip_bad_records):
-    """Clean one file; returns (records in, out, dropped, changed)."""
+def clean_file(src, drop_empty, skip_bad_records):
+    """One file's records, cleaned: (records in, cleaned records, how many cleaning changed)."""
     from ewect.data import clean_records, load_json_array, read_records
 
     raw_count = len(load_json_array(src))
     records = read_records(src, skip_bad_records=skip_bad_records)
     original = {r.id: r.content for r in records}
     cleaned = clean_records(records, drop_empty)
+    return raw_count, cleaned, sum(r.content != original[r.id] for r in cleaned)
+
+
+def write_records(records, dst):
     tmp = dst + ".tmp"  # written aside, then renamed: a killed run never leaves half a file
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump([vars(r) for r in cleaned], f, ensure_ascii=False)
+        json.dump([vars(r) for r in records], f, ensure_ascii=False)
     os.replace(tmp, dst)
-    changed = sum(r.content != original[r.id] for r in cleaned)
-    return raw_count, len(cleaned), raw_count - len(cleaned), changed
+
+
+def report_shared_posts(cleaned):
+    """Print, per train file and eval/test file, the posts with the same cleaned text in both."""
+    print("posts with the same cleaned text in a train file and an eval or test file:")
+    lines = []
+    for train, held_out in itertools.product(TRAIN_FILES, EVAL_FILES):
+        if train in cleaned and held_out in cleaned:
+            train_texts = {r.content for r in cleaned[train]}
+            held_out_texts = {r.content for r in cleaned[held_out] if r.content}
+            in_train = sum(r.content in held_out_texts for r in cleaned[train])
+            in_held_out = sum(r.content in train_texts for r in cleaned[held_out])
+            if in_train:
+                lines.append(f"  {train}: {in_train} posts, {held_out}: {in_held_out} posts")
+    print("\n".join(lines) or "  none")
 
 
 def main():
@@ -49,14 +78,27 @@ def main():
         raise UserError(f"{args.raw_dir}: none of the SMP2020-EWECT files is here "
                         f"(expected {', '.join(DATA_FILES)}); see data/README.md")
     os.makedirs(args.out_dir, exist_ok=True)
-    print(f"{'file':<26}{'in':>8}{'out':>8}{'dropped':>9}{'changed':>9}")
+    raw_counts, cleaned, changed = {}, {}, {}
+    for name in DATA_FILES:
+        if name not in missing:
+            raw_counts[name], cleaned[name], changed[name] = clean_file(
+                os.path.join(args.raw_dir, name), drop_empty=name in TRAIN_FILES,
+                skip_bad_records=args.skip_bad_records)
+    held_out_texts = {r.content for name in EVAL_FILES for r in cleaned.get(name, ()) if r.content}
+    print(f"{'file':<26}{'in':>8}{'out':>8}{'dropped':>9}{'changed':>9}{'deduped':>9}")
     for name in DATA_FILES:
         if name in missing:
             print(f"{name:<26}  missing, skipped")
             continue
-        counts = clean_file(os.path.join(args.raw_dir, name), os.path.join(args.out_dir, name),
-                            drop_empty=name in TRAIN_FILES, skip_bad_records=args.skip_bad_records)
-        print(f"{name:<26}" + "".join(f"{n:>{w}}" for n, w in zip(counts, (8, 8, 9, 9))))
+        records, deduped = cleaned[name], 0
+        if args.dedup and name in TRAIN_FILES:
+            kept = [r for r in records if r.content not in held_out_texts]
+            records, deduped = kept, len(records) - len(kept)
+        write_records(records, os.path.join(args.out_dir, name))
+        counts = (raw_counts[name], len(records), raw_counts[name] - len(cleaned[name]),
+                  changed[name], deduped)
+        print(f"{name:<26}" + "".join(f"{n:>{w}}" for n, w in zip(counts, (8, 8, 9, 9, 9))))
+    report_shared_posts(cleaned)
     print(f"cleaned files are in {args.out_dir}")
 
 

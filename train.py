@@ -1,7 +1,9 @@
 """Fine-tune a BERT-style classifier on SMP2020-EWECT usual_train; keep the epoch with the best
-usual_eval macro-F1.
+usual_eval macro-F1 (--dataset virus: virus_train and virus_eval; both: the two tracks together).
 
     python train.py                                    # the published recipe, bert-base-chinese
+    python train.py --dataset virus                    # the virus track, into workspace/wb_virus
+    python train.py --train_file a.txt b.csv --eval_file c.xlsx --output_dir workspace/mine
     python train.py --model_name /path/to/bert-base-chinese --device cuda
     torchrun --nproc_per_node=4 train.py               # 4 GPUs; still 64 posts a step in all
     python train.py --resume                           # continue an interrupted run
@@ -12,10 +14,10 @@ usual_eval macro-F1.
     python train.py --folds 5 --fold 2 --output_dir workspace/folds/fold2   # one k-fold member;
         # sh train_folds.sh 5 workspace/folds trains all five and tests their ensemble
 
-Writes to --output_dir (workspace/wb): best/ (the best epoch, save_pretrained: weights, config with
-id2label, tokenizer), last/ (the same plus training_state.pt, everything --resume needs; written
-after every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log; with --tune_bias,
-best/decision.json.
+Writes to --output_dir (workspace/wb; wb_virus, wb_both for the other --dataset): best/ (the best
+epoch, save_pretrained: weights, config with id2label, tokenizer; with --tune_bias also
+decision.json), last/ (the same plus training_state.pt, everything --resume needs; written after
+every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log.
 """
 import argparse
 import contextlib
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ewect.config import EVAL_FILE, LABEL2ID, LABELS, TRAIN_FILE, WORKSPACE
+from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_output_dir
 from ewect.data import (Collator, clean_records, encode, read_records, split_for_step,
                         step_batches)
 from ewect.decision import save_offsets, tune_offsets
@@ -76,11 +78,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_shared_args(p, "hub id or local folder of a pretrained model to fine-tune")
-    p.add_argument("--train_file", default=TRAIN_FILE, help="cleaned training file")
-    p.add_argument("--eval_file", default=EVAL_FILE, help="cleaned file that picks the best epoch")
-    p.add_argument("--output_dir", default=WORKSPACE, help="where best/, last/, logs go")
+    p.add_argument("--dataset", default="usual", choices=DATASETS,
+                   help="track whose cleaned files and output folder are the defaults of the "
+                        "three flags below: usual, virus, or both (one model on the two)")
+    # '%(default).0s' prints nothing; it stops argparse adding "(default: None)"
+    p.add_argument("--train_file", nargs="+", default=None,
+                   help="training file(s), read together (default: the --dataset's train files)"
+                        "%(default).0s")
+    p.add_argument("--eval_file", nargs="+", default=None,
+                   help="file(s) whose posts together pick the best epoch (default: the "
+                        "--dataset's eval files)%(default).0s")
+    p.add_argument("--output_dir", default=None,
+                   help="where best/, last/, logs go (default: workspace/wb, wb_virus or "
+                        "wb_both, by --dataset)%(default).0s")
     p.add_argument("--lr", type=float, default=None,
-                   # '%(default).0s' prints nothing; it stops argparse adding "(default: None)"
                    help="peak learning rate of AdamW (default: 1e-5, the published fine-tuning "
                         f"recipe; {SCRATCH_LR:g} with --from_scratch, as random weights need "
                         "larger steps)%(default).0s")
@@ -124,14 +135,18 @@ def parse_args(argv=None):
         args.model_name = args.init_from
     if args.lr is None:
         args.lr = SCRATCH_LR if args.from_scratch else 1e-5
+    args.train_file = args.train_file or dataset_files(args.dataset, "train")
+    args.eval_file = args.eval_file or dataset_files(args.dataset, "eval")
+    args.output_dir = args.output_dir or dataset_output_dir(args.dataset)
     return args
 
 
-def read_split(path, args, drop_empty):
-    """Validated records, cleaned again (idempotent, about a second), so that a raw file is read
-    exactly as its cleaned copy."""
-    return clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
-                                      log=log.warning), drop_empty)
+def read_split(paths, args, drop_empty):
+    """Validated records of the files, one after another, cleaned again (idempotent, about a
+    second), so that a raw file is read exactly as its cleaned copy."""
+    records = [record for path in paths for record in read_records(
+        path, skip_bad_records=args.skip_bad_records, log=log.warning)]
+    return clean_records(records, drop_empty)
 
 
 def tokenize(records, tokenizer, max_length):
@@ -313,7 +328,8 @@ def train(args, rank, world_size, device):
 
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
-        raise UserError(f"{args.train_file}: too few posts for a step of {args.batch_size}")
+        raise UserError(f"{', '.join(args.train_file)}: too few posts for a step of "
+                        f"{args.batch_size}")
 
     precision = choose_precision(args.precision, device)
     options = {"weights": class_weights(args.class_weights, train_labels, device),
@@ -451,8 +467,8 @@ def tune_decision(best_dir, eval_ids, eval_labels, args, device, precision):
     probabilities = softmax(predict_logits(model, eval_ids, args.eval_batch_size, device,
                                            AMP_DTYPES[precision]).numpy())
     offsets, tuned_f1 = tune_offsets(probabilities, eval_labels)
-    source = (f"fold {args.fold} of {args.folds} of {args.train_file}" if args.folds > 1
-              else args.eval_file)
+    source = (f"fold {args.fold} of {args.folds} of " if args.folds > 1 else "") + ", ".join(
+        args.train_file if args.folds > 1 else args.eval_file)
     save_offsets(best_dir, offsets, source)
     log.info("decision offsets (%s) raise eval macro-F1 from %.4f to %.4f; saved in %s",
              ", ".join(f"{label} {o:+.1f}" for label, o in zip(LABELS, offsets)),

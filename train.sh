@@ -2,6 +2,7 @@
 # Fine-tune with the published recipe (train.py's defaults), cleaning the data first if needed.
 #
 #   sh train.sh                                   # one GPU, or the CPU
+#   sh train.sh --dataset virus                   # the virus track (both: the two together)
 #   sh train.sh --model_name /path/to/bert-base-chinese --epochs 10   # arguments pass through
 #   sh train.sh --resume                          # continue an interrupted run
 #   NGPU=2 sh train.sh                            # GPUs to use (default: all visible ones)
@@ -12,10 +13,12 @@ REPO=$(cd "$(dirname "$0")" && pwd)
 SCRIPT=${EWECT_TRAINING_SCRIPT:-train.py}  # pretrain.sh runs pretrain.py through this file
 
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
-if [ -f "$RAW/usual_train.txt" ] && { [ ! -f "$REPO/data/clean/usual_train.txt" ] ||
-        [ ! -f "$REPO/data/clean/usual_eval_labeled.txt" ]; }; then
-    python "$REPO/clean_data.py"
-fi
+for FILE in "$RAW"/usual_*.txt "$RAW"/virus_*.txt; do  # a raw file without its cleaned copy
+    if [ -f "$FILE" ] && [ ! -f "$REPO/data/clean/$(basename "$FILE")" ]; then
+        python "$REPO/clean_data.py"  # cleans all six
+        break
+    fi
+done
 
 if [ -z "$NGPU" ]; then
     if [ -n "$CUDA_VISIBLE_DEVICES" ]; then

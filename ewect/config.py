@@ -5,6 +5,8 @@ import os
 LABELS = ("happy", "angry", "sad", "fear", "surprise", "neutral")
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
 ID2LABEL = dict(enumerate(LABELS))
+# Label spellings read as the label meant: 'neural' is a typo in many copies of the release.
+LABEL_SPELLINGS = {"neural": "neutral"}
 
 # The six files of SMP2020-EWECT, as released; train files may drop records when cleaned.
 TRAIN_FILES = ("usual_train.txt", "virus_train.txt")

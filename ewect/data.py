@@ -1,16 +1,18 @@
-"""Reading and validating SMP2020-EWECT files and users' post files (lines, JSON, CSV), tokenizing
-once, length-grouped batching, padding."""
+"""Reading and validating SMP2020-EWECT files (the released JSON, or CSV, TSV, XLSX tables) and
+users' post files (lines, JSON, CSV), tokenizing once, length-grouped batching, padding."""
+import collections
 import csv
 import itertools
 import json
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 
 from .cleaning import clean_text
-from .config import LABEL2ID, LABELS
-from .errors import UserError
+from .config import LABEL2ID, LABEL_SPELLINGS, LABELS
+from .errors import UserError, first_line
 
 MAX_REPORTED = 20  # bad records listed one per line before the rest is summarised
 
@@ -39,6 +41,58 @@ def load_json_array(path):
     return data
 
 
+TABLE_KINDS = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "Excel"}  # read_records' formats besides JSON
+
+
+def load_table(path, kind, columns):
+    """The rows of a CSV, TSV or Excel (first sheet) file as dicts of strings, so that ids like
+    007 and empty texts stay as written; without an 'id' column the row number is the id."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():  # a row with extra fields: an error, not text lost
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            if kind == "Excel":
+                frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+            else:
+                frame = pd.read_csv(path, sep="\t" if kind == "TSV" else ",", dtype=str,
+                                    keep_default_na=False, index_col=False, encoding="utf-8-sig")
+    except ImportError:  # pandas reads .xlsx with openpyxl
+        raise UserError(f"{path}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except Exception as err:  # pandas and openpyxl raise many kinds for a file they cannot parse
+        raise UserError(f"{path}: not a readable {kind} file ({first_line(err)})") from None
+    for column in columns:
+        if column not in frame.columns:
+            raise UserError(f"{path}: no {column!r} column (found {', '.join(frame.columns)})")
+    if "id" not in frame.columns:
+        frame.insert(0, "id", range(1, len(frame) + 1))
+    return frame.to_dict("records")
+
+
+def load_items(path, require_label):
+    """The file's records, unvalidated: a table by its extension, else the JSON array."""
+    kind = TABLE_KINDS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        return load_json_array(path)
+    return load_table(path, kind, ("content", "label") if require_label else ("content",))
+
+
+def respell_labels(path, items, log):
+    """Known misspellings of labels (LABEL_SPELLINGS) read as the label meant, said once a file."""
+    counts = collections.Counter()
+    for item in items:
+        label = item.get("label") if isinstance(item, dict) else None
+        if isinstance(label, str) and label in LABEL_SPELLINGS:
+            item["label"] = LABEL_SPELLINGS[label]
+            counts[label] += 1
+    for label, count in counts.items():
+        log(f"{path}: read label {label!r} as {LABEL_SPELLINGS[label]!r} ({count} records)")
+
+
 def _problem(item, seen_ids, require_label):
     """Why this record cannot be used, or None."""
     if not isinstance(item, dict):
@@ -62,10 +116,14 @@ def _problem(item, seen_ids, require_label):
 
 
 def read_records(path, require_label=True, skip_bad_records=False, log=print):
-    """All records of one file. Unusable records stop the run with every problem listed, with
+    """All records of one file: a JSON array, or a .csv, .tsv or .xlsx table with content and
+    label columns (id optional). Unusable records stop the run with every problem listed, with
     file and record id, unless skip_bad_records is set: then they are skipped and counted."""
     records, bad, seen_ids = [], [], set()
-    for index, item in enumerate(load_json_array(path)):
+    items = load_items(path, require_label)
+    if require_label:
+        respell_labels(path, items, log)
+    for index, item in enumerate(items):
         problem = _problem(item, seen_ids, require_label)
         if problem:
             where = f"id {item['id']!r}" if isinstance(item, dict) and "id" in item else f"#{index}"

@@ -1,5 +1,6 @@
 """Reading and validating data files; batching."""
 import json
+import re
 
 import pytest
 
@@ -65,6 +66,43 @@ def test_missing_and_non_utf8_file(tmp_path):
 def test_unlabelled_records_for_inference(tmp_path):
     records = read_records(write(tmp_path, [{"id": "a", "content": "x"}]), require_label=False)
     assert records[0].label is None
+
+
+ROWS = [{"id": "007", "content": "好,开心\n\"哈哈\"", "label": "neural"},  # comma, newline, quotes
+        {"id": "8", "content": "", "label": "sad"}, {"id": "9", "content": "唉", "label": "neural"}]
+
+
+@pytest.mark.parametrize("name", ["posts.txt", "posts.CSV", "posts.tsv", "posts.xlsx"])
+def test_tables_and_the_neural_typo_read_like_the_released_json(tmp_path, name):
+    import pandas as pd
+
+    path = str(tmp_path / name)
+    if name.endswith(".txt"):
+        write(tmp_path, ROWS, name)
+    elif name.endswith(".xlsx"):
+        pd.DataFrame(ROWS).to_excel(path, index=False)
+    else:
+        pd.DataFrame(ROWS).to_csv(path, sep="\t" if name.endswith(".tsv") else ",", index=False)
+    said = []
+    records = read_records(path, log=said.append)
+    assert [vars(r) for r in records] == [dict(r, label=r["label"].replace("neural", "neutral"))
+                                          for r in ROWS]
+    assert said == [f"{path}: read label 'neural' as 'neutral' (2 records)"]
+
+
+def test_a_table_without_ids_numbers_its_rows(tmp_path):
+    path = write(tmp_path, "content,label\n好,happy\n唉,sad\n", "posts.csv")
+    assert [(r.id, r.label) for r in read_records(path)] == [(1, "happy"), (2, "sad")]
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("posts.csv", "id,content,label\n1,好,开心,happy\n", "not a readable CSV file"),  # a stray comma
+    ("posts.tsv", "id\tcontent\n1\t好\n", "no 'label' column (found id, content)"),
+    ("posts.xlsx", "not a spreadsheet", "not a readable Excel file"),
+])
+def test_malformed_table(tmp_path, name, content, problem):
+    with pytest.raises(UserError, match=re.escape(problem)):
+        read_records(write(tmp_path, content, name))
 
 
 def test_length_grouped_batches_cover_every_post_once_and_group_lengths():

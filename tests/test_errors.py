@@ -51,6 +51,14 @@ def test_train_with_missing_data_file(tmp_path, vocab):
                        "missing.txt: file not found")
 
 
+def test_train_with_a_csv_file_without_labels(tmp_path, vocab):
+    posts = tmp_path / "posts.csv"
+    posts.write_text("id,content\n1,好开心\n", encoding="utf-8")
+    assert_clean_error(run_script("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
+                                  posts, "--output_dir", tmp_path, "--device", "cpu"),
+                       f"{posts}: no 'label' column (found id, content)")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_device_cuda_without_a_gpu(trained):
     assert_clean_error(run_script("inference.py", "--input", "好", "--device", "cuda",

@@ -123,12 +123,34 @@ def test_clean_data_on_the_real_files(tmp_path):
     result = run_script("clean_data.py", "--raw_dir", SHARED_RAW, "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
     counts = {line.split()[0]: [int(n) for n in line.split()[1:]]
-              for line in result.stdout.splitlines() if line.endswith(".txt") or "txt " in line}
+              for line in result.stdout.splitlines() if line.startswith(DATA_FILES)}
     assert counts["usual_train.txt"][0] == 27768
     assert counts["usual_test_labeled.txt"][:3] == [5000, 5000, 0]  # test ids all survive
     cleaned = json.loads((tmp_path / "usual_train.txt").read_text("utf-8"))
     assert all(r["content"] for r in cleaned)
     assert sum(r["label"] == "fear" for r in cleaned) > 1000
+    assert "usual_train.txt: 162 posts, usual_eval_labeled.txt: 129 posts" in result.stdout
+
+
+def test_clean_data_dedup_drops_train_copies_of_eval_posts(tmp_path):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(FIXTURE_RAW, raw)
+    train = json.loads((raw / "usual_train.txt").read_text("utf-8"))
+    eval_post = json.loads((raw / "usual_eval_labeled.txt").read_text("utf-8"))[0]["content"]
+    train.append({"id": 900, "content": eval_post + " http://t.cn/x", "label": "happy"})
+    (raw / "usual_train.txt").write_text(json.dumps(train, ensure_ascii=False), "utf-8")
+    result = run_script("clean_data.py", "--raw_dir", raw, "--out_dir", tmp_path / "clean", "--dedup")
+    assert result.returncode == 0, result.stderr
+    assert "usual_train.txt: 1 posts, usual_eval_labeled.txt: 1 posts" in result.stdout
+    row = next(line.split() for line in result.stdout.splitlines()
+               if line.startswith("usual_train.txt "))
+    assert row[-1] == "1"  # deduped
+    cleaned = {name: json.loads((tmp_path / "clean" / name).read_text("utf-8"))
+               for name in ("usual_train.txt", "usual_eval_labeled.txt")}
+    assert 900 not in [r["id"] for r in cleaned["usual_train.txt"]]
+    assert len(cleaned["usual_eval_labeled.txt"]) == 18  # eval files never lose records
 
 
 def test_shell_entry_points_take_paths_relative_to_the_users_folder(trained, clean_dir, tmp_path):
