@@ -300,10 +300,11 @@ def train(args, rank, world_size, device):
     if args.folds > 1:
         train_records, eval_records = held_out_fold(
             train_records, [r.label for r in train_records], args.folds, args.fold, args.seed)
-        log.info("fold %d of %d: %d posts held out to pick the best epoch", args.fold,
-                 args.folds, len(eval_records))
+        eval_source = f"fold {args.fold} of {args.folds} of {', '.join(args.train_file)}"
+        log.info("%s: %d posts held out to pick the best epoch", eval_source, len(eval_records))
     else:
         eval_records = read_split(args.eval_file, args, drop_empty=False)
+        eval_source = ", ".join(args.eval_file)
     if args.init_from:
         check_labels(args.init_from)
     torch.manual_seed(args.seed)
@@ -443,7 +444,7 @@ def train(args, rank, world_size, device):
                     writer.add_scalar(f"Val/{name}", result[name], epoch + 1)
                 writer.flush()
             if improved and is_main:
-                summary = {"epoch": epoch + 1, "eval_file": args.eval_file,
+                summary = {"epoch": epoch + 1, "eval_file": eval_source,
                            "eval_acc": result["acc"], "eval_macro_f1": result["macro_f1"],
                            "eval_loss": result["loss"]}
                 save_checkpoint(model, tokenizer, best_dir, extra=lambda folder: write_json(
@@ -456,20 +457,18 @@ def train(args, rank, world_size, device):
     log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s", progress["best_f1"],
              progress["best_epoch"], best_dir)
     if args.tune_bias and is_main:
-        tune_decision(best_dir, eval_ids, eval_labels, args, device, precision)
+        tune_decision(best_dir, eval_ids, eval_labels, eval_source, args, device, precision)
     return True
 
 
-def tune_decision(best_dir, eval_ids, eval_labels, args, device, precision):
+def tune_decision(best_dir, eval_ids, eval_labels, eval_source, args, device, precision):
     """--tune_bias: per-class offsets fitted on the eval posts' probabilities under best/'s
     weights, saved beside them as best/decision.json."""
     model, _ = load_checkpoint(best_dir, device)
     probabilities = softmax(predict_logits(model, eval_ids, args.eval_batch_size, device,
                                            AMP_DTYPES[precision]).numpy())
     offsets, tuned_f1 = tune_offsets(probabilities, eval_labels)
-    source = (f"fold {args.fold} of {args.folds} of " if args.folds > 1 else "") + ", ".join(
-        args.train_file if args.folds > 1 else args.eval_file)
-    save_offsets(best_dir, offsets, source)
+    save_offsets(best_dir, offsets, eval_source)
     log.info("decision offsets (%s) raise eval macro-F1 from %.4f to %.4f; saved in %s",
              ", ".join(f"{label} {o:+.1f}" for label, o in zip(LABELS, offsets)),
              classification_scores(eval_labels, probabilities.argmax(-1))["macro_f1"], tuned_f1,

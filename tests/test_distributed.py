@@ -23,3 +23,13 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, tmp_path):
     two, one = (load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("two", "one"))
     assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
     load_checkpoint(tmp_path / "two" / "best")
+
+
+def test_fgm_under_two_processes(clean_dir, vocab, tmp_path):
+    # FGM's extra backward pass must leave DDP's gradient sync to the step's last backward.
+    args = tiny_train_args(clean_dir, vocab, tmp_path, "--adversarial", "fgm",
+                           "--stop_after_steps", 3, "--per_device_batch_size", 2)
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train.py", *args, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    load_checkpoint(tmp_path / "last")

@@ -119,7 +119,7 @@ def test_a_fold_run_with_every_option_ends_with_tuned_decision_offsets(clean_dir
     args[eval_file + 1] = str(tmp_path / "absent.txt")  # a fold run never reads --eval_file
     train.main(args)
     log = (tmp_path / "train.log").read_text()
-    assert "fold 2 of 3:" in log and "class weights: happy" in log
+    assert "posts held out to pick the best epoch" in log and "class weights: happy" in log
     decision = json.loads((tmp_path / "best" / "decision.json").read_text())
     assert list(decision["offsets"]) == list(LABELS)
     assert "decision offsets (" in log and "fold 2 of 3" in decision["fitted_on"]

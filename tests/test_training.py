@@ -63,7 +63,9 @@ def test_precision_auto_uses_bf16_only_where_the_gpu_has_it(monkeypatch):
 
 
 def test_bf16_autocast_trains_on_the_cpu(clean_dir, vocab, tmp_path):
-    train.main(tiny_train_args(clean_dir, vocab, tmp_path, "--precision", "bf16", "--epochs", 1))
+    # With the options that add passes (FGM, R-Drop) too: they run under autocast as well.
+    train.main(tiny_train_args(clean_dir, vocab, tmp_path, "--precision", "bf16", "--epochs", 1,
+                               "--adversarial", "fgm", "--rdrop", 1))
     assert json.loads((tmp_path / "best" / "eval_results.json").read_text())["epoch"] == 1
     assert load_file(str(tmp_path / "best" / "model.safetensors"))[
         "classifier.weight"].dtype == torch.float32
