@@ -201,3 +201,30 @@ def test_onnx_labels_hostile_strings(exported):
 
     probs = load_predictor(exported, backend="onnx").predict([clean_text(t) for t in HOSTILE])
     assert probs.shape == (len(HOSTILE), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(vocab, tmp_path_factory):
+    """Another tiny random checkpoint, of other weights."""
+    torch.manual_seed(1)
+    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=1,
+                                   hidden_size=32)
+    folder = tmp_path_factory.mktemp("ckpt") / "other"
+    save_checkpoint(model.eval(), tokenizer, folder)
+    return folder
+
+
+def test_ensemble_averages_its_members_probabilities(checkpoint, second_checkpoint):
+    single = load_predictor(checkpoint, device="cpu").predict(POSTS)
+    assert np.array_equal(load_predictor([checkpoint, checkpoint], device="cpu").predict(POSTS),
+                          single)
+    other = load_predictor(second_checkpoint, device="cpu").predict(POSTS)
+    assert not np.allclose(single, other, atol=1e-3)
+    mean = load_predictor([checkpoint, second_checkpoint], device="cpu").predict(POSTS, 3)
+    assert np.allclose(mean, (single + other) / 2, atol=1e-6)
+
+
+def test_onnx_ensemble_of_one_export_twice_is_that_export(exported):
+    single = load_predictor(exported, backend="onnx").predict(POSTS)
+    assert np.array_equal(load_predictor([exported] * 2, backend="onnx").predict(POSTS), single)
+
