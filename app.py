@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS
+from ewect.decision import add_decision_arg
 from ewect.errors import UserError, run_cli
 
 EXAMPLES = [  # one post per label, in LABELS order
@@ -37,9 +38,7 @@ def parse_args():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
                    help="checkpoint folder written by train.py; several: their ensemble")
-    p.add_argument("--decision", default="auto",
-                   help="decision offsets: auto (a single --model_dir's decision.json, if any), "
-                        "a decision.json file, or none (plain argmax)")
+    add_decision_arg(p)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="onnx needs a model exported by export.py")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

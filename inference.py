@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
-from ewect.decision import choose_offsets, decide
+from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
@@ -59,9 +59,7 @@ def parse_args(argv=None):
                    help="--output exists from an interrupted run: label only the posts after it")
     p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
                    help="checkpoint folder written by train.py; several: their ensemble")
-    p.add_argument("--decision", default="auto",
-                   help="decision offsets: auto (a single --model_dir's decision.json, if any), "
-                        "a decision.json file, or none (plain argmax)")
+    add_decision_arg(p)
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="torch: the checkpoint; onnx: its export by export.py (CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

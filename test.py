@@ -25,6 +25,7 @@ import json
 import os
 
 from ewect.config import DATASETS, LABELS, MAX_LENGTH, dataset_files, dataset_output_dir
+from ewect.decision import add_decision_arg
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
@@ -44,9 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--output_dir",
                    help="where predictions, metrics and the confusion-matrix PNG go "
                         "(default: --dataset's output folder's test/)")
-    p.add_argument("--decision", default="auto",
-                   help="decision offsets: auto (a single --model_dir's decision.json, if any), "
-                        "a decision.json file, or none (plain argmax)")
+    add_decision_arg(p)
     p.add_argument("--batch_size", type=positive_int, default=None,
                    help="posts per forward pass; None: the measured best for the device")
     p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,

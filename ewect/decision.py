@@ -60,6 +60,13 @@ def load_offsets(path):
                         f"({first_line(err)})") from None
 
 
+def add_decision_arg(p):
+    """--decision, the same flag in test.py, inference.py and app.py; see choose_offsets."""
+    p.add_argument("--decision", default="auto",
+                   help="decision offsets: auto (a single --model_dir's decision.json, if any), "
+                        "a decision.json file, or none (plain argmax)")
+
+
 def choose_offsets(model_dirs, decision="auto"):
     """(offsets or None, the file they came from) for --decision: 'none' is plain argmax, a path
     is that decision.json, and 'auto' is the decision.json of a single --model_dir if it has one.
