@@ -3,10 +3,13 @@
     python app.py --model_dir workspace/wb/best                 # then open http://127.0.0.1:7860
     python app.py --model_dir workspace/wb/best --port 8000 --device cpu
     python app.py --host 0.0.0.0                                # reachable from the local network
+    python app.py --model_dir runA/best runB/best               # an ensemble: mean probabilities
 
 Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
 posts (one per line, an SMP2020-EWECT JSON array, or a CSV with a `content` column) for a table
-and a CSV to download. Posts are cleaned exactly as the training data was. The app serves on
+and a CSV to download. Posts are cleaned exactly as the training data was. The label is the
+argmax, or with decision offsets (--decision, as in test.py) the argmax of log p + offset; the
+probabilities shown stay the model's. The app serves on
 --host only; a public gradio.live link is made only with --share.
 """
 import argparse
@@ -16,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS
+from ewect.decision import add_decision_arg
 from ewect.errors import UserError, run_cli
 
 EXAMPLES = [  # one post per label, in LABELS order
@@ -32,7 +36,9 @@ MAX_FILE_SIZE = "10mb"  # about 100k posts; larger files belong to inference.py
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
+                   help="checkpoint folder written by train.py; several: their ensemble")
+    add_decision_arg(p)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="onnx needs a model exported by export.py")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -53,11 +59,12 @@ def read_file_posts(path):
     return list(read_posts(path))
 
 
-def build_demo(predictor):
+def build_demo(predictor, offsets=None):
     import gradio as gr
     import pandas as pd
 
     from ewect.cleaning import clean_text
+    from ewect.decision import decide
 
     downloads = tempfile.TemporaryDirectory(prefix="ewect-demo-")  # removed when the app exits
 
@@ -68,7 +75,11 @@ def build_demo(predictor):
         if not cleaned:
             gr.Warning("Nothing was left of this post after cleaning.")
         row = predictor.predict([cleaned])[0]
-        return {label: float(p) for label, p in zip(predictor.labels, row)}
+        # Label's own form, passed as is (postprocess=False): the label shown is the decided one,
+        # which with offsets need not be the most probable.
+        return {"label": predictor.labels[decide(row[None], offsets)[0]],
+                "confidences": [{"label": predictor.labels[i], "confidence": float(row[i])}
+                                for i in row.argsort()[::-1]]}
 
     def classify_file(path):
         if path is None:
@@ -80,7 +91,7 @@ def build_demo(predictor):
         texts = [clean_text(text) for _, text in posts]
         probs = predictor.predict(texts)
         table = pd.DataFrame({"id": [post_id for post_id, _ in posts], "text": texts,
-                              "label": [predictor.labels[i] for i in probs.argmax(1)]})
+                              "label": [predictor.labels[i] for i in decide(probs, offsets)]})
         for column, label in enumerate(predictor.labels):
             table[label] = probs[:, column].astype(float).round(4)
         out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
@@ -97,7 +108,7 @@ def build_demo(predictor):
             probabilities = gr.Label(label="Emotion", num_top_classes=len(LABELS))
             gr.Examples(EXAMPLES, inputs=text, label="One example per emotion")
             gr.on([button.click, text.submit], classify_text, text, probabilities,
-                  api_name="classify_text")
+                  api_name="classify_text", postprocess=False)
         with gr.Tab("File"):
             upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV with "
                                    "a `content` column", file_types=[".txt", ".json", ".csv"])
@@ -110,11 +121,15 @@ def build_demo(predictor):
 
 def main():
     args = parse_args()
+    from ewect.decision import choose_offsets
     from ewect.prediction import load_predictor
 
-    predictor = load_predictor(args.model_dir, args.backend, args.device)  # fails before serving
+    offsets, source = choose_offsets(args.model_dir, args.decision)  # both fail before serving
+    predictor = load_predictor(args.model_dir, args.backend, args.device)
+    if source:
+        print(f"labels decided with the offsets in {source} (--decision none: plain argmax)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; works offline
-    demo = build_demo(predictor)
+    demo = build_demo(predictor, offsets)
     try:
         _, local_url, share_url = demo.launch(
             server_name=args.host, server_port=args.port, share=args.share,

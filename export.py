@@ -2,6 +2,7 @@
 
     python export.py                                  # workspace/wb/best → workspace/wb/best/onnx
     python export.py --model_dir DIR --check_posts 200
+    python export.py --model_dir runA/best runB/best      # each member of an ensemble
     python inference.py --input '好开心' --backend onnx --int8
 
 Writes DIR/onnx/model.onnx (fp32) and DIR/onnx/model.int8.onnx (onnxruntime's dynamic int8
@@ -30,7 +31,8 @@ OPSET = 17
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
+                   help="checkpoint folders written by train.py, each exported into its onnx/")
     p.add_argument("--check_file", default=EVAL_FILE,
                    help="labelled SMP2020-EWECT file to check the export on; the repo's "
                         "fixture when it is absent")
@@ -110,15 +112,13 @@ def check(model_dir, model, tokenizer, texts):
             raise UserError(f"{ONNX_FILES[int8]}: logits differ from torch by {difference:.2e}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    for package in ("onnx", "onnxruntime"):
-        require(package)
+def export(args, model_dir):
+    """Write and check model_dir's two ONNX files."""
     from ewect.modeling import load_checkpoint
 
-    model, tokenizer = load_checkpoint(args.model_dir, "cpu")
+    model, tokenizer = load_checkpoint(model_dir, "cpu")
     check_file, texts = check_texts(args.check_file, args.check_posts)
-    out = Path(args.model_dir) / ONNX_DIR
+    out = Path(model_dir) / ONNX_DIR
     out.mkdir(exist_ok=True)
     fp32_path, int8_path = out / ONNX_FILES[False], out / ONNX_FILES[True]
     try:
@@ -128,10 +128,19 @@ def main(argv=None):
         logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing"
         export_int8(fp32_path, int8_path)
     except Exception as err:  # the exporters fail in many library-specific ways
-        raise UserError(f"cannot export {args.model_dir} ({first_line(err)})") from None
+        raise UserError(f"cannot export {model_dir} ({first_line(err)})") from None
     print(f"wrote {fp32_path} ({fp32_path.stat().st_size / 2**20:.0f} MiB), {int8_path} "
           f"({int8_path.stat().st_size / 2**20:.0f} MiB); checking on {check_file}")
-    check(args.model_dir, model, tokenizer, texts)
+    check(model_dir, model, tokenizer, texts)
+
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for package in ("onnx", "onnxruntime"):
+        require(package)
+    for model_dir in args.model_dir:
+        export(args, model_dir)
 
 
 if __name__ == "__main__":

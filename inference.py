@@ -6,6 +6,8 @@
     python inference.py --input_file posts.csv --output labels.jsonl --json   # 'content' column
     python inference.py --input_file posts.txt --output labels.tsv --resume   # go on after a kill
     python inference.py --input '好开心' --backend onnx --int8   # after `python export.py`
+    python inference.py --input_file posts.txt --model_dir runA/best runB/best   # an ensemble
+    python inference.py --input_file posts.txt --model_dir runA/best runB/best --decision dec.json
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
@@ -18,6 +20,10 @@ Output, one row per post in input order: TSV (id, label, its probability, cleane
 --json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
 skips the posts already there (with the same --chunk_size).
+Several --model_dir make an ensemble: the mean of their probabilities. The label is the argmax
+of the probabilities, or with decision offsets (ewect/decision.py) the argmax of log p + offset:
+a single --model_dir's decision.json (train.py --tune_bias) is applied unless --decision none, and
+--decision FILE gives offsets explicitly (an ensemble's, say). The probabilities stay the model's.
 Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_RANK; on a CPU
 they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order.
 """
@@ -32,6 +38,7 @@ from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
+from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
@@ -50,7 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--output", help="write the rows to this file instead of stdout")
     p.add_argument("--resume", action="store_true",
                    help="--output exists from an interrupted run: label only the posts after it")
-    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
+    p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
+                   help="checkpoint folder written by train.py; several: their ensemble")
+    add_decision_arg(p)
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="torch: the checkpoint; onnx: its export by export.py (CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -70,15 +79,15 @@ def parse_args(argv=None):
     return args
 
 
-def format_row(post_id, text, row, as_json):
-    """One output line for one post."""
-    label = LABELS[int(row.argmax())]
+def format_row(post_id, text, row, label_id, as_json):
+    """One output line for one post: its label and probabilities."""
+    label = LABELS[int(label_id)]
     if as_json:
         return json.dumps({"id": post_id, "text": text, "label": label,
                            "probabilities": {name: round(float(p), 4)
                                              for name, p in zip(LABELS, row)}},
                           ensure_ascii=False) + "\n"
-    return f"{post_id}\t{label}\t{row.max():.4f}\t{' '.join(text.split())}\n"
+    return f"{post_id}\t{label}\t{row[label_id]:.4f}\t{' '.join(text.split())}\n"
 
 
 def rows_done(path, block=1 << 20):
@@ -125,7 +134,7 @@ def process_group():
     return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
-def label_file(args, posts, predictor, rank=0, world_size=1):
+def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
     """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
     several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk."""
     from tqdm import tqdm
@@ -143,8 +152,9 @@ def label_file(args, posts, predictor, rank=0, world_size=1):
         for chunk in chunks(itertools.islice(mine, skip, None), args.chunk_size):
             texts = [clean_text(text) for _, text in chunk]
             probs = predictor.predict(texts, args.batch_size, args.max_length)
-            writer.write([format_row(post_id, text, row, args.json)
-                          for (post_id, _), text, row in zip(chunk, texts, probs)])
+            writer.write([format_row(post_id, text, row, label_id, args.json)
+                          for (post_id, _), text, row, label_id
+                          in zip(chunk, texts, probs, decide(probs, offsets))])
             progress.update(len(chunk) * world_size)
     finally:
         progress.close()
@@ -174,15 +184,16 @@ def merge_parts(output, world_size, chunk_size):
         os.remove(part + ".done")
 
 
-def label_one(args, predictor):
+def label_one(args, predictor, offsets=None):
     from ewect.cleaning import clean_text
 
     text = clean_text(args.input)
     row = predictor.predict([text], 1, args.max_length)[0]
+    label_id = decide(row[None], offsets)[0]
     if args.json:
-        print(format_row(None, text, row, True), end="")
+        print(format_row(None, text, row, label_id, True), end="")
         return
-    print(LABELS[int(row.argmax())])
+    print(LABELS[label_id])
     for name, p in zip(LABELS, row):
         print(f"  {name:<9}{p:.4f}")
     if not text:
@@ -203,11 +214,15 @@ def main(argv=None):
     posts = read_posts(args.input_file, args.format) if args.input_file else None
     from ewect.prediction import load_predictor
 
+    offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank)
+    if source and rank == 0:
+        print(f"labels decided with the offsets in {source} (--decision none: plain argmax)",
+              file=sys.stderr)
     if posts is None:
-        label_one(args, predictor)
+        label_one(args, predictor, offsets)
         return
-    label_file(args, posts, predictor, rank, world_size)
+    label_file(args, posts, predictor, offsets, rank, world_size)
     if world_size > 1:
         Path(f"{args.output}.part{rank}.done").touch()
         if rank == 0:

@@ -1,33 +1,51 @@
-"""Evaluate a trained checkpoint on a labelled file: accuracy, macro-F1, per-class table,
-confusion matrix (printed and as PNG) and a predictions file.
+"""Evaluate a trained checkpoint (or an ensemble) on labelled files: accuracy, macro-F1,
+per-class table, confusion matrix (printed and as PNG) and a predictions file.
 
     python test.py                                               # workspace/wb/best on usual_test
+    python test.py --dataset virus                               # workspace/wb_virus/best, virus_test
+    python test.py --dataset both                                # usual_test and virus_test
     python test.py --data_file data/clean/virus_test_labeled.txt
+    python test.py --model_dir runA/best runB/best               # ensemble: mean probabilities
+    python test.py --decision none                               # ignore best/decision.json
     python test.py --device cpu --int8                           # faster on CPU: bench/RESULTS.md
     python test.py --backend onnx --int8                         # after `python export.py`
 
 Texts go through the same cleaning as in training (it is idempotent), so raw files work too.
 Two macro-F1s are printed: scikit-learn's (mean of per-class F1, what the published repo
 reported) and the official SMP2020-EWECT one (F1 of macro-precision and macro-recall).
+Labels are the argmax of the probabilities, or with decision offsets (ewect/decision.py) the
+argmax of log p + offset: a single --model_dir's decision.json (train.py --tune_bias) is used
+unless --decision none; --decision FILE gives offsets explicitly (an ensemble's, say). With
+offsets, the plain-argmax scores are printed too, and both go into metrics.json.
 Outputs go to --output_dir: NAME.predictions.csv (id, text, gold, predicted, one probability
-per label), NAME.confusion.png and NAME.metrics.json, NAME being the data file's name.
+per label), NAME.confusion.png and NAME.metrics.json, NAME being each data file's name.
 """
 import argparse
 import json
 import os
 
-from ewect.config import BEST_DIR, LABELS, MAX_LENGTH, TEST_FILE, WORKSPACE
-from ewect.errors import positive_int, run_cli
+from ewect.config import DATASETS, LABELS, MAX_LENGTH, dataset_files, dataset_output_dir
+from ewect.decision import add_decision_arg
+from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_dir", default=BEST_DIR, help="checkpoint folder written by train.py")
-    p.add_argument("--data_file", default=TEST_FILE, help="labelled SMP2020-EWECT JSON file")
-    p.add_argument("--output_dir", default=os.path.join(WORKSPACE, "test"),
-                   help="where predictions, metrics and the confusion-matrix PNG go")
+    p.add_argument("--dataset", default="usual", choices=DATASETS,
+                   help="track whose test files and trained model (its output folder's best/) "
+                        "are the defaults of --data_file and --model_dir")
+    p.add_argument("--model_dir", nargs="+",
+                   help="checkpoint folder written by train.py; several: their ensemble "
+                        "(default: --dataset's best/)")
+    p.add_argument("--data_file", nargs="+",
+                   help="labelled SMP2020-EWECT JSON files, each reported on its own "
+                        "(default: --dataset's cleaned test files)")
+    p.add_argument("--output_dir",
+                   help="where predictions, metrics and the confusion-matrix PNG go "
+                        "(default: --dataset's output folder's test/)")
+    add_decision_arg(p)
     p.add_argument("--batch_size", type=positive_int, default=None,
                    help="posts per forward pass; None: the measured best for the device")
     p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
@@ -40,7 +58,12 @@ def parse_args():
                    help="dynamic int8 quantization of the Linear layers (CPU only)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    run_dir = dataset_output_dir(args.dataset)
+    args.model_dir = args.model_dir or [os.path.join(run_dir, "best")]
+    args.data_file = args.data_file or dataset_files(args.dataset, "test")
+    args.output_dir = args.output_dir or os.path.join(run_dir, "test")
+    return args
 
 
 def plot_confusion(confusion, path, title):
@@ -62,34 +85,50 @@ def plot_confusion(confusion, path, title):
     plt.close(fig)
 
 
-def main():
-    args = parse_args()
-    from ewect.config import LABEL2ID
-    from ewect.data import clean_records, read_records
-    from ewect.metrics import confusion_matrix, format_report, scores
-    from ewect.prediction import load_predictor
+def output_names(data_files):
+    """NAME of each data file's outputs; two files of one name would overwrite each other."""
+    names = [os.path.splitext(os.path.basename(path))[0] for path in data_files]
+    if len(set(names)) < len(names):
+        raise UserError(f"--data_file {' '.join(data_files)}: two files share a name, so their "
+                        "outputs would overwrite each other; evaluate them one at a time")
+    return names
 
-    # Cleaned as in training; cleaning is idempotent, so cleaned files stay as they are.
-    records = clean_records(read_records(args.data_file, skip_bad_records=args.skip_bad_records),
-                            drop_empty=False)
-    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8)
+
+def summary(result):
+    """The headline scores, as metrics.json names them."""
+    return {name: result[key] for name, key in
+            (("accuracy", "acc"), ("macro_f1", "macro_f1"),
+             ("official_macro_f1", "official_macro_f1"))}
+
+
+def evaluate(args, data_file, name, records, predictor, offsets, source):
+    """Print and write one data file's report."""
+    import pandas as pd
+
+    from ewect.config import LABEL2ID
+    from ewect.decision import decide
+    from ewect.metrics import confusion_matrix, format_report, scores
+
     texts = [r.content for r in records]
     probs = predictor.predict(texts, args.batch_size, args.max_length)
-    golds, preds = [LABEL2ID[r.label] for r in records], probs.argmax(-1)
+    golds, preds = [LABEL2ID[r.label] for r in records], decide(probs, offsets)
     confusion = confusion_matrix(golds, preds)
     result = scores(confusion)
 
-    name = os.path.splitext(os.path.basename(args.data_file))[0]
-    print(f"{args.data_file}: {len(records)} posts, model {args.model_dir} ({args.backend}"
+    models = " + ".join(args.model_dir)
+    print(f"{data_file}: {len(records)} posts, model {models} ({args.backend}"
           f"{', int8' if args.int8 else ''})")
     print(f"accuracy {result['acc']:.4f}  macro-F1 {result['macro_f1']:.4f} (scikit-learn: mean "
           f"of per-class F1)  official macro-F1 {result['official_macro_f1']:.4f} (F1 of "
-          "macro-P and macro-R)\n")
-    print(format_report(result, confusion))
+          "macro-P and macro-R)")
+    argmax = None
+    if offsets is not None:
+        argmax = summary(scores(confusion_matrix(golds, probs.argmax(-1))))
+        print(f"labels decided with the offsets in {source}; plain argmax: accuracy "
+              f"{argmax['accuracy']:.4f}  macro-F1 {argmax['macro_f1']:.4f}  official macro-F1 "
+              f"{argmax['official_macro_f1']:.4f}")
+    print("\n" + format_report(result, confusion))
 
-    import pandas as pd
-
-    os.makedirs(args.output_dir, exist_ok=True)
     out = os.path.join(args.output_dir, name)
     table = pd.DataFrame({"id": [r.id for r in records], "text": texts,
                           "gold": [r.label for r in records],
@@ -97,14 +136,35 @@ def main():
     for i, label in enumerate(LABELS):
         table[f"p_{label}"] = probs[:, i].round(6)
     table.to_csv(out + ".predictions.csv", index=False)
+    decision = None if offsets is None else {
+        "file": source, "offsets": dict(zip(LABELS, map(float, offsets))), "argmax": argmax}
     with open(out + ".metrics.json", "w", encoding="utf-8") as f:
-        json.dump({"data_file": args.data_file, "model_dir": args.model_dir, "backend": args.backend,
-                   "int8": args.int8, "posts": len(records), "accuracy": result["acc"],
-                   "macro_f1": result["macro_f1"],
-                   "official_macro_f1": result["official_macro_f1"], "confusion": confusion.tolist()}, f, indent=2)
+        json.dump({"data_file": data_file, "model_dir": models, "backend": args.backend,
+                   "int8": args.int8, "posts": len(records), **summary(result),
+                   "decision": decision, "confusion": confusion.tolist()}, f, indent=2)
     plot_confusion(confusion, out + ".confusion.png",
                    f"{name}: acc {result['acc']:.3f}, macro-F1 {result['macro_f1']:.3f}")
     print(f"\nwrote {out}.predictions.csv, {out}.metrics.json, {out}.confusion.png")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ewect.data import clean_records, read_records
+    from ewect.decision import choose_offsets
+    from ewect.prediction import load_predictor
+
+    names = output_names(args.data_file)
+    # Cleaned as in training; cleaning is idempotent, so cleaned files stay as they are. All
+    # files are read before the model loads, so a bad one stops the run at once.
+    records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records),
+                             drop_empty=False) for path in args.data_file]
+    offsets, source = choose_offsets(args.model_dir, args.decision)
+    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8)
+    os.makedirs(args.output_dir, exist_ok=True)
+    for index, (data_file, name, file_records) in enumerate(zip(args.data_file, names, records)):
+        if index:
+            print()
+        evaluate(args, data_file, name, file_records, predictor, offsets, source)
 
 
 if __name__ == "__main__":

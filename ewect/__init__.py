@@ -7,7 +7,9 @@ data.py      reading/validating the JSON files and users' post files (lines, JSO
              tokenizing once, length-grouped batches dealt to processes, padding
 metrics.py   accuracy, both macro-F1s, per-class scores and the confusion matrix
 modeling.py  the precision policy; building (fp32), loading and saving (atomically) models
-prediction.py  load_predictor: the torch and onnx backends of test.py, inference.py and app.py
+prediction.py  load_predictor: the torch and onnx backends of test.py, inference.py and app.py,
+             one checkpoint or the ensemble of several
+decision.py  per-class decision offsets (decision.json): applied, tuned, and chosen by --decision
 training.py  what train.py and pretrain.py share: processes, optimizer step, running sums,
              the resumable state, signals, the shared flags
 mlm.py       masked-LM pretraining parts: corpus, held-out split, (whole-word) masking, sparse loss

@@ -1,7 +1,8 @@
 """Per-class decision offsets: a post gets argmax(log p + offset) instead of argmax(p). Fit for
 macro-F1 on the eval file (train.py --tune_bias), saved as MODEL_DIR/decision.json beside the
-weights, applied by test.py and inference.py. Macro-F1 rewards the rare classes (fear, surprise)
-more than argmax does; a few tenths of a point in the competition's reports. Never fit on test."""
+weights, applied by test.py, inference.py and app.py (choose_offsets: --decision auto|FILE|none).
+Macro-F1 rewards the rare classes (fear, surprise) more than argmax does; a few tenths of a point
+in the competition's reports. Never fit on test."""
 import json
 import os
 from pathlib import Path
@@ -62,3 +63,24 @@ def load_offsets(path):
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path}: not a decision file with offsets for {', '.join(LABELS)} "
                         f"({first_line(err)})") from None
+
+
+def add_decision_arg(p):
+    """--decision, the same flag in test.py, inference.py and app.py; see choose_offsets."""
+    p.add_argument("--decision", default="auto",
+                   help="decision offsets: auto (a single --model_dir's decision.json, if any), "
+                        "a decision.json file, or none (plain argmax)")
+
+
+def choose_offsets(model_dirs, decision="auto"):
+    """(offsets or None, the file they came from) for --decision: 'none' is plain argmax, a path
+    is that decision.json, and 'auto' is the decision.json of a single --model_dir if it has one.
+    An ensemble gets offsets only from a file: its members' were fitted for each alone."""
+    if decision == "none":
+        return None, None
+    if decision == "auto":
+        path = Path(model_dirs[0]) / DECISION_FILE
+        if len(model_dirs) > 1 or not path.is_file():
+            return None, None
+        decision = path
+    return load_offsets(decision), str(decision)

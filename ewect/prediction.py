@@ -3,10 +3,12 @@ bench/predict_speed.py and the demo.
 
     predictor = load_predictor("workspace/wb/best")                   # torch, GPU if there is one
     predictor = load_predictor(DIR, backend="onnx", int8=True)        # export.py's DIR/onnx files
+    predictor = load_predictor([DIR_A, DIR_B])                        # an ensemble: mean of both
     probabilities = predictor.predict([clean_text(t) for t in posts])  # (n, 6), LABELS order
 
 Both backends tokenize once, sort the posts by length and pad each batch to its own longest post,
-then put the rows back in input order. Importing this module imports neither torch nor
+then put the rows back in input order. An ensemble averages its members' probabilities, each
+member tokenizing with its own tokenizer. Importing this module imports neither torch nor
 transformers: the torch backend imports them when it is loaded, and the onnx backend never does
 (it needs onnxruntime, the tokenizers library and numpy only), so it starts in a fraction of a
 second.
@@ -172,6 +174,10 @@ class OnnxPredictor:
             raise UserError(f"{path}: not found; write it with `python export.py --model_dir "
                             f"{model_dir}`")
         config = self._read_json(Path(model_dir) / "config.json")
+        id2label = config.get("id2label", {})
+        labels = tuple(id2label.get(str(i)) for i in range(len(id2label)))
+        if labels != LABELS:  # as load_checkpoint checks for torch: ensembles average columns
+            raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
         self.pad_id = config.get("pad_token_id") or 0
         self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
         self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
@@ -206,11 +212,27 @@ class OnnxPredictor:
         return softmax(self.logits(ids, batch_size or self.default_batch_size))
 
 
-def load_predictor(model_dir, backend="torch", device="auto", int8=False, local_rank=0):
-    """A predictor of the checkpoint in model_dir: .labels, and .predict(cleaned_texts) giving
-    an (n, 6) numpy array of probabilities in input order. local_rank: the GPU of this process
-    under torchrun."""
+class EnsemblePredictor:
+    """Several checkpoints as one: the mean of their probabilities. Each member tokenizes with
+    its own tokenizer, so members may differ in vocabulary, size and --max_length limit."""
+    labels = LABELS
+
+    def __init__(self, members):
+        self.members = members
+
+    def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
+        texts = list(cleaned_texts)
+        return np.mean([member.predict(texts, batch_size, max_length) for member in self.members],
+                       axis=0, dtype=np.float32)
+
+
+def load_predictor(model_dirs, backend="torch", device="auto", int8=False, local_rank=0):
+    """A predictor of the checkpoint in model_dirs, or of the ensemble of a list of them: .labels,
+    and .predict(cleaned_texts) giving an (n, 6) numpy array of probabilities in input order.
+    local_rank: the GPU of this process under torchrun."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     predictor = TorchPredictor if backend == "torch" else OnnxPredictor
-    return predictor(model_dir, device, int8, local_rank)
+    folders = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
+    members = [predictor(folder, device, int8, local_rank) for folder in folders]
+    return members[0] if len(members) == 1 else EnsemblePredictor(members)

@@ -161,3 +161,24 @@ def test_browser_types_a_post_and_sees_the_label(app_url, expected_labels):
             assert label.inner_text().strip() == expected_labels([post])[0]
         finally:
             browser.close()
+
+
+def test_decision_offsets_decide_the_label_shown(model_dir, tmp_path):
+    import numpy as np
+
+    import app
+    from ewect.prediction import load_predictor
+
+    predictor = load_predictor(model_dir, device="cpu")
+    fear = np.array([50.0 if label == "fear" else 0.0 for label in LABELS])
+    demo = app.build_demo(predictor, fear)
+    functions = {fn.api_name: fn.fn for fn in demo.fns.values()}
+    shown = functions["classify_text"](POSTS[0])
+    assert shown["label"] == "fear"
+    probabilities = {c["label"]: c["confidence"] for c in shown["confidences"]}
+    model = predictor.predict([clean_text(POSTS[0])])[0]
+    assert [probabilities[label] for label in LABELS] == pytest.approx(model.tolist())
+    path = tmp_path / "posts.txt"
+    path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    table, _ = functions["classify_file"](str(path))
+    assert list(table["label"]) == ["fear"] * len(POSTS)

@@ -1,6 +1,7 @@
 """End to end on the fixture: clean_data.py -> train.py -> test.py -> inference.py."""
 import csv
 import json
+import os
 import re
 
 import numpy as np
@@ -164,3 +165,57 @@ def test_shell_entry_points_take_paths_relative_to_the_users_folder(trained, cle
                              "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mine" / "out" / "test.metrics.json").is_file()
+
+
+def load_test_script():
+    """test.py as a module (`import test` could find the standard library's test package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_test_script_dataset_picks_its_default_files_and_model():
+    from ewect.config import BEST_DIR, TEST_FILE, dataset_files, dataset_output_dir
+
+    parse_args = load_test_script().parse_args
+    usual = parse_args([])
+    assert (usual.model_dir, usual.data_file) == ([BEST_DIR], [TEST_FILE])
+    virus = parse_args(["--dataset", "virus"])
+    run = dataset_output_dir("virus")
+    assert virus.model_dir == [os.path.join(run, "best")]
+    assert virus.data_file == dataset_files("virus", "test")
+    assert virus.output_dir == os.path.join(run, "test")
+    assert len(parse_args(["--dataset", "both"]).data_file) == 2
+
+
+def test_test_script_applies_decision_offsets_and_reports_plain_argmax(trained, clean_dir,
+                                                                        tmp_path):
+    import shutil
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(trained / "best", tuned)
+    offsets = {label: 50.0 if label == "fear" else 0.0 for label in LABELS}
+    (tuned / "decision.json").write_text(json.dumps({"offsets": offsets}), encoding="utf-8")
+    data = [clean_dir / "usual_test_labeled.txt", clean_dir / "virus_test_labeled.txt"]
+    for decision in ("auto", "none"):
+        result = run_script("test.py", "--model_dir", tuned, "--data_file", *data, "--device",
+                            "cpu", "--output_dir", tmp_path / decision, "--decision", decision)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("plain argmax: accuracy") == (2 if decision == "auto" else 0)
+        for path in data:
+            with open(tmp_path / decision / f"{path.stem}.predictions.csv", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            probs = np.array([[float(r[f"p_{label}"]) for label in LABELS] for r in rows])
+            argmax = [LABELS[i] for i in probs.argmax(1)]
+            preds = [r["predicted"] for r in rows]
+            metrics = json.loads((tmp_path / decision / f"{path.stem}.metrics.json").read_text())
+            if decision == "auto":
+                assert preds == ["fear"] * len(rows)
+                assert metrics["decision"]["offsets"] == offsets
+                assert np.isclose(metrics["decision"]["argmax"]["accuracy"],
+                                  accuracy_score([r["gold"] for r in rows], argmax))
+            else:
+                assert preds == argmax and metrics["decision"] is None

@@ -201,3 +201,61 @@ def test_onnx_labels_hostile_strings(exported):
 
     probs = load_predictor(exported, backend="onnx").predict([clean_text(t) for t in HOSTILE])
     assert probs.shape == (len(HOSTILE), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(vocab, tmp_path_factory):
+    """Another tiny random checkpoint, of other weights."""
+    torch.manual_seed(1)
+    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=1,
+                                   hidden_size=32)
+    folder = tmp_path_factory.mktemp("ckpt") / "other"
+    save_checkpoint(model.eval(), tokenizer, folder)
+    return folder
+
+
+def test_ensemble_averages_its_members_probabilities(checkpoint, second_checkpoint):
+    single = load_predictor(checkpoint, device="cpu").predict(POSTS)
+    assert np.array_equal(load_predictor([checkpoint, checkpoint], device="cpu").predict(POSTS),
+                          single)
+    other = load_predictor(second_checkpoint, device="cpu").predict(POSTS)
+    assert not np.allclose(single, other, atol=1e-3)
+    mean = load_predictor([checkpoint, second_checkpoint], device="cpu").predict(POSTS, 3)
+    assert np.allclose(mean, (single + other) / 2, atol=1e-6)
+
+
+def test_onnx_ensemble_of_one_export_twice_is_that_export(exported):
+    single = load_predictor(exported, backend="onnx").predict(POSTS)
+    assert np.array_equal(load_predictor([exported] * 2, backend="onnx").predict(POSTS), single)
+
+
+def with_offsets(checkpoint, folder, decision):
+    """A copy of the checkpoint with this decision.json content beside its weights."""
+    import shutil
+
+    shutil.copytree(checkpoint, folder, ignore=shutil.ignore_patterns("onnx"))
+    (folder / "decision.json").write_text(decision, encoding="utf-8")
+    return folder
+
+
+def test_inference_applies_the_checkpoints_decision_offsets(checkpoint, capsys, tmp_path):
+    offsets = {label: 50.0 if label == "fear" else 0.0 for label in LABELS}
+    tuned = with_offsets(checkpoint, tmp_path / "tuned", json.dumps({"offsets": offsets}))
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    inference.main(["--model_dir", str(tuned), "--input_file", str(posts), "--json"])
+    out, err = capsys.readouterr()
+    assert err.count(f"labels decided with the offsets in {tuned / 'decision.json'}") == 1
+    decided = [json.loads(line) for line in out.splitlines()]
+    plain = [json.loads(line) for line in label(tuned, capsys, "--input_file", posts, "--json",
+                                                "--decision", "none").splitlines()]
+    assert [row["label"] for row in decided] == ["fear"] * len(POSTS)
+    assert [row["probabilities"] for row in decided] == [row["probabilities"] for row in plain]
+    assert [row["label"] for row in plain] == [max(row["probabilities"],
+                                                   key=row["probabilities"].get) for row in plain]
+
+
+def test_malformed_decision_file_is_one_error_line(checkpoint, tmp_path):
+    tuned = with_offsets(checkpoint, tmp_path / "tuned", '{"offsets": {"happy": 1}}')
+    assert_clean_error(run_script("inference.py", "--model_dir", tuned, "--input", "好"),
+                       "decision.json: not a decision file")
