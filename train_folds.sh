@@ -7,8 +7,11 @@
 #   sh train_folds.sh 5 workspace/folds                              # the usual track
 #   sh train_folds.sh 5 workspace/folds_virus --dataset virus --epochs 10   # train.py's flags
 #
-# Writes OUT/fold1 ... OUT/foldK, each a train.py output folder. Run again after an interruption:
-# finished folds are kept, an interrupted one resumes.
+#   TEST_FILES="a.json b.csv" sh train_folds.sh 5 workspace/folds --train_file x.json  # own data
+#
+# Writes OUT/fold1 ... OUT/foldK, each a train.py output folder, and OUT/test (test.py's outputs
+# for the ensemble, on --dataset's test files or on TEST_FILES, space-separated). Run again after
+# an interruption: finished folds are kept, an interrupted one resumes.
 set -e
 REPO=$(cd "$(dirname "$0")" && pwd)
 if [ $# -lt 2 ] || ! [ "$1" -ge 2 ] 2>/dev/null; then
@@ -30,11 +33,12 @@ for k in $(seq 1 "$K"); do
     fi
     RESUME=
     [ -f "$OUT/fold$k/last/training_state.pt" ] && RESUME=--resume
-    sh "$REPO/train.sh" --folds "$K" --fold "$k" --output_dir "$OUT/fold$k" $RESUME "$@"
+    sh "$REPO/train.sh" "$@" --folds "$K" --fold "$k" --output_dir "$OUT/fold$k" $RESUME
 done
 
 set --
 for k in $(seq 1 "$K"); do
     set -- "$@" "$OUT/fold$k/best"
 done
-exec sh "$REPO/test.sh" --dataset "$DATASET" --output_dir "$OUT/test" --model_dir "$@"
+exec sh "$REPO/test.sh" --dataset "$DATASET" --output_dir "$OUT/test" \
+    ${TEST_FILES:+--data_file $TEST_FILES} --model_dir "$@"

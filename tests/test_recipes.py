@@ -141,3 +141,25 @@ def test_init_from_continues_a_checkpoint_and_refuses_other_labels(clean_dir, vo
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="sentiment: checkpoint labels"):
         train.main(["--init_from", str(other), *args, "--overwrite_output_dir"])
+
+
+def test_train_folds_trains_every_fold_once_and_tests_their_ensemble(clean_dir, vocab, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    args = tiny_train_args(clean_dir, vocab, tmp_path, "--epochs", 1)
+    out = args.index("--output_dir")
+    del args[out:out + 2]  # train_folds.sh gives each fold its own
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               TEST_FILES=str(clean_dir / "usual_test_labeled.txt"))
+    command = ["sh", str(ROOT / "train_folds.sh"), "2", str(tmp_path / "folds"), *args]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    metrics = json.loads((tmp_path / "folds" / "test" / "usual_test_labeled.metrics.json")
+                         .read_text())
+    assert metrics["model_dir"] == " + ".join(str(tmp_path / "folds" / f"fold{k}" / "best")
+                                              for k in (1, 2))
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
