@@ -9,12 +9,8 @@ quantization of the weights), both with dynamic batch and sequence axes, inputs 
 attention_mask, output logits. The torch model is traced by the TorchScript exporter
 (dynamo=False): it needs only the onnx package, where the dynamo exporter also needs onnxscript,
 and BERT has no data-dependent control flow that tracing would miss once the dummy batch has
-padding. It is traced with transformers' eager attention, the graph that onnxruntime's BERT fusion
-(onnxruntime.transformers.optimizer) recognises: each layer's attention becomes one Attention op
-(QAttention after quantization), the embeddings, layer norms and GELU fused too. The fusion is
-pure graph rewriting (opt_level 0), so the files run on any CPU. Then both files are checked
-against torch on --check_file: the largest logit difference (fp32: below 1e-3) and how often the
-int8 model agrees with torch on the label.
+padding. Then both files are checked against torch on --check_file: the largest logit difference
+(fp32: below 1e-3) and how often the int8 model agrees with torch on the label.
 """
 import argparse
 import logging
@@ -67,7 +63,6 @@ def logits_only(model):
 
 
 def export_fp32(model, tokenizer, path):
-    """Trace the model with eager attention into path, then fuse it in place."""
     import torch
 
     # Padding in the dummy batch, so the traced graph keeps the attention-mask path; made by the
@@ -75,41 +70,17 @@ def export_fp32(model, tokenizer, path):
     batch = tokenizer(["好", ""], padding=True, return_tensors="pt")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     dynamic = {0: "batch", 1: "sequence"}
-    attention = model.config._attn_implementation
-    model.set_attn_implementation("eager")  # sdpa's graph is not recognised by the fusion
-    try:
-        torch.onnx.export(logits_only(model), (input_ids, attention_mask), str(path),
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
-                                        "logits": {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
-    finally:
-        model.set_attn_implementation(attention)
-    fuse(path, model.config)
-
-
-def fuse(path, config):
-    """onnxruntime's BERT fusion of the file, in place. The 2-D attention mask stays an input
-    as it is (not turned into sequence lengths, which assume padding on the right)."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    options.use_raw_attention_mask()
-    fused = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                           hidden_size=config.hidden_size, optimization_options=options,
-                           opt_level=0)
-    fused.save_model_to_file(str(path))
+    torch.onnx.export(logits_only(model), (input_ids, attention_mask), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                      dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
+                                    "logits": {0: "batch"}},
+                      opset_version=OPSET, dynamo=False)
 
 
 def export_int8(fp32_path, int8_path):
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # The fused ops are onnxruntime's own, which onnx's shape inference cannot type: their
-    # outputs are float32.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
 
 
 def check_texts(check_file, limit):
