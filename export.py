@@ -134,7 +134,6 @@ def export(args, model_dir):
     check(model_dir, model, tokenizer, texts)
 
 
-
 def main(argv=None):
     args = parse_args(argv)
     for package in ("onnx", "onnxruntime"):

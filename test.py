@@ -2,7 +2,7 @@
 per-class table, confusion matrix (printed and as PNG) and a predictions file.
 
     python test.py                                               # workspace/wb/best on usual_test
-    python test.py --dataset virus                               # workspace/wb_virus/best, virus_test
+    python test.py --dataset virus                               # wb_virus/best on virus_test
     python test.py --dataset both                                # usual_test and virus_test
     python test.py --data_file data/clean/virus_test_labeled.txt
     python test.py --model_dir runA/best runB/best               # ensemble: mean probabilities

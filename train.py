@@ -71,6 +71,7 @@ def class_weights_arg(text):
             f"not {text!r}")
     return text
 
+
 log = logging.getLogger("train")
 
 

@@ -288,4 +288,3 @@ class Collator:
     def collate_pieces(self, pieces):
         """One training step's micro-batches (lists of indices), each padded on its own."""
         return [self(indices) for indices in pieces]
-

@@ -36,8 +36,8 @@ def test_auto_class_weights_are_inverse_frequency_with_mean_one_and_a_cap():
     expected = np.minimum(len(labels) / (6 * counts), train.AUTO_WEIGHT_CAP)
     assert np.allclose(weights.numpy(), expected)
     assert weights[5] == train.AUTO_WEIGHT_CAP  # one neutral post: 16.7, capped
-    assert train.class_weights("1,1,1,2,1.5,1.5", labels, "cpu").tolist() == [1, 1, 1, 2, 1.5,
-                                                                             1.5]
+    teams = train.class_weights("1,1,1,2,1.5,1.5", labels, "cpu")
+    assert teams.tolist() == [1, 1, 1, 2, 1.5, 1.5]
     assert train.class_weights("none", labels, "cpu") is None
     for bad in ("1,2", "1,1,1,1,1,0", "heavy"):
         with pytest.raises(Exception, match="expected none, auto or 6 positive numbers"):
@@ -126,7 +126,7 @@ def test_a_fold_run_with_every_option_ends_with_tuned_decision_offsets(clean_dir
 
 
 def test_init_from_continues_a_checkpoint_and_refuses_other_labels(clean_dir, vocab, trained,
-                                                                  tmp_path):
+                                                                   tmp_path):
     args = tiny_train_args(clean_dir, vocab, tmp_path / "virus", "--epochs", 1, "--lr", 0)
     del args[:3]  # --from_scratch --vocab VOCAB
     train.main(["--init_from", str(trained / "best"), *args])
