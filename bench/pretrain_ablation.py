@@ -121,8 +121,8 @@ def eval_by_epoch(log_path):
     """usual_eval macro-F1 after each epoch, from train.py's log: how far pretraining helps
     early in fine-tuning, not only at its end."""
     with open(log_path, encoding="utf-8") as f:
-        return [float(m.group(1)) for m in re.finditer(r"INFO epoch \d+: eval .*macro-F1 ([\d.]+)",
-                                                         f.read())]
+        text = f.read()
+    return [float(m.group(1)) for m in re.finditer(r"INFO epoch \d+: eval .*macro-F1 ([\d.]+)", text)]
 
 
 def main():
