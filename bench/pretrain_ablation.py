@@ -122,7 +122,7 @@ def eval_by_epoch(log_path):
     early in fine-tuning, not only at its end."""
     with open(log_path, encoding="utf-8") as f:
         text = f.read()
-    return [float(m.group(1)) for m in re.finditer(r"INFO epoch \d+: eval .*macro-F1 ([\d.]+)", text)]
+    return [float(f1) for f1 in re.findall(r"INFO epoch \d+: eval .*macro-F1 ([\d.]+)", text)]
 
 
 def main():
