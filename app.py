@@ -6,11 +6,11 @@
     python app.py --model_dir runA/best runB/best               # an ensemble: mean probabilities
 
 Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
-posts (one per line, an SMP2020-EWECT JSON array, or a CSV with a `content` column) for a table
-and a CSV to download. Posts are cleaned exactly as the training data was. The label is the
-argmax, or with decision offsets (--decision, as in test.py) the argmax of log p + offset; the
-probabilities shown stay the model's. The app serves on
---host only; a public gradio.live link is made only with --share.
+posts (one per line, an SMP2020-EWECT JSON array, or CSV/TSV/Excel with a `content` column) for
+a table and a CSV to download. Posts are cleaned exactly as the training data was. The label is
+the argmax, or with decision offsets (--decision, as in test.py) the argmax of log p + offset;
+the probabilities shown stay the model's. The app serves on --host only; a public gradio.live
+link is made only with --share.
 """
 import argparse
 import os
@@ -53,7 +53,8 @@ def parse_args():
 
 def read_file_posts(path):
     """[(id, text)] of an uploaded file, read as inference.py reads files: one post per line, an
-    SMP2020-EWECT JSON array, or a CSV with a `content` column (and an optional `id`)."""
+    SMP2020-EWECT JSON array, or CSV, TSV or Excel with a `content` column (and an optional
+    `id`)."""
     from ewect.data import read_posts
 
     return list(read_posts(path))
@@ -110,8 +111,9 @@ def build_demo(predictor, offsets=None):
             gr.on([button.click, text.submit], classify_text, text, probabilities,
                   api_name="classify_text", postprocess=False)
         with gr.Tab("File"):
-            upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV with "
-                                   "a `content` column", file_types=[".txt", ".json", ".csv"])
+            upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV/TSV/Excel "
+                                   "with a `content` column",
+                             file_types=[".txt", ".json", ".csv", ".tsv", ".xlsx"])
             file_button = gr.Button("Classify file", variant="primary")
             table = gr.Dataframe(label="Labels", interactive=False)
             download = gr.File(label="Download CSV")

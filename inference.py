@@ -11,11 +11,11 @@
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
-line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional) or a
-CSV file with a 'content' column (and an optional 'id'); --format auto tells them apart by the
-file's extension and first record. Lines and CSV are streamed: posts are read, labelled and
-written in chunks, so memory does not grow with the file; a JSON array is read whole (fine for
-SMP2020-EWECT's files; use lines or CSV for millions of posts).
+line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional), or
+a CSV, TSV or Excel file with a 'content' column (and an optional 'id'); --format auto tells them
+apart by the file's extension and first record. Lines, CSV and TSV are streamed: posts are read,
+labelled and written in chunks, so memory does not grow with the file; JSON and Excel are read
+whole (fine for SMP2020-EWECT's files; use lines or CSV for millions of posts).
 Output, one row per post in input order: TSV (id, label, its probability, cleaned text) or with
 --json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
@@ -42,7 +42,7 @@ from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS
 
-FORMATS = ("auto", "lines", "json", "csv")
+FORMATS = ("auto", "lines", "json", "csv", "tsv", "xlsx")
 
 
 def parse_args(argv=None):
@@ -50,10 +50,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="one post to label")
-    source.add_argument("--input_file", help="file of posts: lines, a JSON array or CSV")
+    source.add_argument("--input_file",
+                        help="file of posts: lines, a JSON array, or CSV, TSV or Excel")
     p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="--input_file's format; auto: .csv is CSV, a file starting with a JSON "
-                        "array of objects is JSON, anything else one post per line")
+                   help="--input_file's format; auto: .csv, .tsv and .xlsx by their extension, "
+                        "a file starting with a JSON array of objects is JSON, anything else one "
+                        "post per line")
     p.add_argument("--output", help="write the rows to this file instead of stdout")
     p.add_argument("--resume", action="store_true",
                    help="--output exists from an interrupted run: label only the posts after it")

@@ -164,10 +164,11 @@ def open_text(path):
 
 
 def detect_format(path):
-    """'csv' by extension; 'json' when the file opens with a JSON array of objects ('[{' or
-    '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
-    if path.lower().endswith(".csv"):
-        return "csv"
+    """'csv', 'tsv' or 'xlsx' by extension; 'json' when the file opens with a JSON array of
+    objects ('[{' or '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension in ("csv", "tsv", "xlsx"):
+        return extension
     with open_text(path) as f:
         try:
             head = f.read(4096)
@@ -183,9 +184,9 @@ def read_lines(path):
                 yield number, line.rstrip("\r\n")
 
 
-def read_csv(path):
+def read_csv(path, delimiter=","):
     with open_text(path) as f:
-        rows = csv.DictReader(f)
+        rows = csv.DictReader(f, delimiter=delimiter)
         if "content" not in (rows.fieldnames or []):
             raise UserError(f"{path}: no 'content' column (found {rows.fieldnames})")
         for number, row in enumerate(rows, 1):
@@ -193,12 +194,15 @@ def read_csv(path):
 
 
 def read_posts(path, file_format="auto", skip_bad_records=False, log=print):
-    """An iterator of (id, text) over the file's posts; a JSON array is read whole, lines and
-    CSV lazily. The first post is read here, so a bad or empty file fails before the model loads."""
+    """An iterator of (id, text) over the file's posts; a JSON array or an Excel file is read
+    whole, lines, CSV and TSV lazily. The first post is read here, so a bad or empty file fails
+    before the model loads."""
     file_format = detect_format(path) if file_format == "auto" else file_format
-    if file_format == "json":
+    if file_format in ("json", "xlsx"):
         posts = iter([(r.id, r.content) for r in read_records(
             path, require_label=False, skip_bad_records=skip_bad_records, log=log)])
+    elif file_format == "tsv":
+        posts = _decode_errors(path, read_csv(path, delimiter="\t"))
     else:
         posts = _decode_errors(path, {"lines": read_lines, "csv": read_csv}[file_format](path))
     first = next(posts, None)

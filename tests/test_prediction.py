@@ -65,9 +65,16 @@ def test_json_file_with_a_byte_order_mark_is_json(checkpoint, capsys, tmp_path):
     assert [(r["id"], r["text"]) for r in rows] == [(7, "好开心"), (9, "气死了")]
 
 
-def test_csv_file_with_content_and_id_columns(checkpoint, capsys, tmp_path):
-    posts = tmp_path / "posts.csv"
-    posts.write_text('id,content\na1,"好, 开心"\na2,气死了\n', encoding="utf-8")
+@pytest.mark.parametrize("extension", ["csv", "tsv", "xlsx"])
+def test_table_files_with_content_and_id_columns(checkpoint, capsys, tmp_path, extension):
+    import pandas as pd
+
+    posts = tmp_path / f"posts.{extension}"
+    table = pd.DataFrame({"id": ["a1", "a2"], "content": ["好, 开心", "气死了"]})
+    if extension == "xlsx":
+        table.to_excel(posts, index=False)
+    else:
+        table.to_csv(posts, sep="," if extension == "csv" else "\t", index=False)
     rows = [json.loads(line) for line in label(checkpoint, capsys, "--input_file", posts,
                                                "--json").splitlines()]
     assert [(r["id"], r["text"]) for r in rows] == [("a1", "好, 开心"), ("a2", "气死了")]
