@@ -63,7 +63,7 @@ def test_a_non_finite_loss_skips_the_step(model_and_batch, monkeypatch, precisio
     model, batch = model_and_batch
     before = {k: v.clone() for k, v in model.state_dict().items()}
     monkeypatch.setattr(train, "classification_loss",
-                        lambda logits, labels: logits.float().sum() * float("nan"))
+                        lambda logits, labels, weights=None: logits.float().sum() * float("nan"))
     optimizer = make_optimizer(model, 1e-3, 0.01)
     skipped = train.train_step(model, [batch], 16, optimizer, make_grad_scaler(precision, CUDA),
                                precision, 1.0)[2]
@@ -89,6 +89,17 @@ def test_a_gpu_run_resumes_on_the_cpu_and_fp16_keeps_loss_scaling(clean_dir, voc
     assert state["scaler"]["scale"] >= 2.0 ** 15  # a bf16 run left no scaler to disable it
     train.main(tiny_train_args(clean_dir, vocab, tmp_path, "--resume", "--device", "cpu"))
     assert (tmp_path / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_competition_options_train_under_autocast(clean_dir, vocab, tmp_path, precision):
+    # FGM normalises a gradient that fp16 loss scaling has scaled; R-Drop doubles the batch.
+    train.main(cuda_args(clean_dir, vocab, tmp_path, "--precision", precision, "--epochs", 1,
+                         "--adversarial", "fgm", "--rdrop", 1, "--class_weights", "auto",
+                         "--tune_bias"))
+    assert (tmp_path / "best" / "decision.json").is_file()
+    log = (tmp_path / "train.log").read_text()
+    assert "not finite" not in log and "decision offsets (" in log
 
 
 def test_compile(clean_dir, vocab, tmp_path):

@@ -142,7 +142,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
 
 def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "classification_loss",
-                        lambda logits, labels: logits.sum() * float("nan"))
+                        lambda logits, labels, weights=None: logits.sum() * float("nan"))
     with pytest.raises(UserError, match=r"not finite for 2 steps in a row \(steps 1-2\)"):
         train.main(tiny_train_args(clean_dir, vocab, tmp_path))
     # Every step was skipped outright: the weights are the initial ones, Adam never stepped.
