@@ -210,7 +210,9 @@ def fgm_attack(embeddings, epsilon):
     more forward and backward pass, then restored exactly. The gradient is the one accumulated so
     far in this step (this micro-batch's alone without gradient accumulation, as usual)."""
     saved = embeddings.detach().clone()
-    with torch.no_grad():  # no host sync: a zero or non-finite norm makes the step skip
+    # No host sync: a zero gradient moves nothing; a non-finite one makes the adversarial loss
+    # non-finite, and train_step skips the step.
+    with torch.no_grad():
         embeddings.add_(epsilon * embeddings.grad / embeddings.grad.norm().clamp_min(1e-12))
     try:
         yield
