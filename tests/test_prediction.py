@@ -16,15 +16,19 @@ from ewect.prediction import load_predictor
 POSTS = ["[哈哈]今天好开心", "气死我了!", "嗯嗯", "好", "今天天气很好我们去公园", "害怕", "哇"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(vocab, tmp_path_factory):
-    """A tiny random checkpoint as train.py saves it."""
-    torch.manual_seed(0)
+def tiny_checkpoint(vocab, tmp_path_factory, seed):
+    """A tiny random checkpoint as train.py saves it; the seed picks its weights."""
+    torch.manual_seed(seed)
     model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=1,
                                    hidden_size=32)
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    folder = tmp_path_factory.mktemp("ckpt") / f"tiny{seed}"
     save_checkpoint(model.eval(), tokenizer, folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(vocab, tmp_path_factory):
+    return tiny_checkpoint(vocab, tmp_path_factory, seed=0)
 
 
 def label(checkpoint, capsys, *args):
@@ -213,12 +217,7 @@ def test_onnx_labels_hostile_strings(exported):
 @pytest.fixture(scope="module")
 def second_checkpoint(vocab, tmp_path_factory):
     """Another tiny random checkpoint, of other weights."""
-    torch.manual_seed(1)
-    model, tokenizer = build_model(None, from_scratch=True, vocab=vocab, num_layers=1,
-                                   hidden_size=32)
-    folder = tmp_path_factory.mktemp("ckpt") / "other"
-    save_checkpoint(model.eval(), tokenizer, folder)
-    return folder
+    return tiny_checkpoint(vocab, tmp_path_factory, seed=1)
 
 
 def test_ensemble_averages_its_members_probabilities(checkpoint, second_checkpoint):
