@@ -21,6 +21,7 @@ from pathlib import Path
 from ewect.config import BEST_DIR, LABELS
 from ewect.decision import add_decision_arg
 from ewect.errors import UserError, run_cli
+from ewect.prediction import add_precision_arg
 
 EXAMPLES = [  # one post per label, in LABELS order
     "周末去看海，好快乐～",
@@ -43,6 +44,7 @@ def parse_args():
                    help="onnx needs a model exported by export.py")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
+    add_precision_arg(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on; 0.0.0.0 opens the demo to the local network")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -127,7 +129,8 @@ def main():
     from ewect.prediction import load_predictor
 
     offsets, source = choose_offsets(args.model_dir, args.decision)  # both fail before serving
-    predictor = load_predictor(args.model_dir, args.backend, args.device)
+    predictor = load_predictor(args.model_dir, args.backend, args.device,
+                               precision=args.precision)
     if source:
         print(f"labels decided with the offsets in {source} (--decision none: plain argmax)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; works offline

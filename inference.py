@@ -40,7 +40,7 @@ from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
 from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, positive_int, run_cli
-from ewect.prediction import BACKENDS
+from ewect.prediction import BACKENDS, add_precision_arg
 
 FORMATS = ("auto", "lines", "json", "csv", "tsv", "xlsx")
 
@@ -75,6 +75,7 @@ def parse_args(argv=None):
                    help="tokens kept per post")
     p.add_argument("--int8", action="store_true",
                    help="int8 model: dynamic quantization (torch, CPU) or export.py's int8 file")
+    add_precision_arg(p)
     args = p.parse_args(argv)
     if args.resume and not args.output:
         p.error("--resume needs --output")
@@ -217,7 +218,8 @@ def main(argv=None):
     from ewect.prediction import load_predictor
 
     offsets, source = choose_offsets(args.model_dir, args.decision)
-    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank)
+    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
+                               args.precision)
     if source and rank == 0:
         print(f"labels decided with the offsets in {source} (--decision none: plain argmax)",
               file=sys.stderr)

@@ -27,7 +27,7 @@ import os
 from ewect.config import DATASETS, LABELS, MAX_LENGTH, dataset_files, dataset_output_dir
 from ewect.decision import add_decision_arg
 from ewect.errors import UserError, positive_int, run_cli
-from ewect.prediction import BACKENDS
+from ewect.prediction import BACKENDS, add_precision_arg
 
 
 def parse_args(argv=None):
@@ -56,6 +56,7 @@ def parse_args(argv=None):
                    help="torch: the checkpoint; onnx: its export by export.py (CPU)")
     p.add_argument("--int8", action="store_true",
                    help="dynamic int8 quantization of the Linear layers (CPU only)")
+    add_precision_arg(p)
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
     args = p.parse_args(argv)
@@ -116,8 +117,8 @@ def evaluate(args, data_file, name, records, predictor, offsets, source):
     result = scores(confusion)
 
     models = " + ".join(args.model_dir)
-    print(f"{data_file}: {len(records)} posts, model {models} ({args.backend}"
-          f"{', int8' if args.int8 else ''})")
+    precision = "int8" if args.int8 else predictor.precision
+    print(f"{data_file}: {len(records)} posts, model {models} ({args.backend}, {precision})")
     print(f"accuracy {result['acc']:.4f}  macro-F1 {result['macro_f1']:.4f} (scikit-learn: mean "
           f"of per-class F1)  official macro-F1 {result['official_macro_f1']:.4f} (F1 of "
           "macro-P and macro-R)")
@@ -140,7 +141,8 @@ def evaluate(args, data_file, name, records, predictor, offsets, source):
         "file": source, "offsets": dict(zip(LABELS, map(float, offsets))), "argmax": argmax}
     with open(out + ".metrics.json", "w", encoding="utf-8") as f:
         json.dump({"data_file": data_file, "model_dir": models, "backend": args.backend,
-                   "int8": args.int8, "posts": len(records), **summary(result),
+                   "int8": args.int8, "precision": precision, "posts": len(records),
+                   **summary(result),
                    "decision": decision, "confusion": confusion.tolist()}, f, indent=2)
     plot_confusion(confusion, out + ".confusion.png",
                    f"{name}: acc {result['acc']:.3f}, macro-F1 {result['macro_f1']:.3f}")
@@ -159,7 +161,8 @@ def main(argv=None):
     records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records),
                              drop_empty=False) for path in args.data_file]
     offsets, source = choose_offsets(args.model_dir, args.decision)
-    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8)
+    predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8,
+                               precision=args.precision)
     os.makedirs(args.output_dir, exist_ok=True)
     for index, (data_file, name, file_records) in enumerate(zip(args.data_file, names, records)):
         if index:

@@ -27,6 +27,7 @@ With --model_dir (a checkpoint from train.py) it also reports accuracy and macro
 The output is Markdown, to paste into bench/RESULTS.md.
 """
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -42,11 +43,12 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, require_vocab, reset_peak_memory,
                           result)
-from ewect.config import ID2LABEL, MAX_LENGTH  # noqa: E402
+from ewect.config import ID2LABEL, MAX_LENGTH, PRECISIONS  # noqa: E402
 from ewect.data import encode, sorted_batches  # noqa: E402
 from ewect.errors import run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
-from ewect.modeling import autocast_dtype, build_model, load_checkpoint, resolve_device  # noqa: E402
+from ewect.modeling import (AMP_DTYPES, build_model, load_checkpoint,  # noqa: E402
+                            prediction_precision, resolve_device)
 from ewect.prediction import predict_logits, quantize_int8  # noqa: E402
 
 
@@ -67,6 +69,9 @@ def parse_args():
                    help="folder with the raw SMP2020-EWECT files (usual_test_labeled.txt is used)")
     p.add_argument("--batch_size", type=int, default=64, help="posts per batch, both paths")
     p.add_argument("--limit", type=int, default=None, help="use only the first N posts; None: all 5,000")
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
+                   help="autocast precision of the project's path (a), a row for each; auto is "
+                        "what test.py and inference.py use (bf16 on CPUs with native bf16)")
     p.add_argument("--int8", action="store_true",
                    help="also time (a') the project's path with dynamic int8 quantization (CPU)")
     p.add_argument("--onnx", action="store_true",
@@ -81,10 +86,10 @@ def parse_args():
     return args
 
 
-def project_predict(model, tokenizer, texts, batch_size, device):
+def project_predict(model, tokenizer, texts, batch_size, device, amp_dtype=None):
     """Logits of every text by the project's path, from the raw strings."""
     ids = encode(tokenizer, texts, MAX_LENGTH)
-    return predict_logits(model, ids, batch_size, device, autocast_dtype(device))
+    return predict_logits(model, ids, batch_size, device, amp_dtype)
 
 
 def baseline_predict(model, tokenizer, texts, batch_size, device):
@@ -144,11 +149,11 @@ def compare(label, logits, reference):
           f"{(probs - ref).abs().max().item():.2e}")
 
 
-def time_single(model, tokenizer, text, device, runs):
+def time_single(model, tokenizer, text, device, runs, amp_dtype=None):
     """Median and best seconds to label one post: tokenize, predict, pick the label."""
     def label_one():
         logits = predict_logits(model, encode(tokenizer, [text], MAX_LENGTH), 1, device,
-                                autocast_dtype(device))
+                                amp_dtype)
         return ID2LABEL[int(logits.argmax(-1))]  # logits are on the CPU: the GPU has finished
 
     for _ in range(3):  # warm-up, untimed
@@ -187,16 +192,20 @@ def main():
                               limit=args.limit)
     model, tokenizer, description = load_model(args, device)
     lengths = [len(x) for x in encode(tokenizer, texts, MAX_LENGTH)]  # for counting only
-    amp = autocast_dtype(device)
+    precisions = list(dict.fromkeys(prediction_precision(name, device) for name in args.precision))
     print(f"model: {description}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
           f"parameters; data: usual_test_labeled, {len(texts)} posts; batch size {args.batch_size}")
-    print(f"precision: (a) {str(amp).replace('torch.', '') if amp else 'fp32'}, "
-          f"(b) {'fp16' if device.type == 'cuda' else 'fp32'}")
+    baseline_precision = "fp16" if device.type == "cuda" else "fp32"
+    print(f"precision: (a) {', '.join(precisions)}; (b) {baseline_precision}")
     reset_peak_memory(device)  # trims the heap, so the floor printed is the one the paths start on
     print(f"process RSS before the paths: {current_rss_mib():.0f} MiB")
 
-    runs = {"(a) project": run_path("(a) project", project_predict, model, tokenizer, texts,
-                                    lengths, args.batch_size, device)}
+    runs = {}
+    for precision in precisions:  # the first is (a), the one every other path is compared with
+        name = f"(a) project {precision}"
+        runs[name] = run_path(name, functools.partial(project_predict,
+                                                      amp_dtype=AMP_DTYPES[precision]),
+                              model, tokenizer, texts, lengths, args.batch_size, device)
     int8_model = None
     if args.int8:
         start = time.perf_counter()
@@ -218,13 +227,16 @@ def main():
     print_table([row for row, _ in runs.values()], "posts")
     print()
     baseline_row, baseline_logits = runs["(b) baseline"]
-    project_logits = runs["(a) project"][1]
+    project_logits = runs[f"(a) project {precisions[0]}"][1]
     for name, (row, _) in runs.items():
         if name != "(b) baseline":
-            print_ratio(f"speed-up {name.split()[0]}/(b), posts/s", row, baseline_row)
+            print_ratio(f"speed-up {name} / (b), posts/s", row, baseline_row)
     # Dynamic padding must not change the answer: (a) and (b) differ only by float rounding
-    # (and by bf16 vs fp16 on a GPU).
-    compare("(a) vs (b)", project_logits, baseline_logits)
+    # (and by the precision: bf16 vs fp16 on a GPU, bf16 vs fp32 on a CPU with native bf16).
+    compare(f"(a) {precisions[0]} vs (b)", project_logits, baseline_logits)
+    for precision in precisions[1:]:
+        compare(f"(a) {precision} vs (a) {precisions[0]}",
+                runs[f"(a) project {precision}"][1], project_logits)
     if args.int8:
         compare("(a') int8 vs (a)", runs["(a') project int8"][1], project_logits)
     if args.onnx:
@@ -239,9 +251,12 @@ def main():
         median_post = sorted(range(len(texts)), key=lengths.__getitem__)[len(texts) // 2]
         text = texts[median_post]
         print()
-        for name, single_model in (("(a) project", model), ("(a') project int8", int8_model)):
+        for name, single_model, amp_dtype in (
+                (f"(a) project {precisions[0]}", model, AMP_DTYPES[precisions[0]]),
+                ("(a') project int8", int8_model, None)):
             if single_model is not None:
-                median, best = time_single(single_model, tokenizer, text, device, args.single_runs)
+                median, best = time_single(single_model, tokenizer, text, device, args.single_runs,
+                                           amp_dtype)
                 print(f"{name}, one post of {lengths[median_post]} "
                       f"tokens: median {median * 1000:.1f} ms, best {best * 1000:.1f} ms "
                       f"over {args.single_runs} runs")

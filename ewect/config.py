@@ -7,6 +7,8 @@ LABEL2ID = {label: i for i, label in enumerate(LABELS)}
 ID2LABEL = dict(enumerate(LABELS))
 # Label spellings read as the label meant: 'neural' is a typo in many copies of the release.
 LABEL_SPELLINGS = {"neural": "neutral"}
+# --precision of every script: autocast's dtype (weights stay fp32); auto depends on the device.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 # The six files of SMP2020-EWECT, as released; train files may drop records when cleaned.
 TRAIN_FILES = ("usual_train.txt", "virus_train.txt")

@@ -8,7 +8,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
                           BertForSequenceClassification, BertTokenizer)
 from transformers.utils import logging as transformers_logging
 
-from .config import ID2LABEL, LABEL2ID, LABELS
+from .config import ID2LABEL, LABEL2ID, LABELS, PRECISIONS
 from .errors import UserError, first_line
 
 transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
@@ -27,7 +27,6 @@ def resolve_device(name, local_rank=0):
     raise UserError(f"--device {name}: expected auto, cpu or cuda")
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -42,6 +41,31 @@ def choose_precision(name, device):
     if name == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
     return name
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX: Xeons since Cooper Lake,
+    EPYCs since Zen 4). Elsewhere torch emulates bf16 on the CPU, slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:  # not Linux: no way to tell, so no
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def prediction_precision(name, device, int8=False):
+    """--precision of test.py, inference.py and the demo: as choose_precision, except that auto
+    is bf16 also on CPUs with native bf16, where it halves bert-base's prediction time and
+    changes about one label in 1,000 (bench/RESULTS.md). Training stays fp32 on every CPU, so that
+    a run's numbers do not depend on the CPU it ran on. An int8 model computes in int8 and fp32."""
+    if int8:
+        if name not in ("auto", "fp32"):
+            raise UserError(f"--int8 computes in int8; drop --precision {name}")
+        return "fp32"
+    if name == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return choose_precision(name, device)
 
 
 def autocast(precision, device):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import LABELS, MAX_LENGTH
+from .config import LABELS, MAX_LENGTH, PRECISIONS
 from .data import sorted_batches
 from .errors import UserError, first_line
 
@@ -103,6 +103,13 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
     return logits
 
 
+def add_precision_arg(p):
+    """--precision, the same flag in test.py, inference.py and app.py."""
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision of the torch backend: auto is bf16 on GPUs and CPUs "
+                        "with native bf16, fp16 on older GPUs, fp32 elsewhere and with --int8")
+
+
 def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0):
     """(model, tokenizer, device); int8 means a quantized CPU model; local_rank picks the GPU."""
     from .modeling import load_checkpoint, resolve_device
@@ -115,15 +122,18 @@ def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0)
 
 
 def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
-                          max_length=MAX_LENGTH):
+                          max_length=MAX_LENGTH, precision="auto"):
     """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
     through clean_text, as the training data did."""
+    import torch
+
     from .data import encode
-    from .modeling import autocast_dtype
+    from .modeling import AMP_DTYPES, prediction_precision
 
     check_length_limit(max_length, model.config.max_position_embeddings)
+    amp_dtype = AMP_DTYPES[prediction_precision(precision, torch.device(device))]
     logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
-                            device, autocast_dtype(device))
+                            device, amp_dtype)
     return softmax(logits.numpy())
 
 
@@ -131,14 +141,18 @@ class TorchPredictor:
     """The checkpoint as train.py saved it (or its int8 quantization, on the CPU)."""
     labels = LABELS
 
-    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto"):
+        from .modeling import prediction_precision
+
         self.model, self.tokenizer, self.device = load_for_prediction(model_dir, device, int8,
                                                                       local_rank)
+        self.precision = prediction_precision(precision, self.device, int8)
         self.default_batch_size = DEFAULT_BATCH_SIZE[self.device.type]
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         return predict_probabilities(self.model, self.tokenizer, list(cleaned_texts), self.device,
-                                     batch_size or self.default_batch_size, max_length)
+                                     batch_size or self.default_batch_size, max_length,
+                                     self.precision)
 
 
 # --- onnx backend -----------------------------------------------------------------------------
@@ -156,10 +170,13 @@ class OnnxPredictor:
     """export.py's ONNX files run by onnxruntime on the CPU; tokenized by tokenizer.json."""
     labels = LABELS
     default_batch_size = DEFAULT_BATCH_SIZE["cpu"]
+    precision = "fp32"  # of the fp32 file; the int8 file's own kernels otherwise
 
-    def __init__(self, model_dir, device="auto", int8=False, local_rank=0):
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto"):
         if device == "cuda":
             raise UserError("--backend onnx runs on the CPU; drop --device cuda")
+        if precision not in ("auto", "fp32"):  # the exported graph fixes its own precision
+            raise UserError(f"--precision {precision} is for --backend torch; drop it")
         try:
             import onnxruntime
             from tokenizers import Tokenizer
@@ -219,6 +236,7 @@ class EnsemblePredictor:
 
     def __init__(self, members):
         self.members = members
+        self.precision = members[0].precision  # one --precision for all
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         texts = list(cleaned_texts)
@@ -226,13 +244,14 @@ class EnsemblePredictor:
                        axis=0, dtype=np.float32)
 
 
-def load_predictor(model_dirs, backend="torch", device="auto", int8=False, local_rank=0):
+def load_predictor(model_dirs, backend="torch", device="auto", int8=False, local_rank=0,
+                   precision="auto"):
     """A predictor of the checkpoint in model_dirs, or of the ensemble of a list of them: .labels,
     and .predict(cleaned_texts) giving an (n, 6) numpy array of probabilities in input order.
-    local_rank: the GPU of this process under torchrun."""
+    local_rank: the GPU of this process under torchrun; precision: see add_precision_arg."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     predictor = TorchPredictor if backend == "torch" else OnnxPredictor
     folders = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
-    members = [predictor(folder, device, int8, local_rank) for folder in folders]
+    members = [predictor(folder, device, int8, local_rank, precision) for folder in folders]
     return members[0] if len(members) == 1 else EnsemblePredictor(members)

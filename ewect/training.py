@@ -315,7 +315,7 @@ def add_shared_args(p, model_help):
     """The model to start from and how to run: the flags both training scripts take."""
     from .config import MAX_LENGTH
     from .errors import positive_int
-    from .modeling import PRECISIONS
+    from .config import PRECISIONS
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
     p.add_argument("--from_scratch", action="store_true",

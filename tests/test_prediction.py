@@ -45,6 +45,30 @@ def test_predictor_interface_gives_probabilities_in_input_order(checkpoint):
     assert np.allclose(probs, one_by_one, atol=1e-5)
 
 
+def test_prediction_precision_auto_is_bf16_on_cpus_with_native_bf16(monkeypatch):
+    import ewect.modeling as modeling
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
+    assert modeling.prediction_precision("auto", cpu) == "bf16"
+    assert modeling.prediction_precision("fp32", cpu) == "fp32"
+    assert modeling.prediction_precision("auto", cpu, int8=True) == "fp32"
+    assert modeling.choose_precision("auto", cpu) == "fp32"  # training on the CPU stays fp32
+    with pytest.raises(UserError, match="--int8 computes in int8; drop --precision bf16"):
+        modeling.prediction_precision("bf16", cpu, int8=True)
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
+    assert modeling.prediction_precision("auto", cpu) == "fp32"
+
+
+def test_precision_reaches_the_forward_pass(checkpoint):
+    fp32 = load_predictor(checkpoint, device="cpu", precision="fp32")
+    bf16 = load_predictor(checkpoint, device="cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    fp32_probs, bf16_probs = fp32.predict(POSTS), bf16.predict(POSTS)
+    assert not np.array_equal(fp32_probs, bf16_probs)  # bf16 rounding shows
+    assert np.abs(fp32_probs - bf16_probs).max() < 1e-2
+
+
 def test_importing_prediction_loads_neither_torch_nor_transformers():
     code = ("import sys, ewect.prediction; "
             "print(any(m in sys.modules for m in ('torch', 'transformers')))")
@@ -134,9 +158,11 @@ def exported(checkpoint):
 
 
 def test_onnx_export_predicts_like_torch(exported):
-    torch_probs = load_predictor(exported, device="cpu").predict(POSTS)
+    torch_probs = load_predictor(exported, device="cpu", precision="fp32").predict(POSTS)
     onnx_probs = load_predictor(exported, backend="onnx").predict(POSTS, batch_size=3)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+    with pytest.raises(UserError, match="--precision bf16 is for --backend torch"):
+        load_predictor(exported, backend="onnx", precision="bf16")
     int8_probs = load_predictor(exported, backend="onnx", int8=True).predict(POSTS)
     assert int8_probs.shape == torch_probs.shape and np.allclose(int8_probs.sum(1), 1, atol=1e-5)
 
@@ -186,11 +212,12 @@ def test_test_script_with_onnx_scores_like_torch(exported, clean_dir, tmp_path):
     for backend in ("torch", "onnx"):
         result = run_script("test.py", "--model_dir", exported, "--data_file", data,
                             "--output_dir", tmp_path / backend, "--backend", backend,
-                            "--device", "cpu")
+                            "--device", "cpu", "--precision", "fp32")
         assert result.returncode == 0, result.stderr
         outputs[backend] = json.loads(
             (tmp_path / backend / "usual_test_labeled.metrics.json").read_text())
     assert outputs["onnx"]["backend"] == "onnx"
+    assert outputs["onnx"]["precision"] == outputs["torch"]["precision"] == "fp32"
     assert outputs["onnx"]["confusion"] == outputs["torch"]["confusion"]
 
 
