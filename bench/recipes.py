@@ -13,7 +13,8 @@ weights_auto, weights_teams (--class_weights auto, and a prize-winning team's 1,
 fgm; rdrop (--rdrop 1); both (--dataset both: usual+virus train, both evals pick the epoch);
 virus (--dataset virus) and virus_from_usual (the same, --init_from plain's run of the same
 seed); folds (a 5-fold ensemble over usual_train, one seed: train_folds.sh's runs, compared with
-its members' mean). The printed commands are the recipe: the runs are the repo's scripts.
+its members' mean) and virus_folds (the same over virus_train, every fold --init_from plain's
+run of that seed). The printed commands are the recipe: the runs are the repo's scripts.
 
 A run whose test results are in --work_dir is not run again: an interrupted study continues where
 it stopped. Per-run logs are in WORK_DIR/logs/, the numbers in WORK_DIR/results.json.
@@ -49,6 +50,7 @@ ROWS = {
     "virus": ("virus", [], None),
     "virus_from_usual": ("virus", [], "virus"),
     "folds": ("usual", [], None),  # against its own members
+    "virus_folds": ("virus", [], None),  # the same, each fold --init_from plain's run
 }
 FOLDS = 5
 
@@ -127,25 +129,22 @@ def run_row(row, seed, args):
     """{'scores': test scores, 'minutes': training time} of one row's run with this seed; for
     folds, the ensemble's, plus its members' scores."""
     dataset, extra, _ = ROWS[row]
-    if row in ("offsets", "folds"):
+    if row in ("offsets", "folds", "virus_folds", "virus_from_usual"):
         base = fine_tune(f"plain_seed{seed}", ["--model_name", args.model_name, "--seed",
                                                str(seed), *data_flags("usual", args)], args)
     if row == "offsets":  # plain's runs, deciding with the offsets fitted on usual_eval
         return {"scores": test(f"plain_seed{seed}", [base], args,
                                load_offsets(os.path.join(base, DECISION_FILE))), "minutes": 0.0}
-    if row == "folds":
-        members = [fine_tune(f"folds_seed{seed}/fold{k}", [
-            "--model_name", args.model_name, "--seed", str(seed), *data_flags("usual", args),
+    start = (["--init_from", base] if row in ("virus_from_usual", "virus_folds")
+             else ["--model_name", args.model_name])
+    if row in ("folds", "virus_folds"):
+        members = [fine_tune(f"{row}_seed{seed}/fold{k}", [
+            *start, "--seed", str(seed), *data_flags(dataset, args),
             "--folds", str(FOLDS), "--fold", str(k)], args) for k in range(1, FOLDS + 1)]
-        return {"scores": test(f"folds_seed{seed}/ensemble", members, args),
-                "members": [test(f"folds_seed{seed}/fold{k}", [member], args)
+        return {"scores": test(f"{row}_seed{seed}/ensemble", members, args),
+                "members": [test(f"{row}_seed{seed}/fold{k}", [member], args)
                             for k, member in enumerate(members, 1)],
                 "minutes": sum(train_minutes(os.path.dirname(m)) for m in members)}
-    start = ["--model_name", args.model_name]
-    if row == "virus_from_usual":
-        start = ["--init_from", fine_tune(f"plain_seed{seed}", [
-            "--model_name", args.model_name, "--seed", str(seed), *data_flags("usual", args)],
-            args)]
     best = fine_tune(f"{row}_seed{seed}",
                      [*start, "--seed", str(seed), *data_flags(dataset, args), *extra], args)
     return {"scores": test(f"{row}_seed{seed}", [best], args),
@@ -179,8 +178,8 @@ def main():
     seeds = [42 + i for i in range(args.seeds)]
     results = {}
     for row in args.rows:
-        results[row] = [run_row(row, seed, args) for seed in (seeds[:1] if row == "folds"
-                                                              else seeds)]
+        results[row] = [run_row(row, seed, args)
+                        for seed in (seeds[:1] if row.endswith("folds") else seeds)]
         print(f"  {row}: done", flush=True)
     with open(os.path.join(args.work_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "rows": results}, f, indent=2)
@@ -193,11 +192,11 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for row, runs in results.items():
         minutes = np.mean([r["minutes"] for r in runs])
-        if row == "folds":  # the ensemble against its own members
+        if row.endswith("folds"):  # the ensemble against its own members
             members = runs[0]["members"]
-            print(table_row(f"{FOLDS}-fold members (each)", members, minutes / FOLDS))
-            print(table_row(f"{FOLDS}-fold ensemble (vs its members)", [runs[0]["scores"]],
-                            minutes, members))
+            print(table_row(f"{row}: members (each)", members, minutes / FOLDS))
+            print(table_row(f"{row}: {FOLDS}-fold ensemble (vs its members)",
+                            [runs[0]["scores"]], minutes, members))
             continue
         compared = ROWS[row][2]
         baseline = [r["scores"] for r in results[compared]] if compared in results else None
