@@ -6,6 +6,7 @@
     python inference.py --input_file posts.csv --output labels.jsonl --json   # 'content' column
     python inference.py --input_file posts.txt --output labels.tsv --resume   # go on after a kill
     python inference.py --input '好开心' --backend onnx --int8   # after `python export.py`
+    python inference.py --input '好开心' --precision fp32   # exact fp32 where auto picks bf16
     python inference.py --input_file posts.txt --model_dir runA/best runB/best   # an ensemble
     python inference.py --input_file posts.txt --model_dir runA/best runB/best --decision dec.json
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs

@@ -9,6 +9,7 @@ per-class table, confusion matrix (printed and as PNG) and a predictions file.
     python test.py --decision none                               # ignore best/decision.json
     python test.py --device cpu --int8                           # faster on CPU: bench/RESULTS.md
     python test.py --backend onnx --int8                         # after `python export.py`
+    python test.py --precision fp32            # exact fp32 where auto picks bf16 (see --help)
 
 Texts go through the same cleaning as in training (it is idempotent), so raw files work too.
 Two macro-F1s are printed: scikit-learn's (mean of per-class F1, what the published repo
