@@ -187,6 +187,17 @@ def run_repo_script(name, command, work_dir):
         raise UserError(f"{name} failed (exit status {code}); see {log_path}")
 
 
+def training_finished(out):
+    """Whether train.py ran to its end in OUT (the last line of its log names the best epoch)."""
+    log_path = os.path.join(out, "train.log")
+    return os.path.isfile(log_path) and "done: best eval" in Path(log_path).read_text("utf-8")
+
+
+# test.py flags of every bench: --precision auto would be bf16 on CPUs that have it, and a
+# study's scores must not depend on the CPU it ran on.
+TEST_PRECISION = ["--precision", "fp32"]
+
+
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

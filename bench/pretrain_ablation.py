@@ -13,11 +13,12 @@ are the recipe: the runs are the repo's scripts, nothing else.
 
     python bench/pretrain_ablation.py                               # 2-core CPU: ~90 min
     python bench/pretrain_ablation.py --data_dir tests/fixtures/raw --hidden_size 32 \\
-        --pretrain_epochs 2 --finetune_epochs 1 --lrs 1e-3 --seeds 1 --work_dir /tmp/abl  # smoke
+        --pretrain_epochs 2 --finetune_epochs 1 --lrs 1e-3 --seeds 1 --arms a b \\
+        --work_dir /tmp/abl   # smoke (the fixture's held-out post is too short for (c))
 
-A run whose results are already in --work_dir is not run again, and a stopped pretraining resumes:
-an interrupted ablation continues where it stopped (a new --work_dir starts over). Per-run logs
-are in WORK_DIR/logs/.
+A finished training or test in --work_dir is not run again, and a stopped pretraining resumes:
+an interrupted ablation continues where it stopped (a new --work_dir starts over). Tests run in
+fp32 on every CPU (bench/common.TEST_PRECISION). Per-run logs are in WORK_DIR/logs/.
 """
 import argparse
 import json
@@ -30,7 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,  # noqa: E402
-                          describe_machine, mean_std, read_json, require_vocab, run_repo_script)
+                          TEST_PRECISION, describe_machine, mean_std, read_json, require_vocab,
+                          run_repo_script, training_finished)
 from bench.tfidf_baseline import tfidf_scores  # noqa: E402
 from ewect.config import PRECISIONS, PRETRAIN_CORPUS  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -95,8 +97,7 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
     """{'eval': usual_eval macro-F1, test file: test.py's metrics} of one fine-tuning run."""
     out = os.path.join(args.work_dir, f"ft_{arm}_lr{lr:g}_seed{seed}")
     name = f"ft_{arm}_lr{lr:g}_seed{seed}"
-    done = os.path.join(out, "test", TEST_FILES[-1].replace(".txt", "") + ".metrics.json")
-    if not os.path.isfile(done):
+    if not training_finished(out):
         model = (["--from_scratch", "--vocab", args.vocab, "--num_layers", str(args.num_layers),
                   "--hidden_size", str(args.hidden_size)] if start is None
                  else ["--model_name", start])
@@ -106,18 +107,22 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
             "--train_file", os.path.join(clean_dir, "usual_train.txt"),
             "--eval_file", os.path.join(clean_dir, "usual_eval_labeled.txt"),
             "--output_dir", out, "--overwrite_output_dir"], args.work_dir)
-        for test_file in TEST_FILES:
+    for test_file in TEST_FILES:
+        if not os.path.isfile(metrics_path(out, test_file)):
             run_repo_script(f"{name}_{test_file[:5]}", [
                 "test.py", "--model_dir", os.path.join(out, "best"), "--device", args.device,
-                "--data_file", os.path.join(clean_dir, test_file),
+                *TEST_PRECISION, "--data_file", os.path.join(clean_dir, test_file),
                 "--output_dir", os.path.join(out, "test")], args.work_dir)
     result = {"eval": read_json(os.path.join(out, "best", "eval_results.json"))["eval_macro_f1"],
               "eval_by_epoch": eval_by_epoch(os.path.join(out, "train.log"))}
     for test_file in TEST_FILES:
-        result[test_file] = read_json(os.path.join(
-            out, "test", test_file.replace(".txt", "") + ".metrics.json"))
+        result[test_file] = read_json(metrics_path(out, test_file))
     print(f"  ({arm}) lr {lr:g} seed {seed}: usual_eval macro-F1 {result['eval']:.4f}")
     return result
+
+
+def metrics_path(out, test_file):
+    return os.path.join(out, "test", test_file.replace(".txt", "") + ".metrics.json")
 
 
 def eval_by_epoch(log_path):

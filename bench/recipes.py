@@ -16,8 +16,9 @@ seed); folds (a 5-fold ensemble over usual_train, one seed: train_folds.sh's run
 its members' mean) and virus_folds (the same over virus_train, every fold --init_from plain's
 run of that seed). The printed commands are the recipe: the runs are the repo's scripts.
 
-A run whose test results are in --work_dir is not run again: an interrupted study continues where
-it stopped. Per-run logs are in WORK_DIR/logs/, the numbers in WORK_DIR/results.json.
+A finished training or test in --work_dir is not run again: an interrupted study continues where
+it stopped. Tests run in fp32 on every CPU (bench/common.TEST_PRECISION). Per-run logs are in
+WORK_DIR/logs/, the numbers in WORK_DIR/results.json.
 """
 import argparse
 import json
@@ -30,8 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
-from bench.common import (DEFAULT_DATA_DIR, describe_machine, mean_std,  # noqa: E402
-                          run_repo_script)
+from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,  # noqa: E402
+                          mean_std, run_repo_script, training_finished)
 from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT  # noqa: E402
 from ewect.decision import DECISION_FILE, decide, load_offsets  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -86,10 +87,7 @@ def train_minutes(out):
 def fine_tune(name, flags, args):
     """train.py into WORK_DIR/NAME (kept if it finished before); returns its best/."""
     out = os.path.join(args.work_dir, name)
-    log_path = os.path.join(out, "train.log")
-    finished = os.path.isfile(log_path) and "done: best eval" in open(log_path,
-                                                                      encoding="utf-8").read()
-    if not finished:
+    if not training_finished(out):
         run_repo_script(name.replace("/", "_"), [
             "train.py", *flags, "--lr", str(args.lr), "--epochs", str(args.epochs),
             "--device", "cpu", "--tune_bias", "--output_dir", out, "--overwrite_output_dir"],
@@ -107,6 +105,7 @@ def test(name, model_dirs, args, offsets=None):
     if not all(map(os.path.isfile, predictions)):
         run_repo_script(f"{name.replace('/', '_')}_test", [
             "test.py", "--model_dir", *model_dirs, "--device", "cpu", "--decision", "none",
+            *TEST_PRECISION,
             "--data_file", *[os.path.join(args.clean_dir, f) for f in TEST_FILES],
             "--output_dir", out], args.work_dir)
     result = {}
