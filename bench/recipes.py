@@ -128,7 +128,7 @@ def run_row(row, seed, args):
     """{'scores': test scores, 'minutes': training time} of one row's run with this seed; for
     folds, the ensemble's, plus its members' scores."""
     dataset, extra, _ = ROWS[row]
-    if row in ("offsets", "folds", "virus_folds", "virus_from_usual"):
+    if row in ("offsets", "virus_from_usual", "virus_folds"):  # the rows built on plain's runs
         base = fine_tune(f"plain_seed{seed}", ["--model_name", args.model_name, "--seed",
                                                str(seed), *data_flags("usual", args)], args)
     if row == "offsets":  # plain's runs, deciding with the offsets fitted on usual_eval
