@@ -82,12 +82,13 @@ def score(model_dir, path, max_length):
     import torch
 
     from ewect.metrics import confusion_matrix, scores
-    from ewect.modeling import load_checkpoint, predict_probabilities
+    from ewect.modeling import load_checkpoint
+    from ewect.prediction import predict_probabilities
 
     model, tokenizer = load_checkpoint(model_dir)
     records = clean_records(read_records(path), drop_empty=False)
     probs = predict_probabilities(model, tokenizer, [r.content for r in records],
-                                  torch.device("cpu"), max_length=max_length)
+                                  torch.device("cpu"), max_length=max_length, precision="fp32")
     result = scores(confusion_matrix([LABEL2ID[r.label] for r in records], probs.argmax(-1)))
     return {"acc": result["acc"], "macro_f1": result["macro_f1"]}
 

@@ -198,6 +198,11 @@ def training_finished(out):
 TEST_PRECISION = ["--precision", "fp32"]
 
 
+def tested_in_fp32(metrics_path):
+    """Whether test.py wrote these metrics with TEST_PRECISION (older ones may be bf16)."""
+    return os.path.isfile(metrics_path) and read_json(metrics_path).get("precision") == "fp32"
+
+
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

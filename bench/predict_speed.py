@@ -10,7 +10,7 @@ against the published repo's, same model, same posts, in one process.
 
 (a)  project: posts tokenized in one call (ewect.data.encode), then ewect.prediction.predict_logits:
      batches sorted by length and padded to their own longest post, inference_mode, bf16 autocast
-     on GPUs that have it.
+     on GPUs and CPUs that have it (--precision: a row each; the first is the reference).
 (a') --int8, CPU only: the same after ewect.prediction.quantize_int8 (dynamic int8 Linear layers).
 (c)  --onnx, CPU: export.py's fp32 and int8 ONNX files of the same model run by
      ewect.prediction.OnnxPredictor (onnxruntime, tokenizers; batches sorted as in (a)).

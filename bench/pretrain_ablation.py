@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,  # noqa: E402
                           TEST_PRECISION, describe_machine, mean_std, read_json, require_vocab,
-                          run_repo_script, training_finished)
+                          run_repo_script, tested_in_fp32, training_finished)
 from bench.tfidf_baseline import tfidf_scores  # noqa: E402
 from ewect.config import PRECISIONS, PRETRAIN_CORPUS  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -108,7 +108,7 @@ def fine_tune(arm, start, lr, seed, args, clean_dir):
             "--eval_file", os.path.join(clean_dir, "usual_eval_labeled.txt"),
             "--output_dir", out, "--overwrite_output_dir"], args.work_dir)
     for test_file in TEST_FILES:
-        if not os.path.isfile(metrics_path(out, test_file)):
+        if not tested_in_fp32(metrics_path(out, test_file)):
             run_repo_script(f"{name}_{test_file[:5]}", [
                 "test.py", "--model_dir", os.path.join(out, "best"), "--device", args.device,
                 *TEST_PRECISION, "--data_file", os.path.join(clean_dir, test_file),

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,  # noqa: E402
-                          mean_std, run_repo_script, training_finished)
+                          mean_std, run_repo_script, tested_in_fp32, training_finished)
 from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT  # noqa: E402
 from ewect.decision import DECISION_FILE, decide, load_offsets  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -102,7 +102,8 @@ def test(name, model_dirs, args, offsets=None):
     out = os.path.join(args.work_dir, name, "test")
     predictions = [os.path.join(out, test_file.replace(".txt", ".predictions.csv"))
                    for test_file in TEST_FILES]
-    if not all(map(os.path.isfile, predictions)):
+    if not all(tested_in_fp32(path.replace(".predictions.csv", ".metrics.json"))
+               for path in predictions):
         run_repo_script(f"{name.replace('/', '_')}_test", [
             "test.py", "--model_dir", *model_dirs, "--device", "cpu", "--decision", "none",
             *TEST_PRECISION,

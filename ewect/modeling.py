@@ -8,7 +8,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
                           BertForSequenceClassification, BertTokenizer)
 from transformers.utils import logging as transformers_logging
 
-from .config import ID2LABEL, LABEL2ID, LABELS, PRECISIONS
+from .config import ID2LABEL, LABEL2ID, LABELS
 from .errors import UserError, first_line
 
 transformers_logging.disable_progress_bar()  # no "Writing model shards" bar on every save
@@ -74,7 +74,7 @@ def autocast(precision, device):
 
 
 def autocast_dtype(device):
-    """Autocast dtype of --precision auto on this device (None: fp32), for prediction."""
+    """Autocast dtype of training's --precision auto on this device (None: fp32)."""
     return AMP_DTYPES[choose_precision("auto", torch.device(device))]
 
 

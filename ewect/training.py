@@ -313,9 +313,8 @@ def restore_rng_state(states, rank, world_size, device, log):
 
 def add_shared_args(p, model_help):
     """The model to start from and how to run: the flags both training scripts take."""
-    from .config import MAX_LENGTH
+    from .config import MAX_LENGTH, PRECISIONS
     from .errors import positive_int
-    from .config import PRECISIONS
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
     p.add_argument("--from_scratch", action="store_true",

@@ -29,9 +29,10 @@ def assert_labels(tiny_model, texts):
     a hostile post neither breaks the batch nor changes its neighbours' labels."""
     model, tokenizer = tiny_model
     cleaned = [clean_text(t) for t in texts]
-    probs = predict_probabilities(model, tokenizer, cleaned, "cpu")
+    probs = predict_probabilities(model, tokenizer, cleaned, "cpu", precision="fp32")
     assert probs.shape == (len(texts), len(LABELS)) and np.isfinite(probs).all()
-    alone = np.concatenate([predict_probabilities(model, tokenizer, [t], "cpu") for t in cleaned])
+    alone = np.concatenate([predict_probabilities(model, tokenizer, [t], "cpu", precision="fp32")
+                            for t in cleaned])
     assert np.allclose(probs, alone, atol=1e-5)
 
 
