@@ -100,18 +100,16 @@ def test(name, model_dirs, args, offsets=None):
     files, by test.py into WORK_DIR/NAME/test (kept if there). Scored here from the predictions
     file's probabilities (the models' own): by argmax, or with the given decision offsets."""
     out = os.path.join(args.work_dir, name, "test")
-    predictions = [os.path.join(out, test_file.replace(".txt", ".predictions.csv"))
-                   for test_file in TEST_FILES]
-    if not all(tested_in_fp32(path.replace(".predictions.csv", ".metrics.json"))
-               for path in predictions):
+    stems = [os.path.join(out, test_file.replace(".txt", "")) for test_file in TEST_FILES]
+    if not all(tested_in_fp32(stem + ".metrics.json") for stem in stems):
         run_repo_script(f"{name.replace('/', '_')}_test", [
             "test.py", "--model_dir", *model_dirs, "--device", "cpu", "--decision", "none",
             *TEST_PRECISION,
             "--data_file", *[os.path.join(args.clean_dir, f) for f in TEST_FILES],
             "--output_dir", out], args.work_dir)
     result = {}
-    for test_file, path in zip(TEST_FILES, predictions):
-        table = pd.read_csv(path, keep_default_na=False)
+    for test_file, stem in zip(TEST_FILES, stems):
+        table = pd.read_csv(stem + ".predictions.csv", keep_default_na=False)
         probabilities = table[[f"p_{label}" for label in LABELS]].to_numpy()
         scores = classification_scores(table["gold"].map(LABEL2ID).to_numpy(),
                                        decide(probabilities, offsets))
