@@ -200,9 +200,11 @@ def test_test_script_applies_decision_offsets_and_reports_plain_argmax(trained, 
     offsets = {label: 50.0 if label == "fear" else 0.0 for label in LABELS}
     (tuned / "decision.json").write_text(json.dumps({"offsets": offsets}), encoding="utf-8")
     data = [clean_dir / "usual_test_labeled.txt", clean_dir / "virus_test_labeled.txt"]
+    precisions = {"auto": "bf16", "none": "fp32"}  # --precision rides along: no extra run
     for decision in ("auto", "none"):
         result = run_script("test.py", "--model_dir", tuned, "--data_file", *data, "--device",
-                            "cpu", "--output_dir", tmp_path / decision, "--decision", decision)
+                            "cpu", "--output_dir", tmp_path / decision, "--decision", decision,
+                            "--precision", precisions[decision])
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("plain argmax: accuracy") == (2 if decision == "auto" else 0)
         for path in data:
@@ -212,6 +214,7 @@ def test_test_script_applies_decision_offsets_and_reports_plain_argmax(trained, 
             argmax = [LABELS[i] for i in probs.argmax(1)]
             preds = [r["predicted"] for r in rows]
             metrics = json.loads((tmp_path / decision / f"{path.stem}.metrics.json").read_text())
+            assert metrics["precision"] == precisions[decision]
             if decision == "auto":
                 assert preds == ["fear"] * len(rows)
                 assert metrics["decision"]["offsets"] == offsets

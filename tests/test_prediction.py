@@ -69,6 +69,11 @@ def test_precision_reaches_the_forward_pass(checkpoint):
     assert np.abs(fp32_probs - bf16_probs).max() < 1e-2
 
 
+def test_inference_passes_precision_to_the_predictor(checkpoint, capsys):
+    with pytest.raises(UserError, match="--int8 computes in int8; drop --precision bf16"):
+        label(checkpoint, capsys, "--input", "好", "--int8", "--precision", "bf16")
+
+
 def test_importing_prediction_loads_neither_torch_nor_transformers():
     code = ("import sys, ewect.prediction; "
             "print(any(m in sys.modules for m in ('torch', 'transformers')))")
