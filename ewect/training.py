@@ -225,6 +225,20 @@ def stop_for_resume(stop, save_last, log, epoch, step_in_epoch, last_dir):
 STATE_FILE = "training_state.pt"
 
 
+def starting_folders(args):
+    """The local folders this run starts from: --model_name (unless --from_scratch), --init_from."""
+    names = [getattr(args, "init_from", None)]
+    if not args.from_scratch:
+        names.append(args.model_name)
+    return [os.path.expanduser(name) for name in names
+            if name and os.path.isdir(os.path.expanduser(name))]
+
+
+def is_within(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
 def prepare_output_dir(args, is_main):
     """Make OUTPUT_DIR ready for this run. A new run never replaces an earlier run's best/ by
     accident; --overwrite_output_dir clears the earlier run (checkpoints, TensorBoard curves,
@@ -241,11 +255,18 @@ def prepare_output_dir(args, is_main):
         raise UserError(f"{out} already holds a training run ({' and '.join(earlier)}/): pass "
                         "--resume to continue it, --overwrite_output_dir to start over, or "
                         "another --output_dir")
-    elif earlier and is_main:
-        for name in ("best", "last", "tensorboard"):
-            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-        if os.path.exists(os.path.join(out, "train.log")):
-            os.remove(os.path.join(out, "train.log"))
+    elif earlier:
+        cleared = [os.path.join(out, name) for name in ("best", "last", "tensorboard")]
+        for source in starting_folders(args):  # e.g. pretrain.py --model_name workspace/mlm/best
+            if any(is_within(source, folder) for folder in cleared):
+                raise UserError(f"{source} is in --output_dir {out}, whose run "
+                                "--overwrite_output_dir deletes before this run reads it: pass "
+                                "another --output_dir")
+        if is_main:
+            for folder in cleared:
+                shutil.rmtree(folder, ignore_errors=True)
+            if os.path.exists(os.path.join(out, "train.log")):
+                os.remove(os.path.join(out, "train.log"))
 
 
 def load_training_state(args, essential_args):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pretrain
 import train
 from conftest import ROOT, tiny_train_args
 from ewect.errors import UserError
@@ -153,3 +154,18 @@ def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, 
     assert all(torch.equal(saved[name], initial[name]) for name in saved)
     state = torch.load(tmp_path / "last" / "training_state.pt", weights_only=True)
     assert all(s["step"] == 0 for s in state["optimizer"]["state"].values())
+
+
+def test_overwrite_refuses_to_delete_the_model_the_run_starts_from(clean_dir, vocab, trained,
+                                                                    tmp_path):
+    out = tmp_path / "wb"
+    shutil.copytree(trained, out)
+    fine_tune = tiny_train_args(clean_dir, vocab, out, "--overwrite_output_dir")[3:]  # no scratch
+    for start in ("--model_name", "--init_from"):
+        with pytest.raises(UserError, match=r"wb/best is in --output_dir .*another --output_dir"):
+            train.main([start, str(out / "best"), *fine_tune])
+    corpus = str(clean_dir / "usual_train.txt")
+    with pytest.raises(UserError, match=r"wb/best is in --output_dir"):  # continued pretraining
+        pretrain.main(["--model_name", str(out / "best"), "--corpus", corpus, "--device", "cpu",
+                       "--output_dir", str(out), "--overwrite_output_dir"])
+    assert (out / "best" / "model.safetensors").is_file()
