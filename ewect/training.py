@@ -226,10 +226,10 @@ STATE_FILE = "training_state.pt"
 
 
 def starting_folders(args):
-    """The local folders this run starts from: --model_name (unless --from_scratch), --init_from."""
+    """The local folders this run reads at its start: --model_name, or --vocab's folder with
+    --from_scratch; --init_from."""
     names = [getattr(args, "init_from", None)]
-    if not args.from_scratch:
-        names.append(args.model_name)
+    names.append(os.path.dirname(args.vocab or "") if args.from_scratch else args.model_name)
     return [os.path.expanduser(name) for name in names
             if name and os.path.isdir(os.path.expanduser(name))]
 
@@ -378,4 +378,5 @@ def add_shared_args(p, model_help):
                         "--resume (0: run all epochs)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
     p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="start a new run even though OUTPUT_DIR holds one (which is deleted)")
+                   help="start a new run even though OUTPUT_DIR holds one (which is deleted; "
+                        "refused when the run starts from a folder inside it)")

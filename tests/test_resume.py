@@ -164,6 +164,10 @@ def test_overwrite_refuses_to_delete_the_model_the_run_starts_from(clean_dir, vo
     for start in ("--model_name", "--init_from"):
         with pytest.raises(UserError, match=r"wb/best is in --output_dir .*another --output_dir"):
             train.main([start, str(out / "best"), *fine_tune])
+    shutil.copy(vocab, out / "best" / "vocab.txt")  # --from_scratch reads only its --vocab
+    with pytest.raises(UserError, match=r"wb/best is in --output_dir"):
+        train.main(tiny_train_args(clean_dir, str(out / "best" / "vocab.txt"), out,
+                                   "--overwrite_output_dir"))
     corpus = str(clean_dir / "usual_train.txt")
     with pytest.raises(UserError, match=r"wb/best is in --output_dir"):  # continued pretraining
         pretrain.main(["--model_name", str(out / "best"), "--corpus", corpus, "--device", "cpu",
