@@ -3,13 +3,19 @@
 The hand-made fixture in tests/fixtures/raw stands in for the data, so the suite passes on a fresh
 clone; with ../shared beside the repo, the real vocabulary is used and the real-data tests run.
 """
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+
+from ewect.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_RAW = ROOT / "tests" / "fixtures" / "raw"
@@ -25,6 +31,31 @@ def run_script(*args, timeout=300, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env, **kwargs)
+
+
+def load_script(name):
+    """One of the repo's scripts as a module, by file name (`import test` could find the standard
+    library's test package)."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem + "_script", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(name, *args):
+    """Run a script's main in this process, through run_cli as its `__main__` does, with its
+    command line and output captured: the same result as run_script without the ~4 s of starting
+    Python and importing torch. An exception that run_cli lets through (a traceback for the user)
+    fails the test."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv = [name, *map(str, args)]
+    with (mock.patch.object(sys, "argv", argv), contextlib.chdir(ROOT),
+          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+        try:
+            run_cli(load_script(name).main)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_clean_error(result, *fragments):

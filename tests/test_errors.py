@@ -1,21 +1,24 @@
-"""Bad input gets one clear line naming the problem and exit status 2, never a traceback."""
+"""Bad input gets one clear line naming the problem and exit status 2, never a traceback.
+
+Most run the script's main in this process, through the run_cli its `__main__` calls
+(conftest.run_main), to save a torch import per test; a new process where that matters."""
 import json
 
 import pytest
 import torch
 
 from ewect.errors import UserError
-from conftest import assert_clean_error, run_script, tiny_train_args
+from conftest import assert_clean_error, run_main, run_script, tiny_train_args
 
 
 def test_clean_data_without_raw_files(tmp_path):
-    assert_clean_error(run_script("clean_data.py", "--raw_dir", tmp_path / "nowhere"),
+    assert_clean_error(run_main("clean_data.py", "--raw_dir", tmp_path / "nowhere"),
                        "none of the SMP2020-EWECT files")
 
 
 def test_clean_data_with_malformed_file(tmp_path):
     (tmp_path / "usual_train.txt").write_text('[{"id": 1, "content": "x"', encoding="utf-8")
-    assert_clean_error(run_script("clean_data.py", "--raw_dir", tmp_path, "--out_dir", tmp_path / "o"),
+    assert_clean_error(run_main("clean_data.py", "--raw_dir", tmp_path, "--out_dir", tmp_path / "o"),
                        "usual_train.txt: not valid JSON")
 
 
@@ -29,13 +32,15 @@ def test_train_names_the_bad_record(tmp_path, clean_dir, vocab, record, message)
     bad.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     args = tiny_train_args(clean_dir, vocab, tmp_path / "wb")
     args[args.index("--train_file") + 1] = str(bad)
-    result = run_script("train.py", *args)
+    result = run_main("train.py", *args)
     assert_clean_error(result, f"{bad}: {message}")
     assert not (tmp_path / "wb" / "best").exists()  # stopped before training
 
 
 def test_hub_model_without_network(monkeypatch, clean_dir, vocab, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub library's own offline mode answers at once
+    # In a new process: the hub library reads HF_HUB_OFFLINE (its offline mode answers at once)
+    # when imported.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = tiny_train_args(clean_dir, vocab, tmp_path / "wb")[3:]  # no --from_scratch --vocab V
     result = run_script("train.py", "--model_name", "some-org/a-model-nobody-cached", *args)
     assert_clean_error(result, "cannot load model 'some-org/a-model-nobody-cached'", "--from_scratch")
@@ -46,7 +51,7 @@ def test_hub_model_without_network(monkeypatch, clean_dir, vocab, tmp_path):
 
 
 def test_train_with_missing_data_file(tmp_path, vocab):
-    assert_clean_error(run_script("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
+    assert_clean_error(run_main("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
                                   tmp_path / "missing.txt", "--output_dir", tmp_path, "--device", "cpu"),
                        "missing.txt: file not found")
 
@@ -54,14 +59,14 @@ def test_train_with_missing_data_file(tmp_path, vocab):
 def test_train_with_a_csv_file_without_labels(tmp_path, vocab):
     posts = tmp_path / "posts.csv"
     posts.write_text("id,content\n1,好开心\n", encoding="utf-8")
-    assert_clean_error(run_script("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
+    assert_clean_error(run_main("train.py", "--from_scratch", "--vocab", vocab, "--train_file",
                                   posts, "--output_dir", tmp_path, "--device", "cpu"),
                        f"{posts}: no 'label' column (found id, content)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_device_cuda_without_a_gpu(trained):
-    assert_clean_error(run_script("inference.py", "--input", "好", "--device", "cuda",
+    assert_clean_error(run_main("inference.py", "--input", "好", "--device", "cuda",
                                   "--model_dir", trained / "best"), "--device cuda: no CUDA GPU")
 
 
@@ -71,7 +76,7 @@ def test_inference_empty_text(text):
 
 
 def test_inference_without_checkpoint(tmp_path):
-    assert_clean_error(run_script("inference.py", "--input", "好", "--model_dir", tmp_path),
+    assert_clean_error(run_main("inference.py", "--input", "好", "--model_dir", tmp_path),
                        f"{tmp_path}: no checkpoint here")
 
 
@@ -79,26 +84,26 @@ def test_test_script_with_broken_checkpoint(trained, tmp_path, clean_dir):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json", encoding="utf-8")
-    assert_clean_error(run_script("test.py", "--model_dir", broken, "--data_file",
+    assert_clean_error(run_main("test.py", "--model_dir", broken, "--data_file",
                                   clean_dir / "usual_test_labeled.txt"), "broken checkpoint")
 
 
 def test_test_script_with_missing_data_file(trained, tmp_path):
-    assert_clean_error(run_script("test.py", "--model_dir", trained / "best", "--data_file",
+    assert_clean_error(run_main("test.py", "--model_dir", trained / "best", "--data_file",
                                   tmp_path / "nope.txt"), "nope.txt: file not found")
 
 
 def test_inference_with_hostile_file(trained, tmp_path):
     path = tmp_path / "posts.txt"
     path.write_bytes(b"\xff\xfe bad bytes\n")
-    assert_clean_error(run_script("inference.py", "--input_file", path, "--model_dir",
+    assert_clean_error(run_main("inference.py", "--input_file", path, "--model_dir",
                                   trained / "best"), "not UTF-8")
 
 
 def test_max_length_beyond_the_model_and_zero_batch_size(trained):
-    result = run_script("inference.py", "--input", "好" * 3000, "--max_length", 1000,
+    result = run_main("inference.py", "--input", "好" * 3000, "--max_length", 1000,
                         "--model_dir", trained / "best", "--device", "cpu")
     assert_clean_error(result, "--max_length 1000: this model reads at most 512 tokens")
-    result = run_script("inference.py", "--input", "好", "--batch_size", 0)
+    result = run_main("inference.py", "--input", "好", "--batch_size", 0)
     assert result.returncode == 2 and "--batch_size: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from conftest import FIXTURE_RAW, ROOT, SHARED_RAW, requires_shared_data, run_script
+from conftest import FIXTURE_RAW, ROOT, SHARED_RAW, load_script, requires_shared_data, run_script
 from ewect.cleaning import clean_text
 from ewect.config import DATA_FILES, LABELS
 from ewect.data import encode, read_records
@@ -167,20 +167,10 @@ def test_shell_entry_points_take_paths_relative_to_the_users_folder(trained, cle
     assert (tmp_path / "mine" / "out" / "test.metrics.json").is_file()
 
 
-def load_test_script():
-    """test.py as a module (`import test` could find the standard library's test package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_test_script_dataset_picks_its_default_files_and_model():
     from ewect.config import BEST_DIR, TEST_FILE, dataset_files, dataset_output_dir
 
-    parse_args = load_test_script().parse_args
+    parse_args = load_script("test.py").parse_args
     usual = parse_args([])
     assert (usual.model_dir, usual.data_file) == ([BEST_DIR], [TEST_FILE])
     virus = parse_args(["--dataset", "virus"])

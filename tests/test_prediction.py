@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import inference
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_main, run_script
 from ewect.config import LABELS
 from ewect.errors import UserError
 from ewect.modeling import build_model, save_checkpoint
@@ -192,7 +192,7 @@ def test_onnx_without_an_export_says_how_to_make_one(checkpoint, tmp_path):
 
 
 def test_export_without_a_checkpoint(tmp_path):
-    assert_clean_error(run_script("export.py", "--model_dir", tmp_path), "no checkpoint here")
+    assert_clean_error(run_main("export.py", "--model_dir", tmp_path), "no checkpoint here")
 
 
 def test_two_processes_label_disjoint_shares_merged_in_input_order(checkpoint, capsys, tmp_path):
@@ -295,5 +295,5 @@ def test_inference_applies_the_checkpoints_decision_offsets(checkpoint, capsys, 
 
 def test_malformed_decision_file_is_one_error_line(checkpoint, tmp_path):
     tuned = with_offsets(checkpoint, tmp_path / "tuned", '{"offsets": {"happy": 1}}')
-    assert_clean_error(run_script("inference.py", "--model_dir", tuned, "--input", "好"),
+    assert_clean_error(run_main("inference.py", "--model_dir", tuned, "--input", "好"),
                        "decision.json: not a decision file")

@@ -14,7 +14,7 @@ from transformers import AutoModelForMaskedLM, pipeline
 
 import pretrain
 import train
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_main, run_script
 from ewect.errors import UserError
 from test_training import from_folder_args
 
@@ -122,7 +122,7 @@ def test_bad_input_gets_one_line(problem, clean_dir, vocab, tmp_path):
     else:
         args += ["--max_length", "600"]
         expected = ["--max_length 600: this model reads at most 512 tokens"]
-    assert_clean_error(run_script("pretrain.py", *args), *expected)
+    assert_clean_error(run_main("pretrain.py", *args), *expected)
     assert not (tmp_path / "out" / "last").exists()
 
 
