@@ -110,17 +110,6 @@ def add_precision_arg(p):
                         "with native bf16, fp16 on older GPUs, fp32 elsewhere and with --int8")
 
 
-def load_for_prediction(model_dir, device_name="auto", int8=False, local_rank=0):
-    """(model, tokenizer, device); int8 means a quantized CPU model; local_rank picks the GPU."""
-    from .modeling import load_checkpoint, resolve_device
-
-    if int8 and device_name == "cuda":
-        raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
-    device = resolve_device("cpu" if int8 else device_name, local_rank)
-    model, tokenizer = load_checkpoint(model_dir, device)
-    return (quantize_int8(model) if int8 else model), tokenizer, device
-
-
 def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
                           max_length=MAX_LENGTH, precision="auto"):
     """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
@@ -142,11 +131,16 @@ class TorchPredictor:
     labels = LABELS
 
     def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto"):
-        from .modeling import prediction_precision
+        from .modeling import load_checkpoint, prediction_precision, resolve_device
 
-        self.model, self.tokenizer, self.device = load_for_prediction(model_dir, device, int8,
-                                                                      local_rank)
+        # Every flag is checked before the (bert-base: seconds long) load.
+        if int8 and device == "cuda":
+            raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
+        self.device = resolve_device("cpu" if int8 else device, local_rank)
         self.precision = prediction_precision(precision, self.device, int8)
+        self.model, self.tokenizer = load_checkpoint(model_dir, self.device)
+        if int8:
+            self.model = quantize_int8(self.model)
         self.default_batch_size = DEFAULT_BATCH_SIZE[self.device.type]
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):

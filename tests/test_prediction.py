@@ -69,6 +69,12 @@ def test_precision_reaches_the_forward_pass(checkpoint):
     assert np.abs(fp32_probs - bf16_probs).max() < 1e-2
 
 
+def test_contradictory_flags_are_refused_before_the_model_loads(tmp_path):
+    # tmp_path holds no checkpoint: the flags' error comes first, without a load of bert-base
+    with pytest.raises(UserError, match="--int8 computes in int8; drop --precision bf16"):
+        load_predictor(tmp_path, device="cpu", int8=True, precision="bf16")
+
+
 def test_inference_passes_precision_to_the_predictor(checkpoint, capsys):
     with pytest.raises(UserError, match="--int8 computes in int8; drop --precision bf16"):
         label(checkpoint, capsys, "--input", "好", "--int8", "--precision", "bf16")
