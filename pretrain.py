@@ -23,7 +23,6 @@ import math
 import os
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -36,10 +35,11 @@ from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_l
 from ewect.modeling import autocast, check_max_length, choose_precision, save_checkpoint
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, linear_schedule, load_training_state,
-                            make_grad_scaler, make_optimizer, optimizer_step, prepare_output_dir,
-                            refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
+                            loader_workers, make_grad_scaler, make_optimizer, optimizer_step,
+                            prepare_output_dir, refuse_cpu_marathon, resume_from_state,
                             save_training_state, setup_logging, setup_processes, step_plan,
-                            stop_for_resume, stop_if_every_step_skipped, write_json)
+                            stop_for_resume, stop_if_every_step_skipped, wrap_for_training,
+                            write_json)
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
 # and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
@@ -196,13 +196,8 @@ def pretrain(args, rank, world_size, device):
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": math.inf,
                 "best_epoch": 0}
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress.update(state["progress"])
-        if args.lr != state["args"]["lr"]:
-            rescale_peak_lr(optimizer, scheduler, args.lr / state["args"]["lr"])
-        # RNG last, so that building the model and loading the data cannot disturb it.
-        restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
+        resume_from_state(state, optimizer, scheduler, progress, args.lr, rank, world_size,
+                          device, log)
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
     log.info("corpus: %d posts, held out: %d; %s masking; %d steps per epoch of %d posts = %d "
              "process(es) x %d micro-batch(es) of up to %d; %s on %s", len(train_ids),
@@ -212,18 +207,10 @@ def pretrain(args, rank, world_size, device):
         log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
                  progress["step_in_epoch"])
 
-    trained_model = MaskedLM(model)
-    if args.compile:
-        trained_model = torch.compile(trained_model, dynamic=True)
-    if world_size > 1:
-        trained_model = DistributedDataParallel(
-            trained_model, device_ids=[device] if device.type == "cuda" else None)
+    trained_model = wrap_for_training(MaskedLM(model), args.compile, world_size, device)
     writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
                            purge_step=progress["global_step"] or None) if is_main else None
-    num_workers = args.num_workers if args.num_workers is not None else (
-        2 if device.type == "cuda" else 0)
-    if num_workers:  # workers only pad and mask; tokenizers would warn about the fork
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    num_workers = loader_workers(args.num_workers, device)
 
     def save_last():  # a collective: every process calls it
         save_training_state(model, tokenizer, last_dir, device, is_main, {

@@ -28,7 +28,6 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -44,10 +43,11 @@ from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, che
 from ewect.prediction import predict_logits, softmax
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, linear_schedule, load_training_state,
-                            make_grad_scaler, make_optimizer, optimizer_step, prepare_output_dir,
-                            refuse_cpu_marathon, rescale_peak_lr, restore_rng_state,
+                            loader_workers, make_grad_scaler, make_optimizer, optimizer_step,
+                            prepare_output_dir, refuse_cpu_marathon, resume_from_state,
                             save_training_state, setup_logging, setup_processes, step_plan,
-                            stop_for_resume, stop_if_every_step_skipped, write_json)
+                            stop_for_resume, stop_if_every_step_skipped, wrap_for_training,
+                            write_json)
 
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
@@ -348,13 +348,8 @@ def train(args, rank, world_size, device):
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
                 "best_epoch": 0, "epochs_without_gain": 0}
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress.update(state["progress"])
-        if args.lr != state["args"]["lr"]:
-            rescale_peak_lr(optimizer, scheduler, args.lr / state["args"]["lr"])
-        # RNG last, so that building the model and loading the data cannot disturb it.
-        restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
+        resume_from_state(state, optimizer, scheduler, progress, args.lr, rank, world_size,
+                          device, log)
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
     log.info("train: %d posts, eval: %d posts; %d steps per epoch of %d posts = %d process(es) "
              "x %d micro-batch(es) of up to %d; %s on %s", len(train_ids), len(eval_ids),
@@ -364,16 +359,10 @@ def train(args, rank, world_size, device):
         log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
                  progress["step_in_epoch"])
 
-    trained_model = torch.compile(model, dynamic=True) if args.compile else model
-    if world_size > 1:
-        trained_model = DistributedDataParallel(
-            trained_model, device_ids=[device] if device.type == "cuda" else None)
+    trained_model = wrap_for_training(model, args.compile, world_size, device)
     writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
                            purge_step=progress["global_step"] or None) if is_main else None
-    num_workers = args.num_workers if args.num_workers is not None else (
-        2 if device.type == "cuda" else 0)
-    if num_workers:  # workers only pad; tokenizers would warn that the fork disables its threads
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    num_workers = loader_workers(args.num_workers, device)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id)
 
     def save_last():  # a collective: every process calls it

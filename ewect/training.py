@@ -1,4 +1,4 @@
-"""What every training loop here needs (train.py now, pretrain.py next), in short functions: the
+"""What every training loop here needs (train.py and pretrain.py), in short functions: the
 processes of a torchrun run, the optimizer and its step, sums kept on the device between log
 steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal. The loops
 themselves stay in the scripts, to be read top to bottom."""
@@ -14,6 +14,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError, first_line
 from .modeling import restore_interrupted_save, resolve_device, save_checkpoint
@@ -146,6 +147,24 @@ def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
     return get_linear_schedule_with_warmup(optimizer, round(warmup_epochs * steps_per_epoch),
                                            epochs * steps_per_epoch)
+
+
+def wrap_for_training(module, compile, world_size, device):
+    """The module the loop calls: torch.compile'd with --compile, in DDP under torchrun."""
+    if compile:
+        module = torch.compile(module, dynamic=True)
+    if world_size > 1:
+        module = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+    return module
+
+
+def loader_workers(requested, device):
+    """--num_workers, else 2 on a GPU (collating off the GPU's critical path) and 0 on the CPU
+    (its cores compute). Worker processes are forks, so tokenizers' threads are turned off."""
+    workers = requested if requested is not None else (2 if device.type == "cuda" else 0)
+    if workers:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    return workers
 
 
 def backward(loss, scaler):
@@ -316,6 +335,18 @@ def gather_rng_states(device):
     states = [None] * dist.get_world_size()
     dist.all_gather_object(states, mine)
     return states
+
+
+def resume_from_state(state, optimizer, scheduler, progress, lr, rank, world_size, device, log):
+    """Continue where OUTPUT_DIR/last stopped: optimizer, schedule and progress; a new --lr scales
+    the schedule's peak. Call it last before the loop: it restores each process's RNG, which
+    building the model and loading the data would otherwise disturb."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress.update(state["progress"])
+    if lr != state["args"]["lr"]:
+        rescale_peak_lr(optimizer, scheduler, lr / state["args"]["lr"])
+    restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
 
 
 def restore_rng_state(states, rank, world_size, device, log):
