@@ -149,9 +149,9 @@ def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
                                            epochs * steps_per_epoch)
 
 
-def wrap_for_training(module, compile, world_size, device):
+def wrap_for_training(module, compile_it, world_size, device):
     """The module the loop calls: torch.compile'd with --compile, in DDP under torchrun."""
-    if compile:
+    if compile_it:
         module = torch.compile(module, dynamic=True)
     if world_size > 1:
         module = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
@@ -339,8 +339,8 @@ def gather_rng_states(device):
 
 def resume_from_state(state, optimizer, scheduler, progress, lr, rank, world_size, device, log):
     """Continue where OUTPUT_DIR/last stopped: optimizer, schedule and progress; a new --lr scales
-    the schedule's peak. Call it last before the loop: it restores each process's RNG, which
-    building the model and loading the data would otherwise disturb."""
+    the schedule's peak. Call it after the model is built and the data loaded: it restores each
+    process's RNG (dropout, masking), which those would otherwise disturb."""
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     progress.update(state["progress"])
