@@ -154,7 +154,8 @@ def wrap_for_training(module, compile_it, world_size, device):
     if compile_it:
         module = torch.compile(module, dynamic=True)
     if world_size > 1:
-        module = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+        module = DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None)
     return module
 
 
