@@ -32,7 +32,8 @@ from ewect.data import sorted_batches, split_for_step, step_batches
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
                        read_corpus, split_held_out)
-from ewect.modeling import autocast, check_max_length, choose_precision, save_checkpoint
+from ewect.modeling import autocast, choose_precision, save_checkpoint
+from ewect.prediction import check_max_length
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, linear_schedule, load_training_state,
                             loader_workers, make_grad_scaler, make_optimizer, optimizer_step,
@@ -172,7 +173,7 @@ def pretrain(args, rank, world_size, device):
                                            args.whole_word_mask)
     held_ids, held_words = encode_corpus(tokenizer, held_texts, args.max_length,
                                          args.whole_word_mask)
-    held_out = MaskingCollator(held_ids, tokenizer, held_words, seed=args.seed)  # fixed masks
+    held_out = MaskingCollator(held_ids, tokenizer, held_words, seed=args.seed, per_post=True)
     held_lengths = [len(ids) for ids in held_ids]
     if not any(len(held_out(b)["masked_positions"])
                for b in sorted_batches(held_lengths, args.eval_batch_size)):

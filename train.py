@@ -38,9 +38,9 @@ from ewect.data import (Collator, clean_records, encode, read_records, split_for
 from ewect.decision import save_offsets, tune_offsets
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import classification_scores, scores
-from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, check_max_length,
-                            choose_precision, expanded_mask, load_checkpoint, save_checkpoint)
-from ewect.prediction import predict_logits, softmax
+from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
+                            expanded_mask, load_checkpoint, save_checkpoint)
+from ewect.prediction import check_max_length, predict_logits, softmax
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             close_processes, linear_schedule, load_training_state,
                             loader_workers, make_grad_scaler, make_optimizer, optimizer_step,

@@ -211,9 +211,3 @@ def save_checkpoint(model, tokenizer, directory, extra=None):
         if extra:
             extra(folder)
     save_atomically(directory, write)
-
-
-def check_max_length(model, max_length):
-    from .prediction import check_length_limit  # the torch-free check the onnx backend uses too
-
-    check_length_limit(max_length, model.config.max_position_embeddings)

@@ -44,6 +44,11 @@ def check_length_limit(max_length, limit):
         raise UserError(f"--max_length {max_length}: this model reads at most {limit} tokens")
 
 
+def check_max_length(model, max_length):
+    """check_length_limit for a loaded torch model (prediction, train.py, pretrain.py)."""
+    check_length_limit(max_length, model.config.max_position_embeddings)
+
+
 def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
     """Logits (numpy float32, input order) of every token-id list; run_batch(list of id lists)
     returns one batch's logits, the batch being of similar lengths."""
@@ -119,7 +124,7 @@ def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=12
     from .data import encode
     from .modeling import AMP_DTYPES, prediction_precision
 
-    check_length_limit(max_length, model.config.max_position_embeddings)
+    check_max_length(model, max_length)
     amp_dtype = AMP_DTYPES[prediction_precision(precision, torch.device(device))]
     logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
                             device, amp_dtype)

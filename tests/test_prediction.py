@@ -1,4 +1,5 @@
 """The prediction module and inference.py's file handling: formats, streaming, resume."""
+import ast
 import json
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import inference
-from conftest import assert_clean_error, run_main, run_script
+from conftest import ROOT, assert_clean_error, run_main, run_script
 from ewect.config import LABELS
 from ewect.errors import UserError
 from ewect.modeling import build_model, save_checkpoint
@@ -85,6 +86,14 @@ def test_importing_prediction_loads_neither_torch_nor_transformers():
             "print(any(m in sys.modules for m in ('torch', 'transformers')))")
     result = run_script("-c", code)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_modeling_never_imports_prediction():
+    # Imports run one way: prediction builds on modeling (loading, precision), and modeling, which
+    # training loads, needs nothing of prediction.
+    tree = ast.parse((ROOT / "ewect" / "modeling.py").read_text(encoding="utf-8"))
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not [m for m in modules if m and m.split(".")[-1] == "prediction"]
 
 
 def test_text_file_starting_with_a_bracketed_emoticon_is_text(checkpoint, capsys, tmp_path):
