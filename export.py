@@ -11,11 +11,14 @@ attention_mask, output logits. The torch model is traced by the TorchScript expo
 (dynamo=False): it needs only the onnx package, where the dynamo exporter also needs onnxscript,
 and BERT has no data-dependent control flow that tracing would miss once the dummy batch has
 padding. Then both files are checked against torch on --check_file: the largest logit difference
-(fp32: below 1e-3) and how often the int8 model agrees with torch on the label.
+(fp32: below 1e-3) and how often the int8 model agrees with torch on the label. They are written
+into a temporary folder and replace DIR/onnx only once the check passes, so a failed export leaves
+the previous one as it was.
 """
 import argparse
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -95,14 +98,14 @@ def check_texts(check_file, limit):
     return check_file, [r.content for r in records[:limit]]
 
 
-def check(model_dir, model, tokenizer, texts):
-    """Max |logit difference| and label agreement of each export against torch."""
+def check(model_dir, onnx_dir, model, tokenizer, texts):
+    """Max |logit difference| and label agreement of each export in onnx_dir against torch."""
     from ewect.data import encode
     from ewect.prediction import OnnxPredictor, predict_logits
 
     reference = predict_logits(model, encode(tokenizer, texts, MAX_LENGTH), 32).numpy()
     for int8 in (False, True):
-        onnx_model = OnnxPredictor(model_dir, "cpu", int8)
+        onnx_model = OnnxPredictor(model_dir, "cpu", int8, onnx_dir=onnx_dir)
         logits = onnx_model.logits(onnx_model.encode(texts, MAX_LENGTH), 32)
         difference = abs(logits - reference).max()
         agreement = (logits.argmax(-1) == reference.argmax(-1)).mean()
@@ -112,15 +115,8 @@ def check(model_dir, model, tokenizer, texts):
             raise UserError(f"{ONNX_FILES[int8]}: logits differ from torch by {difference:.2e}")
 
 
-def export(args, model_dir):
-    """Write and check model_dir's two ONNX files."""
-    from ewect.modeling import load_checkpoint
-
-    model, tokenizer = load_checkpoint(model_dir, "cpu")
-    check_file, texts = check_texts(args.check_file, args.check_posts)
-    out = Path(model_dir) / ONNX_DIR
-    out.mkdir(exist_ok=True)
-    fp32_path, int8_path = out / ONNX_FILES[False], out / ONNX_FILES[True]
+def write_exports(model, tokenizer, folder):
+    fp32_path, int8_path = folder / ONNX_FILES[False], folder / ONNX_FILES[True]
     try:
         with warnings.catch_warnings():  # the tracer's and deprecation warnings: checked below
             warnings.simplefilter("ignore")
@@ -128,10 +124,31 @@ def export(args, model_dir):
         logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing"
         export_int8(fp32_path, int8_path)
     except Exception as err:  # the exporters fail in many library-specific ways
-        raise UserError(f"cannot export {model_dir} ({first_line(err)})") from None
-    print(f"wrote {fp32_path} ({fp32_path.stat().st_size / 2**20:.0f} MiB), {int8_path} "
-          f"({int8_path.stat().st_size / 2**20:.0f} MiB); checking on {check_file}")
-    check(model_dir, model, tokenizer, texts)
+        raise UserError(f"cannot export ({first_line(err)})") from None
+
+
+def move_files(source, folder):
+    for path in Path(source).iterdir():
+        os.replace(path, Path(folder) / path.name)
+
+
+def export(args, model_dir):
+    """Write and check model_dir's two ONNX files in a temporary folder, then swap them in."""
+    from ewect.modeling import load_checkpoint, save_atomically
+
+    model, tokenizer = load_checkpoint(model_dir, "cpu")
+    check_file, texts = check_texts(args.check_file, args.check_posts)
+    out = Path(model_dir) / ONNX_DIR
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{ONNX_DIR}.new", dir=model_dir) as new:
+            write_exports(model, tokenizer, Path(new))
+            print(f"checking the export against torch on {check_file}")
+            check(model_dir, new, model, tokenizer, texts)
+            save_atomically(out, lambda folder: move_files(new, folder))
+    except UserError as err:
+        raise UserError(f"{model_dir}: {err}; {out} is left as it was") from None
+    print("wrote " + ", ".join(f"{out / name} ({(out / name).stat().st_size / 2**20:.0f} MiB)"
+                               for name in ONNX_FILES.values()))
 
 
 def main(argv=None):

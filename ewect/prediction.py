@@ -156,10 +156,6 @@ class TorchPredictor:
 
 # --- onnx backend -----------------------------------------------------------------------------
 
-def onnx_path(model_dir, int8=False):
-    return Path(model_dir) / ONNX_DIR / ONNX_FILES[int8]
-
-
 def cpu_threads():
     """Threads for onnxruntime: the cores this process may use (2 here, 16 on a big box)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -171,7 +167,9 @@ class OnnxPredictor:
     default_batch_size = DEFAULT_BATCH_SIZE["cpu"]
     precision = "fp32"  # of the fp32 file; the int8 file's own kernels otherwise
 
-    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto"):
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto",
+                 onnx_dir=None):
+        """onnx_dir: where the .onnx files are, model_dir/onnx unless export.py checks new ones."""
         if device == "cuda":
             raise UserError("--backend onnx runs on the CPU; drop --device cuda")
         if precision not in ("auto", "fp32"):  # the exported graph fixes its own precision
@@ -185,7 +183,7 @@ class OnnxPredictor:
         if not (Path(model_dir) / "config.json").is_file():
             raise UserError(f"{model_dir}: no checkpoint here (config.json missing); "
                             "train one with `sh train.sh` or pass --model_dir")
-        path = onnx_path(model_dir, int8)
+        path = Path(onnx_dir or Path(model_dir) / ONNX_DIR) / ONNX_FILES[int8]
         if not path.is_file():
             raise UserError(f"{path}: not found; write it with `python export.py --model_dir "
                             f"{model_dir}`")

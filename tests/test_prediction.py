@@ -206,6 +206,37 @@ def test_onnx_without_an_export_says_how_to_make_one(checkpoint, tmp_path):
         load_predictor(bare, backend="onnx")
 
 
+@pytest.mark.parametrize("failure", ["check", "int8"])
+def test_failed_export_leaves_the_previous_export_as_it_was(exported, second_checkpoint, tmp_path,
+                                                           monkeypatch, failure):
+    import shutil
+
+    import onnxruntime.quantization
+
+    from ewect.prediction import ONNX_FILES, OnnxPredictor
+
+    # a retrained checkpoint (other weights) beside the export of the previous one
+    folder = shutil.copytree(exported, tmp_path / "ckpt")
+    shutil.copy(second_checkpoint / "model.safetensors", folder / "model.safetensors")
+    files_before = sorted(tmp_path.rglob("*"))
+    onnx_before = {name: (folder / "onnx" / name).read_bytes() for name in ONNX_FILES.values()}
+    if failure == "check":
+        monkeypatch.setattr(OnnxPredictor, "logits",
+                            lambda self, ids, batch_size: np.ones((len(ids), len(LABELS))))
+        expected = "logits differ from torch"
+    else:
+        def broken_quantizer(*args, **kwargs):
+            raise RuntimeError("quantization failed")
+
+        monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken_quantizer)
+        expected = "quantization failed"
+    result = run_main("export.py", "--model_dir", folder, "--check_posts", 8)
+    assert_clean_error(result, expected, "left as it was")
+    assert {name: (folder / "onnx" / name).read_bytes() for name in ONNX_FILES.values()} == (
+        onnx_before)
+    assert sorted(tmp_path.rglob("*")) == files_before  # no temporary folder left behind
+
+
 def test_export_without_a_checkpoint(tmp_path):
     assert_clean_error(run_main("export.py", "--model_dir", tmp_path), "no checkpoint here")
 
