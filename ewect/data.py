@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import warnings
 from dataclasses import dataclass
 
 from .cleaning import clean_text
@@ -47,30 +46,69 @@ TABLE_KINDS = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "Excel"}  # read_records' 
 def load_table(path, kind, columns):
     """The rows of a CSV, TSV or Excel (first sheet) file as dicts of strings, so that ids like
     007 and empty texts stay as written; without an 'id' column the row number is the id."""
+    if kind == "Excel":
+        rows = load_excel(path, columns)
+    else:
+        rows = list(_decode_errors(path, table_rows(path, "\t" if kind == "TSV" else ",",
+                                                    columns)))
+    for number, row in enumerate(rows, 1):
+        row.setdefault("id", number)
+    return rows
+
+
+def load_excel(path, columns):
     import pandas as pd
 
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
-        with warnings.catch_warnings():  # a row with extra fields: an error, not text lost
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            if kind == "Excel":
-                frame = pd.read_excel(path, dtype=str, keep_default_na=False)
-            else:
-                frame = pd.read_csv(path, sep="\t" if kind == "TSV" else ",", dtype=str,
-                                    keep_default_na=False, index_col=False, encoding="utf-8-sig")
+        frame = pd.read_excel(path, dtype=str, keep_default_na=False)
     except ImportError:  # pandas reads .xlsx with openpyxl
         raise UserError(f"{path}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except Exception as err:  # pandas and openpyxl raise many kinds for a file they cannot parse
-        raise UserError(f"{path}: not a readable {kind} file ({first_line(err)})") from None
-    for column in columns:
-        if column not in frame.columns:
-            raise UserError(f"{path}: no {column!r} column (found {', '.join(frame.columns)})")
-    if "id" not in frame.columns:
-        frame.insert(0, "id", range(1, len(frame) + 1))
+        raise UserError(f"{path}: not a readable Excel file ({first_line(err)})") from None
+    frame.columns = table_header(path, [str(name) for name in frame.columns], columns)
     return frame.to_dict("records")
+
+
+def table_header(path, header, columns):
+    """The header, checked to have the columns."""
+    for column in columns:
+        if column not in header:
+            raise UserError(f"{path}: no {column!r} column (found {', '.join(header) or 'none'})")
+    return header
+
+
+def table_rows(path, delimiter, columns):
+    """The rows of a CSV or TSV file as dicts of strings. TSV is one post a line, quotes and all.
+    In CSV a quote left open, or a stray comma, would merge or split posts: it stops the run,
+    with the line the row starts on."""
+    tsv = delimiter == "\t"
+    with open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True,
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        rows = _numbered_rows(path, reader)
+        header = table_header(path, next(rows, (1, []))[1], columns)
+        for line, fields in rows:
+            if len(fields) != len(header):
+                raise UserError(f"{path}: line {line}: {len(fields)} fields where the header has "
+                                f"{len(header)} (a stray {'tab' if tsv else 'quote or comma'}?)")
+            yield dict(zip(header, fields))
+
+
+def _numbered_rows(path, reader):
+    """(first line, fields) of each row of a csv.reader but blank lines."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader, None)
+        except csv.Error as err:
+            raise UserError(f"{path}: line {line}: {err} (a text that starts with a quote must "
+                            "end with one; quotes inside it are written twice)") from None
+        if fields is None:
+            return
+        if fields:
+            yield line, fields
 
 
 def load_items(path, require_label):
@@ -185,12 +223,8 @@ def read_lines(path):
 
 
 def read_csv(path, delimiter=","):
-    with open_text(path) as f:
-        rows = csv.DictReader(f, delimiter=delimiter)
-        if "content" not in (rows.fieldnames or []):
-            raise UserError(f"{path}: no 'content' column (found {rows.fieldnames})")
-        for number, row in enumerate(rows, 1):
-            yield row.get("id") or number, row["content"] or ""
+    for number, row in enumerate(table_rows(path, delimiter, ("content",)), 1):
+        yield row.get("id") or number, row["content"]
 
 
 def read_posts(path, file_format="auto", skip_bad_records=False, log=print):
@@ -216,8 +250,6 @@ def _decode_errors(path, posts):
         yield from posts
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason})") from None
-    except csv.Error as err:
-        raise UserError(f"{path}: not valid CSV ({err})") from None
 
 
 def encode(tokenizer, texts, max_length):

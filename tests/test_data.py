@@ -4,8 +4,11 @@ import re
 
 import pytest
 
-from ewect.data import length_grouped_batches, read_records, sorted_batches, split_for_step
+from conftest import run_main
+from ewect.data import (length_grouped_batches, read_posts, read_records, sorted_batches,
+                        split_for_step)
 from ewect.errors import UserError
+from ewect.mlm import read_corpus
 
 
 def write(tmp_path, content, name="data.txt"):
@@ -77,16 +80,21 @@ def test_tables_and_the_neural_typo_read_like_the_released_json(tmp_path, name):
     import pandas as pd
 
     path = str(tmp_path / name)
+    rows = ROWS
     if name.endswith(".txt"):
         write(tmp_path, ROWS, name)
     elif name.endswith(".xlsx"):
         pd.DataFrame(ROWS).to_excel(path, index=False)
+    elif name.endswith(".tsv"):  # one post a line, quotes as they are: no newline in a post
+        rows = [dict(r, content=r["content"].replace("\n", " ")) for r in ROWS]
+        write(tmp_path, "id\tcontent\tlabel\n" + "".join("\t".join(r.values()) + "\n"
+                                                       for r in rows), name)
     else:
-        pd.DataFrame(ROWS).to_csv(path, sep="\t" if name.endswith(".tsv") else ",", index=False)
+        pd.DataFrame(ROWS).to_csv(path, index=False)
     said = []
     records = read_records(path, log=said.append)
     assert [vars(r) for r in records] == [dict(r, label=r["label"].replace("neural", "neutral"))
-                                          for r in ROWS]
+                                          for r in rows]
     assert said == [f"{path}: read label 'neural' as 'neutral' (2 records)"]
 
 
@@ -96,13 +104,57 @@ def test_a_table_without_ids_numbers_its_rows(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, problem", [
-    ("posts.csv", "id,content,label\n1,好,开心,happy\n", "not a readable CSV file"),  # a stray comma
+    ("posts.csv", "id,content,label\n1,好,开心,happy\n",  # a stray comma
+     "line 2: 4 fields where the header has 3"),
     ("posts.tsv", "id\tcontent\n1\t好\n", "no 'label' column (found id, content)"),
     ("posts.xlsx", "not a spreadsheet", "not a readable Excel file"),
 ])
 def test_malformed_table(tmp_path, name, content, problem):
     with pytest.raises(UserError, match=re.escape(problem)):
         read_records(write(tmp_path, content, name))
+
+
+# The first post opens a quote it never closes: read as CSV it would swallow posts 2 and 3.
+QUOTED_POSTS = ['"好开心 他说', "今天不错", '再见"了', "最后"]
+
+
+def quoted_tsv(tmp_path, name="posts.tsv", label=None):
+    header, tail = ("id\tcontent\tlabel\n", f"\t{label}") if label else ("id\tcontent\n", "")
+    return write(tmp_path, header + "".join(f"{i}\t{post}{tail}\n"
+                                            for i, post in enumerate(QUOTED_POSTS, 1)), name)
+
+
+def test_a_tsv_file_is_one_post_a_line_quotes_and_all(tmp_path):
+    path = quoted_tsv(tmp_path)
+    assert list(read_posts(path)) == [(str(i), post) for i, post in enumerate(QUOTED_POSTS, 1)]
+    assert len(read_corpus([path], log=lambda line: None)) == len(QUOTED_POSTS)
+    labelled = quoted_tsv(tmp_path, "labelled.tsv", label="happy")
+    assert [r.content for r in read_records(labelled)] == QUOTED_POSTS
+
+
+def test_inference_labels_every_post_of_a_tsv_file(trained, tmp_path):
+    result = run_main("inference.py", "--model_dir", trained / "best", "--input_file",
+                      quoted_tsv(tmp_path), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(row[0], row[-1]) for row in rows] == [(str(i), post)
+                                                    for i, post in enumerate(QUOTED_POSTS, 1)]
+
+
+@pytest.mark.parametrize("content, line", [
+    ('id,content\n1,好\n2,"好开心 他说\n3,今天不错\n', 3),  # a quote never closed
+    ('id,content\n1,"好开心 他说\n2,今天不错\n3,再见"了\n4,最后\n', 2),  # closed, then text
+    ('id,content\n1,"好开心 他说\n2,今天",不错\n3,最后\n', 2),  # closed, then a field too many
+    ("id,content\n1,好\n2,好,开心\n", 3),  # a stray comma
+    ("id,content\n1,好\n2\n", 3),  # a field missing
+])
+def test_a_csv_file_with_broken_quoting_names_the_line(tmp_path, content, line):
+    path = write(tmp_path, content, "posts.csv")
+    for read in (lambda: list(read_posts(path)), lambda: read_records(path, require_label=False)):
+        with pytest.raises(UserError) as err:
+            read()
+        assert str(err.value).startswith(f"{path}: line {line}: "), str(err.value)
+        assert "\n" not in str(err.value)
 
 
 def test_length_grouped_batches_cover_every_post_once_and_group_lengths():
