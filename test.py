@@ -26,6 +26,7 @@ import json
 import os
 
 from ewect.config import DATASETS, LABELS, MAX_LENGTH, dataset_files, dataset_output_dir
+from ewect.data import add_label_names_arg
 from ewect.decision import add_decision_arg
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.prediction import BACKENDS, add_precision_arg
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     add_precision_arg(p)
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
+    add_label_names_arg(p)
     args = p.parse_args(argv)
     run_dir = dataset_output_dir(args.dataset)
     args.model_dir = args.model_dir or [os.path.join(run_dir, "best")]
@@ -159,7 +161,8 @@ def main(argv=None):
     names = output_names(args.data_file)
     # Cleaned as in training; cleaning is idempotent, so cleaned files stay as they are. All
     # files are read before the model loads, so a bad one stops the run at once.
-    records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records),
+    records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
+                                          label_names=args.label_names),
                              drop_empty=False) for path in args.data_file]
     offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8,

@@ -33,8 +33,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_output_dir
-from ewect.data import (Collator, clean_records, encode, read_records, split_for_step,
-                        step_batches)
+from ewect.data import (Collator, add_label_names_arg, clean_records, encode, read_records,
+                        split_for_step, step_batches)
 from ewect.decision import save_offsets, tune_offsets
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import classification_scores, scores
@@ -101,6 +101,7 @@ def parse_args(argv=None):
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
+    add_label_names_arg(p)
     p.add_argument("--init_from", metavar="DIR",
                    help="a checkpoint of this script (e.g. workspace/wb/best) whose encoder and "
                         "classifier continue training here, as usual -> virus: like --model_name "
@@ -146,7 +147,8 @@ def read_split(paths, args, drop_empty):
     """Validated records of the files, one after another, cleaned again (idempotent, about a
     second), so that a raw file is read exactly as its cleaned copy."""
     records = [record for path in paths for record in read_records(
-        path, skip_bad_records=args.skip_bad_records, log=log.warning)]
+        path, skip_bad_records=args.skip_bad_records, log=log.warning,
+        label_names=args.label_names)]
     return clean_records(records, drop_empty)
 
 

@@ -72,7 +72,9 @@ def load_excel(path, columns):
 
 
 def table_header(path, header, columns):
-    """The header, checked to have the columns."""
+    """The header with public copies' 'text_a' read as 'content', checked to have the columns."""
+    if "content" not in header and "text_a" in header:
+        header = ["content" if name == "text_a" else name for name in header]
     for column in columns:
         if column not in header:
             raise UserError(f"{path}: no {column!r} column (found {', '.join(header) or 'none'})")
@@ -131,6 +133,70 @@ def respell_labels(path, items, log):
         log(f"{path}: read label {label!r} as {LABEL_SPELLINGS[label]!r} ({count} records)")
 
 
+LABEL_NAME_LINE = '{"label": "0", "label_desc": "neutral"}'  # a line of a labels.json
+
+
+def name_label_ids(path, items, label_names, log):
+    """Integer labels, as public copies give them (in their own order, not LABELS'), replaced by
+    their names: label_names[i] names id i; without it, the labels.json beside the file does,
+    one {"label": "0", "label_desc": "neutral"} a line."""
+    labels = [item.get("label") for item in items if isinstance(item, dict)]
+    ids = [label for label in labels if _is_label_id(label)]
+    if not ids:
+        return
+    names_file = os.path.join(os.path.dirname(path), "labels.json")
+    if label_names:
+        source = "--label_names"
+        names = {str(i): _known_label(name.strip(), source) for i, name in enumerate(label_names)}
+    elif os.path.isfile(names_file):
+        source = names_file
+        names = read_label_names(names_file)
+    else:
+        raise UserError(f"{path}: labels are ids such as {ids[0]!r} with no names: put a "
+                        f"labels.json beside it ({LABEL_NAME_LINE} a line) or pass --label_names "
+                        "NAME0,NAME1,... (the names of ids 0, 1, ... in the file's order)")
+    for item in items:
+        if isinstance(item, dict) and str(item.get("label")) in names:
+            item["label"] = names[str(item["label"])]
+    log(f"{path}: label ids read as names ({source}: "
+        f"{', '.join(f'{i}={name}' for i, name in names.items())})")
+
+
+def read_label_names(path):
+    """{id: name} of a labels.json file."""
+    names = {}
+    for number, line in _decode_errors(path, read_lines(path)):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not (isinstance(entry, dict) and "label" in entry
+                and isinstance(entry.get("label_desc"), str)):
+            raise UserError(f"{path}: line {number}: expected an object like {LABEL_NAME_LINE}")
+        names[str(entry["label"])] = _known_label(entry["label_desc"], f"{path}: line {number}")
+    return names
+
+
+def _is_label_id(label):
+    return (isinstance(label, int) and not isinstance(label, bool)
+            or isinstance(label, str) and re.fullmatch("[0-9]+", label) is not None)
+
+
+def _known_label(name, where):
+    if name not in LABEL2ID and name not in LABEL_SPELLINGS:
+        raise UserError(f"{where}: unknown label {name!r} (expected one of {', '.join(LABELS)})")
+    return name
+
+
+def add_label_names_arg(parser):
+    """--label_names of train.py and test.py: names of integer labels, for name_label_ids."""
+    parser.add_argument("--label_names", type=lambda text: text.split(","),
+                        metavar="NAME0,NAME1,...",
+                        help="names of a data file's integer labels 0, 1, ... in the file's own "
+                             "order, for public copies that number the labels (default: the "
+                             "labels.json beside the file)%(default).0s")
+
+
 def _problem(item, seen_ids, require_label):
     """Why this record cannot be used, or None."""
     if not isinstance(item, dict):
@@ -153,13 +219,15 @@ def _problem(item, seen_ids, require_label):
     return None
 
 
-def read_records(path, require_label=True, skip_bad_records=False, log=print):
-    """All records of one file: a JSON array, or a .csv, .tsv or .xlsx table with content and
-    label columns (id optional). Unusable records stop the run with every problem listed, with
+def read_records(path, require_label=True, skip_bad_records=False, log=print, label_names=None):
+    """All records of one file: a JSON array, or a .csv, .tsv or .xlsx table with content (or
+    text_a) and label columns (id optional); integer labels are named by label_names or a
+    labels.json beside the file. Unusable records stop the run with every problem listed, with
     file and record id, unless skip_bad_records is set: then they are skipped and counted."""
     records, bad, seen_ids = [], [], set()
     items = load_items(path, require_label)
     if require_label:
+        name_label_ids(path, items, label_names, log)
         respell_labels(path, items, log)
     for index, item in enumerate(items):
         problem = _problem(item, seen_ids, require_label)
