@@ -20,7 +20,9 @@ whole (fine for SMP2020-EWECT's files; use lines or CSV for millions of posts).
 Output, one row per post in input order: TSV (id, label, its probability, cleaned text) or with
 --json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
-skips the posts already there (with the same --chunk_size).
+skips the posts already there. OUTPUT.run.json records the settings that decide which rows go
+where (input file, its size and time, --format, --json, --chunk_size, processes) until the run is
+done; --resume with other settings is refused.
 Several --model_dir make an ensemble: the mean of their probabilities. The label is the argmax
 of the probabilities, or with decision offsets (ewect/decision.py) the argmax of log p + offset:
 a single --model_dir's decision.json (train.py --tune_bias) is applied unless --decision none, and
@@ -35,12 +37,13 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
 from ewect.decision import add_decision_arg, choose_offsets, decide
-from ewect.errors import UserError, positive_int, run_cli
+from ewect.errors import UserError, first_line, positive_int, run_cli
 from ewect.prediction import BACKENDS, add_precision_arg
 
 FORMATS = ("auto", "lines", "json", "csv", "tsv", "xlsx")
@@ -78,8 +81,8 @@ def parse_args(argv=None):
                    help="int8 model: dynamic quantization (torch, CPU) or export.py's int8 file")
     add_precision_arg(p)
     args = p.parse_args(argv)
-    if args.resume and not args.output:
-        p.error("--resume needs --output")
+    if args.resume and not (args.output and args.input_file):
+        p.error("--resume needs --input_file and --output")
     return args
 
 
@@ -128,6 +131,58 @@ class RowWriter:
             self.file.close()
 
 
+def record_path(output):
+    return f"{output}.run.json"
+
+
+def run_settings(args, world_size):
+    """What decides which rows are in OUTPUT (or in which OUTPUT.partK): a resume needs the same."""
+    stat = os.stat(args.input_file)
+    return {"input_file": os.path.abspath(args.input_file), "input_bytes": stat.st_size,
+            "input_modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
+            "format": args.format, "json": args.json, "chunk_size": args.chunk_size,
+            "processes": world_size}
+
+
+def write_record(args, world_size, rank):
+    """OUTPUT.run.json, written before any row (by each process, the same text, atomically)."""
+    record = record_path(args.output)
+    with open(f"{record}.{rank}", "w", encoding="utf-8") as f:
+        json.dump(run_settings(args, world_size), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{record}.{rank}", record)
+
+
+def check_earlier_run(args, world_size):
+    """A new run never writes over what an earlier one left; --resume goes on with it only with
+    the settings it was begun with. Leftover parts are never ignored: resumed or refused."""
+    output, record = args.output, record_path(args.output)
+    parts = sorted(glob.glob(glob.escape(output) + ".part*"))
+    earlier = [path for path in (output, record) if os.path.exists(path)] + parts
+    start_over = "delete " + " and ".join(dict.fromkeys(
+        f"{output}.part*" if path in parts else path for path in earlier)) + " to start over"
+    if not args.resume:
+        if earlier:
+            raise UserError(f"{earlier[0]} exists; pass --resume to go on with it, or "
+                            f"{start_over}")
+        return
+    if os.path.exists(record):
+        try:
+            then = json.loads(Path(record).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{record}: cannot read ({first_line(err)}); {start_over}") from None
+        now = run_settings(args, world_size)
+        changed = [f"{key}: {then.get(key)} then, {value} now" for key, value in now.items()
+                   if then.get(key) != value]
+        if changed:
+            raise UserError(f"{output} was begun with other settings ({'; '.join(changed)}); "
+                            f"resume with the same ones, or {start_over}")
+    elif parts:
+        raise UserError(f"{parts[0]}: part of a run of several processes whose settings were not "
+                        f"recorded; {start_over}")
+
+
 def chunks(items, size):
     return iter(lambda: list(itertools.islice(items, size)), [])
 
@@ -149,6 +204,8 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
     mine = (post for index, chunk in enumerate(chunks(posts, args.chunk_size))
             if index % world_size == rank for post in chunk)
     skip = rows_done(output) if args.resume and output else 0
+    if args.output:
+        write_record(args, world_size, rank)
     writer = RowWriter(output, append=skip > 0)
     progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
                     disable=None if rank == 0 else True)  # None: no bar unless a terminal
@@ -167,7 +224,8 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
 
 def merge_parts(output, world_size, chunk_size):
     """Rank 0, once every process has marked its part done: interleave the parts' chunks back
-    into input order in OUTPUT (written whole, then renamed into place), and remove the parts."""
+    into input order in OUTPUT (written whole, then renamed into place), and remove the parts
+    and the run's record."""
     parts = [f"{output}.part{rank}" for rank in range(world_size)]
     while not all(os.path.exists(part + ".done") for part in parts):
         time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
@@ -186,6 +244,7 @@ def merge_parts(output, world_size, chunk_size):
     for part in parts:
         os.remove(part)
         os.remove(part + ".done")
+    os.remove(record_path(output))
 
 
 def label_one(args, predictor, offsets=None):
@@ -211,11 +270,11 @@ def main(argv=None):
     rank, world_size, local_rank = process_group()
     if world_size > 1 and not (args.input_file and args.output):
         raise UserError("several processes (torchrun) need --input_file and --output")
-    if args.output and not args.resume:
-        for path in [args.output] + glob.glob(glob.escape(args.output) + ".part*"):
-            if os.path.exists(path):
-                raise UserError(f"{path} exists; pass --resume to go on with it, or remove it")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
+    if args.output:
+        check_earlier_run(args, world_size)
+    if world_size > 1:  # a done mark left by a killed run would let rank 0 merge too early
+        Path(f"{args.output}.part{rank}.done").unlink(missing_ok=True)
     from ewect.prediction import load_predictor
 
     offsets, source = choose_offsets(args.model_dir, args.decision)
@@ -232,6 +291,8 @@ def main(argv=None):
         Path(f"{args.output}.part{rank}.done").touch()
         if rank == 0:
             merge_parts(args.output, world_size, args.chunk_size)
+    elif args.output:
+        os.remove(record_path(args.output))  # done: nothing left to resume
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The prediction module and inference.py's file handling: formats, streaming, resume."""
 import ast
 import json
+import os
 import sys
 
 import numpy as np
@@ -150,6 +151,47 @@ def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tm
         label(checkpoint, capsys, *common, "--output", part)
     label(checkpoint, capsys, *common, "--output", part, "--resume")
     assert part.read_text(encoding="utf-8") == whole.read_text(encoding="utf-8")
+
+
+def test_resume_of_a_two_process_run_needs_its_settings(checkpoint, tmp_path, monkeypatch):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(f"{i} {post}" for i, post in enumerate(POSTS * 2)) + "\n",
+                     encoding="utf-8")
+    single, out = tmp_path / "single.tsv", tmp_path / "out.tsv"
+    common = ["--model_dir", checkpoint, "--device", "cpu", "--input_file", posts,
+              "--chunk_size", 3]
+    assert run_main("inference.py", *common, "--output", single).returncode == 0
+
+    def run(rank, world_size, *extra):
+        """inference.py as process `rank` of `world_size` under torchrun."""
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        return run_main("inference.py", *common, "--output", out, *extra)
+
+    # A 2-process run killed mid-way: process 1 wrote two rows and part of a third, process 0
+    # none yet (of the 5 chunks of 3 posts, process 1 labels the 2nd and the 4th).
+    assert run(1, 2).returncode == 0
+    part1 = tmp_path / "out.tsv.part1"
+    rows = part1.read_text(encoding="utf-8").splitlines(keepends=True)
+    part1.write_text("".join(rows[:2]) + rows[2][:4], encoding="utf-8")
+    (tmp_path / "out.tsv.part1.done").unlink()
+    assert_clean_error(run(0, 1), "exists; pass --resume")
+    assert_clean_error(run(0, 1, "--resume"), "processes: 2 then, 1 now")
+    assert_clean_error(run(0, 3, "--resume"), "processes: 2 then, 3 now")
+    assert_clean_error(run(0, 2, "--resume", "--chunk_size", 4), "chunk_size: 3 then, 4 now")
+    original, stat = posts.read_bytes(), posts.stat()
+    posts.write_bytes(original + "又一条\n".encode())
+    assert_clean_error(run(0, 2, "--resume"), "input_bytes")
+    posts.write_bytes(original)  # the same file again, to the nanosecond
+    os.utime(posts, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    assert run(1, 2, "--resume").returncode == 0
+    assert run(0, 2, "--resume").returncode == 0  # rank 0 merges
+    labelled = out.read_text(encoding="utf-8")
+    assert [row.split("\t")[0] for row in labelled.splitlines()] == [
+        str(i) for i in range(1, 2 * len(POSTS) + 1)]  # every post once, in input order
+    assert labelled == single.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
 
 
 def test_empty_input_file_is_refused(checkpoint, tmp_path):
