@@ -35,12 +35,12 @@ from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_l
 from ewect.modeling import autocast, choose_precision, save_checkpoint
 from ewect.prediction import check_max_length
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            close_processes, linear_schedule, load_training_state,
-                            loader_workers, make_grad_scaler, make_optimizer, optimizer_step,
-                            prepare_output_dir, refuse_cpu_marathon, resume_from_state,
-                            save_training_state, setup_logging, setup_processes, step_plan,
-                            stop_for_resume, stop_if_every_step_skipped, wrap_for_training,
-                            write_json)
+                            close_processes, describe_processes, linear_schedule,
+                            load_training_state, loader_workers, make_grad_scaler, make_optimizer,
+                            optimizer_step, prepare_output_dir, refuse_cpu_marathon,
+                            refuse_shifted_resume, resume_from_state, save_training_state,
+                            setup_logging, setup_processes, step_plan, stop_for_resume,
+                            stop_if_every_step_skipped, wrap_for_training, write_json)
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
 # and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
@@ -184,8 +184,8 @@ def pretrain(args, rank, world_size, device):
     per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size, world_size)
     lengths = [len(ids) for ids in train_ids]
 
-    def epoch_batches(epoch):
-        return step_batches(lengths, args.batch_size, args.seed + epoch, world_size)
+    def epoch_batches(epoch, processes=world_size):
+        return step_batches(lengths, args.batch_size, args.seed + epoch, processes)
 
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
@@ -199,14 +199,37 @@ def pretrain(args, rank, world_size, device):
     if state:
         resume_from_state(state, optimizer, scheduler, progress, args.lr, rank, world_size,
                           device, log)
+        refuse_shifted_resume(state, progress, world_size,
+                              lambda processes: epoch_batches(progress["epoch"], processes))
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
     log.info("corpus: %d posts, held out: %d; %s masking; %d steps per epoch of %d posts = %d "
              "process(es) x %d micro-batch(es) of up to %d; %s on %s", len(train_ids),
              len(held_ids), "whole-word" if args.whole_word_mask else "token", steps_per_epoch,
-             args.batch_size, world_size, accumulation, per_device, precision, device)
+             args.batch_size, world_size, accumulation, per_device, precision,
+             describe_processes(world_size, device))
     if state:
         log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
                  progress["step_in_epoch"])
+
+    def save_best(result, epoch):  # rank 0 only
+        summary = {"epoch": epoch, "held_out_posts": len(held_ids),
+                   "whole_word_mask": args.whole_word_mask,
+                   **{f"held_out_{name}": value for name, value in result.items()}}
+        save_checkpoint(model, tokenizer, best_dir, extra=lambda folder: write_json(
+            os.path.join(folder, "eval_results.json"), summary))
+
+    if not state and not args.from_scratch:
+        # Continued pretraining: the model it starts from is the first "best", so that best/ is
+        # never worse than it, even when the first epochs (new warm-up, new lr) are.
+        result = evaluate(model, held_out, held_lengths, args, rank, world_size, device,
+                          precision)
+        log.info("the starting model: held-out loss %.4f, perplexity %.2f, masked-token "
+                 "accuracy %.4f (saved as best/ until an epoch beats it)", result["loss"],
+                 result["perplexity"], result["accuracy"])
+        if math.isfinite(result["loss"]):
+            progress["best_loss"] = result["loss"]
+            if is_main:
+                save_best(result, 0)
 
     trained_model = wrap_for_training(MaskedLM(model), args.compile, world_size, device)
     writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
@@ -280,16 +303,16 @@ def pretrain(args, rank, world_size, device):
                     writer.add_scalar(f"MLM/held_out_{name}", result[name], epoch + 1)
                 writer.flush()
             if improved and is_main:
-                summary = {"epoch": epoch + 1, "held_out_posts": len(held_ids),
-                           "whole_word_mask": args.whole_word_mask,
-                           **{f"held_out_{name}": value for name, value in result.items()}}
-                save_checkpoint(model, tokenizer, best_dir, extra=lambda folder: write_json(
-                    os.path.join(folder, "eval_results.json"), summary))
+                save_best(result, epoch + 1)
             save_last()
     finally:
         stop.restore()
         if writer:
             writer.close()
+    if not math.isfinite(progress["best_loss"]):
+        raise UserError(f"no epoch gave a finite held-out loss, so no best/ was saved; the last "
+                        f"weights are in {last_dir} (see {args.output_dir}/train.log: try a "
+                        "lower --lr)")
     log.info("done: best held-out loss %.4f (perplexity %.2f) at epoch %d, saved in %s; "
              "fine-tune it with train.py --model_name %s", progress["best_loss"],
              math.exp(min(progress["best_loss"], 50)), progress["best_epoch"], best_dir, best_dir)

@@ -42,12 +42,12 @@ from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, cho
                             expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import check_max_length, predict_logits, softmax
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            close_processes, linear_schedule, load_training_state,
-                            loader_workers, make_grad_scaler, make_optimizer, optimizer_step,
-                            prepare_output_dir, refuse_cpu_marathon, resume_from_state,
-                            save_training_state, setup_logging, setup_processes, step_plan,
-                            stop_for_resume, stop_if_every_step_skipped, wrap_for_training,
-                            write_json)
+                            close_processes, describe_processes, linear_schedule,
+                            load_training_state, loader_workers, make_grad_scaler, make_optimizer,
+                            optimizer_step, prepare_output_dir, refuse_cpu_marathon,
+                            refuse_shifted_resume, resume_from_state, save_training_state,
+                            setup_logging, setup_processes, step_plan, stop_for_resume,
+                            stop_if_every_step_skipped, wrap_for_training, write_json)
 
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
@@ -329,8 +329,8 @@ def train(args, rank, world_size, device):
     per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size, world_size)
     lengths = [len(ids) for ids in train_ids]
 
-    def epoch_batches(epoch):
-        return step_batches(lengths, args.batch_size, args.seed + epoch, world_size)
+    def epoch_batches(epoch, processes=world_size):
+        return step_batches(lengths, args.batch_size, args.seed + epoch, processes)
 
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
@@ -352,11 +352,13 @@ def train(args, rank, world_size, device):
     if state:
         resume_from_state(state, optimizer, scheduler, progress, args.lr, rank, world_size,
                           device, log)
+        refuse_shifted_resume(state, progress, world_size,
+                              lambda processes: epoch_batches(progress["epoch"], processes))
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
     log.info("train: %d posts, eval: %d posts; %d steps per epoch of %d posts = %d process(es) "
              "x %d micro-batch(es) of up to %d; %s on %s", len(train_ids), len(eval_ids),
              steps_per_epoch, args.batch_size, world_size, accumulation, per_device, precision,
-             device)
+             describe_processes(world_size, device))
     if state:
         log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
                  progress["step_in_epoch"])

@@ -22,6 +22,14 @@ def positive_int(text):
     return value
 
 
+def seed(text):
+    """argparse type for --seed: what every random generator here takes, 0 to 2**32 - 1."""
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2 ** 32 - 1}, not {value}")
+    return value
+
+
 def run_cli(main):
     """Run a script's main(); a UserError becomes 'error: …' on stderr and exit status 2."""
     try:

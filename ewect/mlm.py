@@ -133,15 +133,17 @@ class MaskingCollator:
     the loss needs no device sync to find them). Eligible are the tokens that are neither
     padding nor special ([CLS], [SEP], [UNK], [MASK], ...), as in transformers' collator.
     The masks of a batch depend only on the seed and the batch's indices: the same in any
-    DataLoader worker, and after a resume. Pass seed + epoch to draw new masks each epoch."""
+    DataLoader worker, and after a resume. Pass seed + epoch to draw new masks each epoch.
+    per_post: each post's masks depend on the seed and that post alone, whatever batch it is in
+    (the held-out set: its loss is compared across epochs and --eval_batch_size)."""
 
     def __init__(self, input_ids, tokenizer, word_ids=None, seed=0,
-                 probability=MASK_PROBABILITY):
+                 probability=MASK_PROBABILITY, per_post=False):
         self.input_ids, self.word_ids, self.seed = input_ids, word_ids, seed
         self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
         self.special_ids = torch.tensor(tokenizer.all_special_ids)
         self.replacement_ids = replacement_ids(tokenizer)
-        self.probability = probability
+        self.probability, self.per_post = probability, per_post
 
     def __call__(self, indices):
         longest = max(len(self.input_ids[i]) for i in indices)
@@ -153,14 +155,27 @@ class MaskingCollator:
                 words[row, :len(self.word_ids[i])] = torch.tensor(self.word_ids[i])
         attention_mask = (torch.arange(longest) < torch.tensor(
             [len(self.input_ids[i]) for i in indices])[:, None]).long()
+        if self.per_post:  # each row masked alone, at its own length
+            inputs, labels = ids.clone(), torch.full_like(ids, -100)
+            for row, i in enumerate(indices):
+                length = len(self.input_ids[i])
+                masked = self._mask(ids[row:row + 1, :length],
+                                    attention_mask[row:row + 1, :length],
+                                    words[row:row + 1, :length], [i])
+                inputs[row, :length], labels[row, :length] = masked[0][0], masked[1][0]
+        else:
+            inputs, labels = self._mask(ids, attention_mask, words, indices)
+        return _with_positions({"input_ids": inputs, "attention_mask": attention_mask,
+                                "labels": labels})
+
+    def _mask(self, ids, attention_mask, words, indices):
+        """(inputs, labels) of mask_tokens, drawn from a generator seeded by seed and indices."""
         seed = np.random.SeedSequence([self.seed, *indices]).generate_state(1, np.uint64)[0]
-        inputs, labels = mask_tokens(
+        return mask_tokens(
             ids, attention_mask.bool() & ~torch.isin(ids, self.special_ids),
             words if self.word_ids is not None else None, mask_id=self.mask_id,
             replacement_ids=self.replacement_ids, probability=self.probability,
             generator=torch.Generator().manual_seed(int(seed)))
-        return _with_positions({"input_ids": inputs, "attention_mask": attention_mask,
-                                "labels": labels})
 
     def collate_step(self, step):
         """(micro-batches, chosen tokens in the whole step) of one training step, given as (the

@@ -25,14 +25,26 @@ from .modeling import restore_interrupted_save, resolve_device, save_checkpoint
 
 
 def setup_processes(device_name):
-    """(rank, world_size, device), with the process group started under torchrun."""
+    """(rank, world_size, device), with the process group started under torchrun: NCCL with a
+    GPU for each process; gloo on the CPU, and when processes share GPUs (NCCL refuses two
+    processes on one GPU; gloo runs the same collectives on CUDA tensors, through the host)."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    gpus = torch.cuda.device_count() if device_name != "cpu" else 0
+    sharing = world_size > 1 and 0 < gpus < int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    device = resolve_device(device_name, local_rank % gpus if sharing else local_rank)
     if world_size > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" and not sharing else "gloo")
     return rank, world_size, device
+
+
+def describe_processes(world_size, device):
+    """How the run is spread, for the log: the device, and the process group if there is one."""
+    if world_size == 1:
+        return str(device)
+    return f"{device} of rank 0 (process group: {dist.get_backend()})"
 
 
 def close_processes(finished):
@@ -350,6 +362,20 @@ def resume_from_state(state, optimizer, scheduler, progress, lr, rank, world_siz
     restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
 
 
+def refuse_shifted_resume(state, progress, world_size, steps_with):
+    """A run stopped mid-epoch continues at its step in this epoch's list of steps. That list
+    leaves out a last step with fewer posts than processes, so another number of processes may
+    make another list: then some posts would be skipped or seen twice. steps_with(world_size):
+    the epoch's steps for that many processes."""
+    before = len(state["rng_per_rank"])  # one random state per process of the saved run
+    if progress["step_in_epoch"] and before != world_size and (
+            steps_with(before) != steps_with(world_size)):
+        raise UserError(f"--resume: the run stopped mid-epoch with {before} process(es), "
+                        f"{world_size} now, and the rest of this epoch's steps differ between "
+                        f"the two; resume with {before} process(es) (the number may change at "
+                        "an epoch's end)")
+
+
 def restore_rng_state(states, rank, world_size, device, log):
     if len(states) != world_size:
         log.warning("%d processes now, %d before: dropout streams start afresh", world_size,
@@ -367,7 +393,7 @@ def restore_rng_state(states, rank, world_size, device, log):
 def add_shared_args(p, model_help):
     """The model to start from and how to run: the flags both training scripts take."""
     from .config import MAX_LENGTH, PRECISIONS
-    from .errors import positive_int
+    from .errors import positive_int, seed
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
     p.add_argument("--from_scratch", action="store_true",
@@ -393,7 +419,7 @@ def add_shared_args(p, model_help):
                    help="tokens kept per post")
     p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
     p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed, default=42,
                    help="seed for init, dropout, batch order (and masks, held-out split)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")

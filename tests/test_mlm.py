@@ -86,6 +86,29 @@ def test_whole_word_masking_masks_every_token_of_a_chosen_word(tokenizer, corpus
     assert abs(words_chosen / words_seen - 0.15) < 0.01
 
 
+def test_a_word_piece_continues_its_word(tokenizer):
+    # "yyds", Weibo slang, is one jieba word of several WordPiece tokens (yy ##ds with
+    # bert-base-chinese's vocabulary, y ##y ##d ##s with the built one): all get one word id.
+    ids, word_ids = encode_corpus(tokenizer, ["我说yyds世界"], 140, whole_word_mask=True)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    pieces = [i for i, token in enumerate(tokens) if token.startswith("##")]
+    assert pieces, tokens  # the branch under test runs
+    assert len({word_ids[0][i] for i in [pieces[0] - 1, *pieces]}) == 1, (tokens, word_ids)
+
+
+def test_held_out_masks_do_not_depend_on_the_batches(tokenizer, corpus):
+    # pretrain.py's held-out loss is compared across epochs and across a --resume that may use
+    # another --eval_batch_size: each post's masks must be its own.
+    ids, _ = encode_corpus(tokenizer, corpus, 140)
+    held_out = MaskingCollator(ids, tokenizer, seed=5, per_post=True)
+    whole = held_out(list(range(12)))
+    for start in (0, 5):
+        part = held_out(list(range(start, start + 4)))
+        width = part["labels"].shape[1]
+        assert torch.equal(part["labels"], whole["labels"][start:start + 4, :width])
+        assert torch.equal(part["input_ids"], whole["input_ids"][start:start + 4, :width])
+
+
 def test_masks_depend_only_on_seed_and_batch(tokenizer, corpus):
     ids, _ = encode_corpus(tokenizer, corpus, 140)
     collate = MaskingCollator(ids, tokenizer, seed=5)

@@ -14,7 +14,7 @@ from transformers import AutoModelForMaskedLM, pipeline
 
 import pretrain
 import train
-from conftest import ROOT, assert_clean_error, run_main, run_script
+from conftest import ROOT, assert_clean_error, run_main, run_script, tiny_train_args
 from ewect.errors import UserError
 from test_training import from_folder_args
 
@@ -143,3 +143,38 @@ def test_a_held_out_share_with_nothing_to_score_is_refused(vocab, tmp_path):
             "--device", "cpu", "--corpus", str(corpus), "--output_dir", str(tmp_path / "out")]
     with pytest.raises(UserError, match="held-out 1 post.* no masked token.*--held_out_fraction"):
         pretrain.main(args)
+
+
+def test_continued_pretraining_never_saves_a_worse_best_than_its_start(pretrained, clean_dir,
+                                                                        vocab, tmp_path):
+    # A learning rate that wrecks the model: no epoch beats the model the run started from, so
+    # best/ stays that model, scored before the first step.
+    out = tmp_path / "continued"
+    args = tiny_pretrain_args(clean_dir, vocab, out, "--epochs", 1, "--lr", 5)
+    start = args.index("--from_scratch")
+    args[start:start + 3] = ["--model_name", str(pretrained / "best")]
+    pretrain.main(args)
+    log = (out / "train.log").read_text()
+    assert "the starting model: held-out loss" in log
+    best = json.loads((out / "best" / "eval_results.json").read_text())
+    started = json.loads((pretrained / "best" / "eval_results.json").read_text())
+    assert best["epoch"] == 0
+    assert best["held_out_loss"] == pytest.approx(started["held_out_loss"], rel=1e-4)
+    assert_same_weights(out / "best", pretrained / "best")
+
+
+def test_no_finite_held_out_loss_points_at_no_best(clean_dir, vocab, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "evaluate", lambda *a, **k: {
+        "loss": math.nan, "perplexity": math.nan, "accuracy": 0.0})
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="no epoch gave a finite held-out loss.*last"):
+        pretrain.main(tiny_pretrain_args(clean_dir, vocab, out, "--epochs", 1))
+    assert not (out / "best").exists() and (out / "last" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "train.py"])
+def test_an_out_of_range_seed_gets_one_line(script, clean_dir, vocab, tmp_path):
+    make_args = tiny_pretrain_args if script == "pretrain.py" else tiny_train_args
+    result = run_main(script, *make_args(clean_dir, vocab, tmp_path, "--seed", -1))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--seed" in result.stderr and "error:" in result.stderr

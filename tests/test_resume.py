@@ -173,3 +173,21 @@ def test_overwrite_refuses_to_delete_the_model_the_run_starts_from(clean_dir, vo
         pretrain.main(["--model_name", str(out / "best"), "--corpus", corpus, "--device", "cpu",
                        "--output_dir", str(out), "--overwrite_output_dir"])
     assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_a_mid_epoch_resume_that_would_shift_the_steps_is_refused(clean_dir, vocab, tmp_path):
+    # Steps of n - 1 posts: the epoch is one full step and one of a single post, which a run of
+    # 2 processes leaves out (each process needs a post). A run stopped mid-epoch with 2
+    # processes and resumed with 1 would continue in another list of steps: refused.
+    from ewect.data import read_records
+
+    posts = len(read_records(str(clean_dir / "usual_train.txt")))
+    out = tmp_path / "wb"
+    args = tiny_train_args(clean_dir, vocab, out, "--batch_size", posts - 1)
+    train.main([*args, "--stop_after_steps", "1"])
+    state_file = out / "last" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["rng_per_rank"] *= 2  # as a 2-process run saves it
+    torch.save(state, state_file)
+    with pytest.raises(UserError, match="stopped mid-epoch with 2 process.*1 now"):
+        train.main([*args, "--resume"])
