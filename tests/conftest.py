@@ -26,6 +26,23 @@ requires_shared_data = pytest.mark.skipif(not SHARED_RAW.is_dir(),
                                           reason="real data not found at ../shared")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="fail the run when a selected test skipped or none ran (the GPU check: "
+                          "a CUDA test that skipped proved nothing)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--fail-on-skip") or exitstatus != 0:
+        return
+    stats = session.config.pluginmanager.get_plugin("terminalreporter").stats
+    if stats.get("skipped") or not stats.get("passed"):
+        print(f"\n--fail-on-skip: {len(stats.get('passed', []))} passed, "
+              f"{len(stats.get('skipped', []))} skipped: failing the run")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def run_script(*args, timeout=300, **kwargs):
     """Run one of the repo's scripts as a user would, from the repo root."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -76,7 +93,11 @@ def vocab(tmp_path_factory):
     for path in FIXTURE_RAW.iterdir():
         chars.update("".join(r["content"] for r in json.loads(path.read_text("utf-8"))))
     chars.update("abcdefghijklmnopqrstuvwxyz0123456789!?,.:[]")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(c for c in chars if c.strip())
+    chars = sorted(c for c in chars if c.strip())
+    # Word pieces, as in bert-base-chinese: "hello" is h ##e ##l ##l ##o, so whole-word masking
+    # meets the `##` branch here too.
+    pieces = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + pieces
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return str(path)

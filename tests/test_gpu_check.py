@@ -1,5 +1,5 @@
-"""bench/gpu_check.sh end to end on the CPU (--dry-run), so that the rare GPU session cannot lose
-its minutes to a typo or a missing file."""
+"""bench/gpu_check.sh on the CPU (--dry-run), so that the rare GPU machine cannot lose its minutes
+to a typo or a missing file, and so that the check cannot call a stage that did nothing a pass."""
 import json
 import os
 import subprocess
@@ -7,14 +7,35 @@ import subprocess
 from conftest import ROOT
 
 
+def gpu_check(tmp_path, vocab, *args, **env):
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_VOCAB=vocab, OMP_NUM_THREADS="1", **env)
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=400)
+    summary_file = tmp_path / "gpu_check.json"
+    return result, json.loads(summary_file.read_text()) if summary_file.exists() else None
+
+
 def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_VOCAB=vocab, OMP_NUM_THREADS="1")
-    result = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result, summary = gpu_check(tmp_path, vocab)
     assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(summary) == ["environment", "cuda_tests", "train_speed", "predict_speed", "epoch",
                              "test"]
     assert {name: s["status"] for name, s in summary.items()} == dict.fromkeys(summary, "ok"), (
         result.stdout)
+    cuda_log = (tmp_path / "cuda_tests.log").read_text()
+    assert " passed" in cuda_log and "skipped" not in cuda_log  # the CUDA tests ran, on the CPU
     assert "| test | ok |" in result.stdout  # the summary is printed last
+
+
+def test_cuda_tests_that_skip_fail_the_check(vocab, tmp_path):
+    # On this CPU-only machine, CUDA tests meant for the GPU all skip: that must not read "ok".
+    result, summary = gpu_check(tmp_path, vocab, "cuda_tests", EWECT_CUDA_TESTS_DEVICE="cuda")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert list(summary) == ["cuda_tests"] and summary["cuda_tests"]["status"].startswith("failed")
+    assert "| cuda_tests | failed" in result.stdout
+
+
+def test_an_unknown_stage_is_an_error_not_an_empty_pass(vocab, tmp_path):
+    result, summary = gpu_check(tmp_path, vocab, "cuda_test")
+    assert result.returncode == 2 and "no stage named cuda_test" in result.stderr
+    assert summary is None
