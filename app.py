@@ -6,14 +6,17 @@
     python app.py --model_dir runA/best runB/best               # an ensemble: mean probabilities
 
 Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
-posts (one per line, an SMP2020-EWECT JSON array, or CSV/TSV/Excel with a `content` column) for
-a table and a CSV to download. Posts are cleaned exactly as the training data was. The label is
-the argmax, or with decision offsets (--decision, as in test.py) the argmax of log p + offset;
-the probabilities shown stay the model's. The app serves on --host only; a public gradio.live
-link is made only with --share.
+up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT JSON array, or CSV/TSV/Excel with a
+`content` column; inference.py labels larger files) for a table and a CSV to download, with a
+progress bar meanwhile; posts are still answered while a file is labelled. Posts are cleaned
+exactly as the training data was. The label is the argmax, or with decision offsets (--decision,
+as in test.py) the argmax of log p + offset; the probabilities shown stay the model's. The app
+serves on --host only; a public gradio.live link is made only with --share.
 """
 import argparse
+import itertools
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -31,7 +34,12 @@ EXAMPLES = [  # one post per label, in LABELS order
     "天哪，他居然向我求婚了？！",
     "明天上午九点在三楼会议室开会",
 ]
-MAX_FILE_SIZE = "10mb"  # about 100k posts; larger files belong to inference.py
+# A file is labelled in one request: 5,000 posts take bert-base about 4 minutes on a 2-core CPU
+# (21 posts/s). More belong to inference.py, which streams them and can resume.
+MAX_FILE_POSTS = 5000
+MAX_FILE_SIZE = "10mb"  # gradio refuses larger uploads before they are read
+POST_CONCURRENCY = 2  # posts labelled at once; 1, 2 and 4 alike on 2 cores (bench/RESULTS.md)
+PROGRESS_EVERY = 64  # posts labelled between two progress updates: seconds of bert-base on a CPU
 
 
 def parse_args():
@@ -56,14 +64,19 @@ def parse_args():
 def read_file_posts(path):
     """[(id, text)] of an uploaded file, read as inference.py reads files: one post per line, an
     SMP2020-EWECT JSON array, or CSV, TSV or Excel with a `content` column (and an optional
-    `id`)."""
+    `id`). Reading stops past MAX_FILE_POSTS posts: such a file is refused, and read no further."""
     from ewect.data import read_posts
 
-    return list(read_posts(path))
+    posts = list(itertools.islice(read_posts(path), MAX_FILE_POSTS + 1))
+    if len(posts) > MAX_FILE_POSTS:
+        raise UserError(f"{path}: more than {MAX_FILE_POSTS:,} posts, the most the demo labels at "
+                        f"once; label this file with `python inference.py --input_file {path}`")
+    return posts
 
 
 def build_demo(predictor, offsets=None):
     import gradio as gr
+    import numpy as np
     import pandas as pd
 
     from ewect.cleaning import clean_text
@@ -84,15 +97,23 @@ def build_demo(predictor, offsets=None):
                 "confidences": [{"label": predictor.labels[i], "confidence": float(row[i])}
                                 for i in row.argsort()[::-1]]}
 
-    def classify_file(path):
+    def classify_file(path, progress=gr.Progress()):
         if path is None:
             raise gr.Error("Upload a file first.")
         try:
             posts = read_file_posts(path)
         except UserError as err:  # name the file as the user knows it, not its upload path
             raise gr.Error(str(err).replace(path, Path(path).name)) from None
+        # The previous result's CSV: gradio has copied it to its own cache (deleted after an
+        # hour) when it sent it, and one file is labelled at a time (concurrency_limit=1).
+        for previous in Path(downloads.name).iterdir():
+            shutil.rmtree(previous)
         texts = [clean_text(text) for _, text in posts]
-        probs = predictor.predict(texts)
+        probs = []
+        for start in range(0, len(texts), PROGRESS_EVERY):
+            progress((start, len(texts)), desc="Labelling", unit="posts")
+            probs.append(predictor.predict(texts[start:start + PROGRESS_EVERY]))
+        probs = np.concatenate(probs)
         table = pd.DataFrame({"id": [post_id for post_id, _ in posts], "text": texts,
                               "label": [predictor.labels[i] for i in decide(probs, offsets)]})
         for column, label in enumerate(predictor.labels):
@@ -110,8 +131,10 @@ def build_demo(predictor, offsets=None):
             button = gr.Button("Classify", variant="primary")
             probabilities = gr.Label(label="Emotion", num_top_classes=len(LABELS))
             gr.Examples(EXAMPLES, inputs=text, label="One example per emotion")
+            # Posts and files queue apart, so a long file never holds up a post.
             gr.on([button.click, text.submit], classify_text, text, probabilities,
-                  api_name="classify_text", postprocess=False)
+                  api_name="classify_text", postprocess=False, concurrency_id="posts",
+                  concurrency_limit=POST_CONCURRENCY)
         with gr.Tab("File"):
             upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV/TSV/Excel "
                                    "with a `content` column",
@@ -119,7 +142,8 @@ def build_demo(predictor, offsets=None):
             file_button = gr.Button("Classify file", variant="primary")
             table = gr.Dataframe(label="Labels", interactive=False)
             download = gr.File(label="Download CSV")
-            file_button.click(classify_file, upload, [table, download], api_name="classify_file")
+            file_button.click(classify_file, upload, [table, download], api_name="classify_file",
+                              concurrency_id="files", concurrency_limit=1)
     return demo
 
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -137,6 +138,18 @@ def test_file_over_http(client, expected_labels, tmp_path, name, content, ids):
         assert frame[list(LABELS)].sum(axis=1).tolist() == pytest.approx([1] * 3, abs=1e-3)
 
 
+def test_file_over_the_cap_points_to_inference(client, tmp_path):
+    import app
+
+    path = tmp_path / "posts.txt"
+    path.write_text("好开心\n" * (app.MAX_FILE_POSTS + 1), encoding="utf-8")
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        client.predict(gradio_client.handle_file(str(path)), api_name="/classify_file")
+    message = str(err.value)
+    assert message.startswith(f"posts.txt: more than {app.MAX_FILE_POSTS:,} posts"), message
+    assert "python inference.py --input_file posts.txt" in message, message
+
+
 def test_bad_file_is_a_clear_message(client, tmp_path):
     path = tmp_path / "posts.csv"
     path.write_text("id,text\n1,你好\n", encoding="utf-8")
@@ -182,3 +195,61 @@ def test_decision_offsets_decide_the_label_shown(model_dir, tmp_path):
     path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
     table, _ = functions["classify_file"](str(path))
     assert list(table["label"]) == ["fear"] * len(POSTS)
+
+
+def test_file_results_are_removed_when_the_next_replaces_them(model_dir, tmp_path):
+    import app
+    from ewect.prediction import load_predictor
+
+    demo = app.build_demo(load_predictor(model_dir, device="cpu"))
+    classify_file = {fn.api_name: fn.fn for fn in demo.fns.values()}["classify_file"]
+    path = tmp_path / "posts.txt"
+    path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    _, first = classify_file(str(path))
+    _, second = classify_file(str(path))
+    assert not os.path.exists(first) and os.path.exists(second)
+
+
+class GatedPredictor:
+    """The checkpoint's predictor, but a file's posts wait until `release` is set."""
+
+    def __init__(self, predictor):
+        self.predictor, self.labels = predictor, predictor.labels
+        self.file_started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, texts):
+        if len(texts) > 1:
+            self.file_started.set()
+            self.release.wait(timeout=30)
+        return self.predictor.predict(texts)
+
+
+def test_post_is_answered_while_a_file_is_labelled(model_dir, tmp_path, monkeypatch):
+    import app
+    from ewect.prediction import load_predictor
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    predictor = GatedPredictor(load_predictor(model_dir, device="cpu"))
+    demo = app.build_demo(predictor)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                ssr_mode=False)
+    client = None
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        path = tmp_path / "posts.txt"
+        path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+        file_job = client.submit(gradio_client.handle_file(str(path)), api_name="/classify_file")
+        assert predictor.file_started.wait(timeout=10)
+        post = client.submit(POSTS[0], api_name="/classify_text").result(timeout=10)
+        assert post["label"] in LABELS and not file_job.done()
+        progress = file_job.status().progress_data
+        assert progress and progress[0].unit == "posts" and progress[0].length == len(POSTS)
+        predictor.release.set()
+        table, _ = file_job.result(timeout=10)
+        assert len(table["data"]) == len(POSTS)
+    finally:
+        predictor.release.set()
+        if client:
+            client.close()
+        demo.close()
