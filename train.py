@@ -318,7 +318,7 @@ def train(args, rank, world_size, device):
         model.train()
     else:
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
-                                       args.vocab, args.num_layers, args.hidden_size)
+                                       args.vocab, args.num_layers, args.hidden_size, log.info)
         model.to(device)
     refuse_cpu_marathon(args.device, device, model)
     check_max_length(model, args.max_length)

@@ -119,16 +119,35 @@ def from_pretrained(auto_class, model_name, dropout=0.1, **kwargs):
 
 
 def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_layers=12,
-                hidden_size=768):
+                hidden_size=768, log=print):
     """(classifier, tokenizer) for training: pretrained (from_pretrained above), or, with
-    from_scratch, a randomly initialised BERT of the given size on the given vocabulary."""
+    from_scratch, a randomly initialised BERT of the given size on the given vocabulary. A
+    classifier with another number of labels (a 2-class sentiment model, say) keeps its encoder
+    and gets a new six-way head, as run_glue does."""
     if from_scratch:
         tokenizer = scratch_tokenizer(vocab)
         config = bert_config(len(tokenizer), num_layers, hidden_size, dropout,
                              num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
         return BertForSequenceClassification(config), tokenizer
-    return from_pretrained(AutoModelForSequenceClassification, model_name, dropout,
-                           num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
+    (model, loading), tokenizer = from_pretrained(
+        AutoModelForSequenceClassification, model_name, dropout, num_labels=len(LABELS),
+        id2label=ID2LABEL, label2id=LABEL2ID, ignore_mismatched_sizes=True,
+        output_loading_info=True)
+    saved_biases = [saved for _, saved, _ in loading["mismatched_keys"] if len(saved) == 1]
+    if saved_biases:  # (name, saved shape, new shape) of the head's weight and bias
+        old = saved_biases[0][0]
+        log(f"{model_name}: a classifier of {old} labels{_label_names(model_name)}, now "
+            f"{len(LABELS)}: a new classification head, randomly initialised")
+    return model, tokenizer
+
+
+def _label_names(model_name):
+    """' (name, name, …)' of a saved classifier's labels, for the log; '' if it has none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(os.path.expanduser(model_name))
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return "" if all(name.startswith("LABEL_") for name in names) else f" ({', '.join(names)})"
 
 
 def scratch_tokenizer(vocab):

@@ -136,3 +136,28 @@ def test_gradient_accumulation_equals_the_whole_batch(clean_dir, vocab, tmp_path
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert "8 posts = 1 process(es) x 3 micro-batch(es) of up to 3" in (
         tmp_path / "accumulated" / "train.log").read_text()
+
+
+def test_starts_from_a_classifier_with_another_number_of_labels(clean_dir, vocab, tmp_path):
+    # A 2-class sentiment model is what users often have: its encoder is kept, its head is
+    # replaced by a new six-way one, and the log says so.
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path / "sentiment"
+    tokenizer = BertTokenizer(vocab)
+    torch.manual_seed(0)
+    two_way = BertForSequenceClassification(bert_config(
+        len(tokenizer), 2, 32, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1}))
+    two_way.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "wb"
+    train.main(from_folder_args(clean_dir, vocab, out, folder, "--stop_after_steps", 1))
+    log = (out / "train.log").read_text()
+    assert "a classifier of 2 labels (negative, positive), now 6: a new classification head" in log
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert config["id2label"]["0"] == "happy" and len(config["id2label"]) == 6
+    before, after = (load_file(str(f / "model.safetensors")) for f in (folder, out / "last"))
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    assert (after[encoder] - before[encoder]).abs().max() < 1e-3  # one small step from it
+    assert after["classifier.weight"].shape == (6, 32)
