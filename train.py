@@ -13,6 +13,8 @@ usual_eval macro-F1 (--dataset virus: virus_train and virus_eval; both: the two 
         # competition's tricks, each off by default (measured: bench/RESULTS.md)
     python train.py --folds 5 --fold 2 --output_dir workspace/folds/fold2   # one k-fold member;
         # sh train_folds.sh 5 workspace/folds trains all five and tests their ensemble
+    python train.py --teacher workspace/seed42/best workspace/seed43/best --student_layers 4 \
+        --output_dir workspace/student   # distil an ensemble into a 4-layer cut of the model
 
 Writes to --output_dir (workspace/wb; wb_virus, wb_both for the other --dataset): best/ (the best
 epoch, save_pretrained: weights, config with id2label, tokenizer; with --tune_bias also
@@ -36,8 +38,11 @@ from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_outp
 from ewect.data import (Collator, add_label_names_arg, clean_records, encode, read_records,
                         split_for_step, step_batches)
 from ewect.decision import save_offsets, tune_offsets
+from ewect.distill import (check_teachers, distillation_loss, keep_layers, soft_targets,
+                           teacher_targets)
 from ewect.errors import UserError, positive_int, run_cli
 from ewect.metrics import classification_scores, scores
+from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
                             expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import check_max_length, predict_logits, softmax
@@ -52,7 +57,8 @@ from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduc
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
 ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "dropout",
-                  "train_file", "eval_file", "folds", "fold", "batch_size", "max_length", "seed")
+                  "train_file", "eval_file", "folds", "fold", "batch_size", "max_length", "seed",
+                  "teacher", "unlabelled", "student_layers")
 SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
 AUTO_WEIGHT_CAP = 3.0  # --class_weights auto: no class weighs more than this
 
@@ -128,7 +134,28 @@ def parse_args(argv=None):
                    help="after training, fit per-class logit offsets that maximise macro-F1 on "
                         "the eval posts and save them as best/decision.json (test.py and "
                         "inference.py apply them)")
+    p.add_argument("--teacher", nargs="+", metavar="DIR",
+                   help="knowledge distillation: checkpoint(s) of this script (several: their "
+                        "mean probabilities) that the model learns from besides the gold labels; "
+                        "any size and vocabulary. Run once per training post before the first "
+                        "step, kept as OUTPUT_DIR/teacher.pt")
+    p.add_argument("--kd_alpha", type=float, default=0.5,
+                   help="with --teacher: the loss is alpha x T^2 x KL(teacher || model) at "
+                        "temperature T + (1 - alpha) x cross-entropy on the gold labels")
+    p.add_argument("--kd_temperature", type=float, default=2.0,
+                   help="with --teacher: T, the softmax temperature of both in the KL term")
+    p.add_argument("--unlabelled", nargs="+", metavar="FILE",
+                   help="with --teacher: more training posts without labels, learnt from the "
+                        "teacher's soft labels alone (any file inference.py reads)")
+    p.add_argument("--student_layers", type=positive_int, default=None, metavar="K",
+                   help="keep K evenly spaced layers of --model_name (first and last included, "
+                        "as DistilBERT starts): a smaller, faster model to train, e.g. with "
+                        "--teacher")
     args = p.parse_args(argv)
+    if args.unlabelled and not args.teacher:
+        p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
+    if not 0 <= args.kd_alpha <= 1 or args.kd_temperature <= 0:
+        p.error("--kd_alpha must be from 0 to 1 and --kd_temperature above 0")
     if args.from_scratch and (args.vocab is None or args.init_from):
         p.error("--from_scratch needs --vocab VOCAB.txt and no --init_from")
     if args.fold > args.folds:
@@ -186,24 +213,30 @@ def classification_loss(logits, labels, weights=None):
     return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
 
 
-def forward_loss(model, batch, precision, weights=None, rdrop=0.0):
-    """(summed loss, logits) of one micro-batch. With R-Drop the batch goes through twice in one
-    pass (two dropout samples of each post): the mean of their two cross-entropies plus rdrop x
-    their symmetric KL divergence; the logits are the first sample's."""
+def forward_loss(model, batch, precision, weights=None, rdrop=0.0, kd=None):
+    """(summed loss, logits) of one micro-batch: cross-entropy, or with kd = (alpha, T) the
+    distillation loss against batch["teacher"]. With R-Drop the batch goes through twice in one
+    pass (two dropout samples of each post): the mean of their two losses plus rdrop x their
+    symmetric KL divergence; the logits are the first sample's."""
     ids, mask = batch["input_ids"], expanded_mask(batch["attention_mask"])
     if rdrop:
         ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
     with autocast(precision, ids.device):
         logits = model(input_ids=ids, attention_mask=mask).logits
+
+    def loss_of(sample):
+        if kd is None:
+            return classification_loss(sample, batch["labels"], weights)
+        return distillation_loss(sample, batch["labels"], batch["teacher"], *kd, weights)
+
     if not rdrop:
-        return classification_loss(logits, batch["labels"], weights), logits
+        return loss_of(logits), logits
     first, second = logits.float().chunk(2)
-    cross_entropy = (classification_loss(first, batch["labels"], weights)
-                     + classification_loss(second, batch["labels"], weights)) / 2
+    mean_loss = (loss_of(first) + loss_of(second)) / 2
     log_p, log_q = F.log_softmax(first, -1), F.log_softmax(second, -1)
     divergence = (F.kl_div(log_p, log_q, reduction="sum", log_target=True)
                   + F.kl_div(log_q, log_p, reduction="sum", log_target=True)) / 2
-    return cross_entropy + rdrop * divergence, first
+    return mean_loss + rdrop * divergence, first
 
 
 @contextlib.contextmanager
@@ -224,11 +257,11 @@ def fgm_attack(embeddings, epsilon):
 
 
 def confusion_counts(labels, logits):
-    """Flat confusion matrix (gold * labels + predicted), on the device without a host sync
-    (torch.bincount would sync to size its output)."""
-    flat = labels * len(LABELS) + logits.argmax(-1)
+    """Flat confusion matrix (gold * labels + predicted) of the posts with a gold label (not
+    -100), on the device without a host sync (torch.bincount would sync to size its output)."""
+    flat = labels.clamp(min=0) * len(LABELS) + logits.argmax(-1)
     counts = torch.zeros(len(LABELS) ** 2, dtype=torch.long, device=flat.device)
-    return counts.index_add_(0, flat, torch.ones_like(flat))
+    return counts.index_add_(0, flat, (labels >= 0).long())
 
 
 def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_norm,
@@ -236,11 +269,12 @@ def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_
     """One optimizer step over this process's micro-batches (`pieces`, on the device) of a step
     of `step_size` posts. The gradient is that of the mean loss over all step_size posts, however
     they are split across processes (DDP averages over them) and micro-batches. `options` (a dict,
-    None: plain cross-entropy) holds the class weights, R-Drop's alpha, and with FGM the word
-    embeddings and epsilon. Returns device tensors, not synced: the summed loss, the confusion
+    None: plain cross-entropy) holds the class weights, R-Drop's alpha, with FGM the word
+    embeddings and epsilon, and with a teacher kd = (alpha, temperature). Returns device tensors, not synced: the summed loss, the confusion
     counts, and whether the step was skipped for a non-finite loss or gradient."""
     options = options or {}
     weights, rdrop, fgm = options.get("weights"), options.get("rdrop", 0.0), options.get("fgm")
+    kd = options.get("kd")
     loss_sum, confusion = 0.0, 0
     finite = torch.ones((), dtype=torch.bool, device=pieces[0]["labels"].device)
 
@@ -251,12 +285,12 @@ def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_
     for i, batch in enumerate(pieces):
         last = i == len(pieces) - 1
         with sync_unless(not last or fgm):
-            loss, logits = forward_loss(model, batch, precision, weights, rdrop)
+            loss, logits = forward_loss(model, batch, precision, weights, rdrop, kd)
             backward(loss * world_size / step_size, scaler)
         if fgm:
             embeddings, epsilon = fgm
             with sync_unless(not last), fgm_attack(embeddings, epsilon):
-                adversarial_loss, _ = forward_loss(model, batch, precision, weights, rdrop)
+                adversarial_loss, _ = forward_loss(model, batch, precision, weights, rdrop, kd)
                 backward(adversarial_loss * world_size / step_size, scaler)
             finite &= torch.isfinite(adversarial_loss)
         finite &= torch.isfinite(loss)
@@ -312,6 +346,12 @@ def train(args, rank, world_size, device):
         eval_source = ", ".join(args.eval_file)
     if args.init_from:
         check_labels(args.init_from)
+    unlabelled = read_corpus(args.unlabelled, log=log.warning) if args.unlabelled else []
+    if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
+        check_teachers(args.teacher)
+        teacher = soft_targets(teacher_targets(
+            args.teacher, [r.content for r in train_records] + unlabelled, args.output_dir,
+            device, is_main, log.info), args.kd_temperature)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
@@ -319,11 +359,18 @@ def train(args, rank, world_size, device):
     else:
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
                                        args.vocab, args.num_layers, args.hidden_size, log.info)
+        if args.student_layers:
+            log.info("student: layers %s of %s kept", keep_layers(model, args.student_layers),
+                     args.model_name)
         model.to(device)
     refuse_cpu_marathon(args.device, device, model)
     check_max_length(model, args.max_length)
     train_ids, train_labels = tokenize(train_records, tokenizer, args.max_length)
     eval_ids, eval_labels = tokenize(eval_records, tokenizer, args.max_length)
+    if unlabelled:  # at the end, in the order of the teacher's soft labels; -100: no gold label
+        log.info("unlabelled: %d posts of %s", len(unlabelled), ", ".join(args.unlabelled))
+        train_ids += encode(tokenizer, unlabelled, args.max_length)
+        train_labels += [-100] * len(unlabelled)
 
     # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
     per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size, world_size)
@@ -338,10 +385,14 @@ def train(args, rank, world_size, device):
                         f"{args.batch_size}")
 
     precision = choose_precision(args.precision, device)
-    options = {"weights": class_weights(args.class_weights, train_labels, device),
+    options = {"weights": class_weights(args.class_weights, train_labels[:len(train_records)],
+                                        device),
                "rdrop": args.rdrop,
                "fgm": (model.get_input_embeddings().weight, args.adv_epsilon)
-               if args.adversarial == "fgm" else None}
+               if args.adversarial == "fgm" else None,
+               # alpha 0 is the plain run exactly: no KL term at all
+               "kd": (args.kd_alpha, args.kd_temperature) if args.teacher and args.kd_alpha
+               else None}
     if options["weights"] is not None:
         log.info("class weights: %s", ", ".join(
             f"{label} {w:.2f}" for label, w in zip(LABELS, options["weights"].tolist())))
@@ -367,7 +418,8 @@ def train(args, rank, world_size, device):
     writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
                            purge_step=progress["global_step"] or None) if is_main else None
     num_workers = loader_workers(args.num_workers, device)
-    collator = Collator(train_ids, train_labels, tokenizer.pad_token_id)
+    collator = Collator(train_ids, train_labels, tokenizer.pad_token_id,
+                        teacher if args.teacher else None)
 
     def save_last():  # a collective: every process calls it
         save_training_state(model, tokenizer, last_dir, device, is_main, {

@@ -369,10 +369,12 @@ def sorted_batches(lengths, batch_size):
 
 
 class Collator:
-    """Pads one batch of token-id lists to its own longest member; returns torch tensors."""
+    """Pads one batch of token-id lists to its own longest member; returns torch tensors (with
+    `teacher`, an (n, labels) tensor of soft labels, each batch gets its rows)."""
 
-    def __init__(self, input_ids, labels=None, pad_id=0):
+    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None):
         self.input_ids, self.labels, self.pad_id = input_ids, labels, pad_id
+        self.teacher = teacher
 
     def __call__(self, indices):
         import torch
@@ -387,6 +389,8 @@ class Collator:
         batch = {"input_ids": ids, "attention_mask": mask}
         if self.labels is not None:
             batch["labels"] = torch.tensor([self.labels[i] for i in indices])
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher[indices]
         return batch
 
     def collate_pieces(self, pieces):

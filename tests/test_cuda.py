@@ -114,11 +114,13 @@ def test_a_gpu_run_resumes_on_the_cpu_and_fp16_keeps_loss_scaling(clean_dir, voc
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_competition_options_train_under_autocast(clean_dir, vocab, tmp_path, precision):
-    # FGM normalises a gradient that fp16 loss scaling has scaled; R-Drop doubles the batch.
+def test_the_competition_options_train_under_autocast(trained, clean_dir, vocab, tmp_path,
+                                                      precision):
+    # FGM normalises a gradient that fp16 loss scaling has scaled; R-Drop doubles the batch; the
+    # teacher's soft labels meet autocast's logits.
     train.main(cuda_args(clean_dir, vocab, tmp_path, "--precision", precision, "--epochs", 1,
                          "--adversarial", "fgm", "--rdrop", 1, "--class_weights", "auto",
-                         "--tune_bias"))
+                         "--tune_bias", "--teacher", trained / "best"))
     assert (tmp_path / "best" / "decision.json").is_file()
     log = (tmp_path / "train.log").read_text()
     assert "not finite" not in log and "decision offsets (" in log

@@ -7,11 +7,12 @@ from conftest import run_script, tiny_train_args
 from ewect.modeling import load_checkpoint
 
 
-def test_two_processes_train_as_one_does(clean_dir, vocab, tmp_path):
+def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
     # --batch_size is the step's size over all processes: 2 processes x 4 posts make the same
     # 8-post steps as one process does, so (dropout off) they end with the same weights; class
-    # weights and R-Drop's doubled batch keep that so.
-    options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5]
+    # weights, R-Drop's doubled batch and a teacher's soft labels keep that so.
+    options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5,
+               "--teacher", trained / "best"]
     args = tiny_train_args(clean_dir, vocab, tmp_path / "two", *options)
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, timeout=240)

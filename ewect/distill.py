@@ -1,0 +1,99 @@
+"""Knowledge distillation (Hinton et al. 2015; DistilBERT) for train.py: a teacher's soft labels,
+computed once per training post and kept beside the run, and a student cut from a deeper model.
+
+teacher_targets   the teachers' log-probabilities of every training post: computed before the
+                  first step, saved as OUTPUT_DIR/teacher.pt, read back on --resume (and by the
+                  other processes under torchrun), never computed twice
+soft_targets      the ensemble's probabilities at temperature T (mean of the members')
+distillation_loss alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
+keep_layers       --student_layers: K evenly spaced layers of the encoder, as DistilBERT starts
+"""
+import hashlib
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .errors import UserError
+from .modeling import check_labels
+
+TEACHER_FILE = "teacher.pt"
+
+
+def check_teachers(teacher_dirs):
+    """Each --teacher is a checkpoint of this repo's six labels, or a one-line error."""
+    for folder in teacher_dirs:
+        try:
+            check_labels(folder)
+        except UserError as err:
+            raise UserError(f"--teacher {err}") from None
+
+
+def fingerprint(texts):
+    """What the saved targets were computed on: the posts, in order."""
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
+def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
+    """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts.
+    Rank 0 computes them unless OUTPUT_DIR/teacher.pt already holds them for these teachers and
+    posts; every process then reads that file."""
+    path = os.path.join(output_dir, TEACHER_FILE)
+    wanted = {"teachers": [os.path.abspath(os.path.expanduser(t)) for t in teacher_dirs],
+              "posts": fingerprint(texts)}
+
+    def saved():
+        if not os.path.isfile(path):
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state if {k: state[k] for k in wanted} == wanted else None
+
+    if is_main and saved() is None:
+        from .prediction import load_predictor
+
+        log(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} "
+            f"model(s), once for the whole run, into {path}")
+        log_probs = []
+        for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
+            probabilities = load_predictor(folder, device=device.type).predict(texts)
+            log_probs.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
+        torch.save({**wanted, "log_probs": torch.stack(log_probs)}, path)
+    elif is_main:
+        log(f"teacher: its soft labels of the training posts are read from {path}")
+    if dist.is_initialized():
+        dist.barrier()  # the others wait for rank 0's file
+    return saved()["log_probs"]
+
+
+def soft_targets(log_probs, temperature):
+    """The teachers' mean probabilities at temperature T, per post. log p is the logits up to a
+    constant per post, so softmax(log p / T) is softmax(logits / T)."""
+    return F.softmax(log_probs / temperature, dim=-1).mean(0)
+
+
+def distillation_loss(logits, labels, targets, alpha, temperature, weights=None):
+    """Summed over the posts: alpha * T^2 * KL(targets || softmax(logits / T)) (T^2 keeps the
+    gradient's scale as T changes) + (1 - alpha) * cross-entropy on the gold labels. Posts
+    without a gold label (-100: --unlabelled) get the first term only."""
+    logits = logits.float()
+    cross_entropy = F.cross_entropy(logits, labels, weight=weights, reduction="sum")
+    divergence = F.kl_div(F.log_softmax(logits / temperature, dim=-1), targets,
+                          reduction="sum")
+    return alpha * temperature ** 2 * divergence + (1 - alpha) * cross_entropy
+
+
+def keep_layers(model, count):
+    """Cut the encoder down to `count` evenly spaced layers, first and last included (12 -> 6
+    keeps 0, 2, 4, 7, 9, 11, DistilBERT's choice). Returns the kept layers' indices."""
+    encoder = getattr(getattr(model, model.base_model_prefix, None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise UserError(f"--student_layers: no encoder.layer list in {type(model).__name__}")
+    total = len(layers)
+    if count > total:
+        raise UserError(f"--student_layers {count}: the model has only {total} layers")
+    keep = [round(i * (total - 1) / (count - 1)) for i in range(count)] if count > 1 else [0]
+    encoder.layer = torch.nn.ModuleList(layers[i] for i in keep)
+    model.config.num_hidden_layers = count
+    return keep

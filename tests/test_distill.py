@@ -1,0 +1,157 @@
+"""Knowledge distillation through train.py's own loop: --teacher (one model or an ensemble of any
+vocabularies), --kd_alpha, --kd_temperature, --unlabelled and --student_layers."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer
+
+import train
+from conftest import assert_clean_error, run_main, tiny_train_args
+from ewect.distill import keep_layers
+from ewect.modeling import bert_config, build_model
+from ewect.prediction import TorchPredictor
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=atol, rtol=0), name
+
+
+@pytest.fixture
+def teacher_calls(monkeypatch):
+    """The posts each teacher model is asked to label, counted."""
+    calls = []
+    predict = TorchPredictor.predict
+
+    def counted(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return predict(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(TorchPredictor, "predict", counted)
+    return calls
+
+
+def posts_in(clean_dir, name="usual_train.txt"):
+    from ewect.data import clean_records, read_records
+
+    return len(clean_records(read_records(str(clean_dir / name)), drop_empty=True))
+
+
+def test_alpha_zero_is_exactly_the_plain_run(trained, clean_dir, vocab, tmp_path):
+    out = tmp_path / "student"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best",
+                               "--kd_alpha", 0))
+    assert_same_weights(out / "last", trained / "last")
+
+
+def test_the_teacher_runs_once_per_post_and_not_on_resume(trained, clean_dir, vocab, tmp_path,
+                                                          teacher_calls):
+    # 2 epochs, killed mid-epoch 1 and resumed: the teacher labelled each post once, and the
+    # resumed run ends where an uninterrupted one does.
+    kd = ("--teacher", trained / "best", "--kd_alpha", 0.7, "--kd_temperature", 3)
+    whole = tmp_path / "whole"
+    train.main(tiny_train_args(clean_dir, vocab, whole, *kd))
+    assert teacher_calls == [posts_in(clean_dir)]
+    resumed = tmp_path / "resumed"
+    train.main(tiny_train_args(clean_dir, vocab, resumed, *kd, "--stop_after_steps", 3))
+    train.main(tiny_train_args(clean_dir, vocab, resumed, *kd, "--resume"))
+    assert teacher_calls == [posts_in(clean_dir)] * 2  # once per run, none on --resume
+    assert_same_weights(resumed / "last", whole / "last", atol=1e-6)
+    assert "read from" in (resumed / "train.log").read_text()
+    # and the teacher changed what was learnt
+    assert any(not torch.equal(a, b) for a, b in zip(weights(whole / "last").values(),
+                                                     weights(trained / "last").values()))
+
+
+def test_an_ensemble_of_teachers_with_other_vocabularies(trained, clean_dir, vocab, tmp_path,
+                                                         teacher_calls):
+    # A second teacher with its own small vocabulary (the fixture's characters): each member
+    # tokenizes with its own tokenizer; the soft labels are the mean of the two.
+    chars = sorted({c for line in (clean_dir / "usual_train.txt").read_text("utf-8")
+                    for c in line if "\u4e00" <= c <= "\u9fff"})
+    small_vocab = tmp_path / "vocab.txt"
+    small_vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]),
+                           encoding="utf-8")
+    other = tmp_path / "other"
+    train.main(tiny_train_args(clean_dir, str(small_vocab), other, "--epochs", 1))
+    assert BertTokenizer.from_pretrained(other / "best").vocab_size != (
+        BertTokenizer.from_pretrained(trained / "best").vocab_size)
+    out = tmp_path / "student"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best",
+                               other / "best", "--stop_after_steps", 2))
+    assert teacher_calls == [posts_in(clean_dir)] * 2
+    saved = torch.load(out / "teacher.pt", weights_only=True)
+    assert saved["log_probs"].shape == (2, posts_in(clean_dir), 6)
+
+
+def test_unlabelled_posts_learn_from_the_teacher(trained, clean_dir, vocab, tmp_path,
+                                                 teacher_calls):
+    out = tmp_path / "student"
+    virus_test = clean_dir / "virus_test_labeled.txt"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best",
+                               "--unlabelled", clean_dir / "virus_train.txt", virus_test,
+                               "--epochs", 1))
+    unlabelled = posts_in(clean_dir, "virus_train.txt") + posts_in(clean_dir,
+                                                                   "virus_test_labeled.txt")
+    assert 0 < teacher_calls[0] <= posts_in(clean_dir) + unlabelled  # duplicates dropped
+    log = (out / "train.log").read_text()
+    assert "virus_test_labeled.txt looks like a test file" in log
+    assert f"train: {teacher_calls[0]} posts" in log
+
+
+def pretrained_folder(path, vocab, layers):
+    tokenizer = BertTokenizer(vocab)
+    torch.manual_seed(0)
+    BertForMaskedLM(bert_config(len(tokenizer), layers, 32)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_student_layers_keep_exactly_the_chosen_layers(vocab, tmp_path):
+    folder = pretrained_folder(tmp_path / "bert6", vocab, 6)
+    saved = weights(folder)
+    model, _ = build_model(str(folder))
+    assert keep_layers(model, 3) == [0, 2, 5]  # evenly spaced, first and last kept
+    kept = model.state_dict()
+    assert model.config.num_hidden_layers == 3 and len(model.bert.encoder.layer) == 3
+    for new, old in enumerate([0, 2, 5]):
+        for name, value in saved.items():
+            prefix = f"bert.encoder.layer.{old}."
+            if name.startswith(prefix):
+                assert torch.equal(kept[f"bert.encoder.layer.{new}." + name[len(prefix):]],
+                                   value), name
+    assert torch.equal(kept["bert.embeddings.word_embeddings.weight"],
+                       saved["bert.embeddings.word_embeddings.weight"])
+
+
+def test_a_student_cut_from_a_deeper_model_trains_and_loads(clean_dir, vocab, tmp_path):
+    folder = pretrained_folder(tmp_path / "bert4", vocab, 4)
+    args = tiny_train_args(clean_dir, vocab, tmp_path / "wb", "--epochs", 1)[3:]
+    train.main(["--model_name", str(folder), "--student_layers", "2", *args])
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "wb" / "best")
+    assert model.config.num_hidden_layers == 2
+
+
+def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_path):
+    two_way = tmp_path / "two_way"
+    tokenizer = BertTokenizer(vocab)
+    BertForSequenceClassification(bert_config(len(tokenizer), 1, 32, num_labels=2)).save_pretrained(
+        two_way)
+    tokenizer.save_pretrained(two_way)
+    cases = [(["--teacher", two_way], "--teacher", "are not ('happy'"),
+             (["--teacher", tmp_path / "missing"], "--teacher", "missing"),
+             (["--student_layers", 3], "--student_layers 3: the model has only 2 layers")]
+    folder = pretrained_folder(tmp_path / "bert2", vocab, 2)
+    for extra, *message in cases:
+        out = tmp_path / "out"
+        args = tiny_train_args(clean_dir, vocab, out, *extra)
+        if "--student_layers" in extra:
+            args = ["--model_name", str(folder), *args[3:]]
+        assert_clean_error(run_main("train.py", *args), *message)
+        assert not (out / "last").exists()
