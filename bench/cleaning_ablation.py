@@ -1,5 +1,5 @@
-"""What the cleaning choices of issue 7 cost or gain: the same small model, trained from scratch with
-each cleaning variant, scored on usual_eval and usual_test over several seeds.
+"""What the cleaning choices (bounded mentions, folded punctuation) cost or gain: the same small
+model, trained from scratch with each cleaning variant, scored on usual_eval and usual_test over several seeds.
 
     python bench/cleaning_ablation.py --lock /tmp/ewect-cpu.lock   # 3 variants x 3 seeds, ~30 min, 2 cores
     python bench/cleaning_ablation.py --variants bounded --seeds 1 --epochs 1   # a quick look

@@ -1,4 +1,4 @@
-"""Does self-pretraining on the task's own text help a small BERT? Issue 8's ablation:
+"""Does self-pretraining on the task's own text help a small BERT? The ablation:
 
 (a) fine-tuned from a random init;
 (b) masked-LM pretrained by pretrain.py on the default corpus (the train and eval text of both

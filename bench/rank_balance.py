@@ -5,7 +5,7 @@ micro-batches), which is what the encoder's time follows on these short posts.
 
     python bench/rank_balance.py                       # usual_train, bert-base-chinese's vocab
 
-(old) before issue 7: each process took whole length-grouped batches of --batch_size posts,
+(old) before steps were dealt post by post: each process took whole length-grouped batches of --batch_size posts,
       dealt to the ranks in turn, so the ranks of one step had batches of unrelated lengths.
 (new) train.py now: one batch of --batch_size posts per step, length-sorted, dealt round-robin
       to the ranks (ewect.data.split_for_step), so the ranks' pieces have nearly equal lengths.

@@ -1,4 +1,4 @@
-"""Which of the competition's tricks help here? Issue 10's measurement: each train.py option against
+"""Which of the competition's tricks help here? The measurement: each train.py option against
 the same model and recipe without it, 3 fine-tuning seeds each; usual_test and virus_test accuracy
 and macro-F1, mean ± sample std, and the change in macro-F1 from the row it is compared with.
 

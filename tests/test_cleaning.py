@@ -1,4 +1,4 @@
-"""The cleaning rules of the guide and issue 2, and their properties over arbitrary Unicode."""
+"""The cleaning rules (README, "The scripts"), and their properties over arbitrary Unicode."""
 import re
 
 import pytest
