@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS
 from ewect.decision import add_decision_arg
-from ewect.errors import UserError, run_cli
+from ewect.errors import UserError, run_cli, script_help
 from ewect.prediction import add_precision_arg
 
 EXAMPLES = [  # one post per label, in LABELS order
@@ -43,8 +43,7 @@ PROGRESS_EVERY = 64  # posts labelled between two progress updates: seconds of b
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
                    help="checkpoint folder written by train.py; several: their ensemble")
     add_decision_arg(p)

@@ -22,11 +22,11 @@ import json
 import os
 
 from ewect.config import CLEAN_DIR, DATA_FILES, EVAL_FILES, RAW_DIR, TRAIN_FILES
-from ewect.errors import UserError, run_cli
+from ewect.errors import UserError, run_cli, script_help
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(**script_help(__doc__, show_defaults=False))
     parser.add_argument("--raw_dir", default=RAW_DIR,
                         help="folder with the six raw files (default: $EWECT_RAW_DIR or data/raw)")
     parser.add_argument("--out_dir", default=CLEAN_DIR, help="where the cleaned files go")

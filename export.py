@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 from ewect.config import BEST_DIR, EVAL_FILE, MAX_LENGTH
-from ewect.errors import UserError, first_line, positive_int, run_cli
+from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
 from ewect.prediction import ONNX_DIR, ONNX_FILES
 
 FIXTURE_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
@@ -32,8 +32,7 @@ OPSET = 17
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     p.add_argument("--model_dir", nargs="+", default=[BEST_DIR],
                    help="checkpoint folders written by train.py, each exported into its onnx/")
     p.add_argument("--check_file", default=EVAL_FILE,

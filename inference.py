@@ -43,15 +43,14 @@ from pathlib import Path
 from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
 from ewect.decision import add_decision_arg, choose_offsets, decide
-from ewect.errors import UserError, first_line, positive_int, run_cli
+from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
 from ewect.prediction import BACKENDS, add_precision_arg
 
 FORMATS = ("auto", "lines", "json", "csv", "tsv", "xlsx")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="one post to label")
     source.add_argument("--input_file",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ewect.config import PRETRAIN_CORPUS, REPO_ROOT
 from ewect.data import sorted_batches, split_for_step, step_batches
-from ewect.errors import UserError, positive_int, run_cli
+from ewect.errors import UserError, positive_int, run_cli, script_help
 from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
                        read_corpus, split_held_out)
 from ewect.modeling import autocast, choose_precision, save_checkpoint
@@ -56,8 +56,7 @@ log = logging.getLogger("pretrain")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     add_shared_args(p, "hub id or local folder of a pretrained model to continue pretraining")
     p.add_argument("--num_heads", type=positive_int, default=None,
                    help="attention heads, with --from_scratch (default: hidden_size / 64)")

@@ -28,13 +28,12 @@ import os
 from ewect.config import DATASETS, LABELS, MAX_LENGTH, dataset_files, dataset_output_dir
 from ewect.data import add_label_names_arg
 from ewect.decision import add_decision_arg
-from ewect.errors import UserError, positive_int, run_cli
+from ewect.errors import UserError, positive_int, run_cli, script_help
 from ewect.prediction import BACKENDS, add_precision_arg
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     p.add_argument("--dataset", default="usual", choices=DATASETS,
                    help="track whose test files and trained model (its output folder's best/) "
                         "are the defaults of --data_file and --model_dir")

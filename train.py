@@ -40,7 +40,7 @@ from ewect.data import (Collator, add_label_names_arg, clean_records, encode, re
 from ewect.decision import save_offsets, tune_offsets
 from ewect.distill import (check_teachers, distillation_loss, keep_layers, soft_targets,
                            teacher_targets)
-from ewect.errors import UserError, positive_int, run_cli
+from ewect.errors import UserError, positive_int, run_cli, script_help
 from ewect.metrics import classification_scores, scores
 from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
@@ -82,8 +82,7 @@ log = logging.getLogger("train")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(**script_help(__doc__))
     add_shared_args(p, "hub id or local folder of a pretrained model to fine-tune")
     p.add_argument("--dataset", default="usual", choices=DATASETS,
                    help="track whose cleaned files and output folder are the defaults of the "

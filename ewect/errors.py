@@ -8,6 +8,21 @@ class UserError(Exception):
     """Bad input, paths or settings: the message says what is wrong and where."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default, and the script's summary and examples as written."""
+
+
+def script_help(doc, show_defaults=True):
+    """ArgumentParser's description and epilog from a script's docstring: its first paragraph
+    (what the script does) and its first indented block (the commands to run it), so the
+    commands are written once, in the docstring."""
+    summary, *paragraphs = doc.split("\n\n")
+    examples = next((p for p in paragraphs if p.startswith("    ")), None)
+    return {"description": summary, "epilog": examples and f"examples:\n{examples}",
+            "formatter_class": HelpFormatter if show_defaults
+            else argparse.RawDescriptionHelpFormatter}
+
+
 def first_line(err):
     """The first line of an exception's message, for a one-line report."""
     text = str(err).strip()

@@ -1,0 +1,344 @@
+"""Docs that cannot rot: every command in the shell code blocks of README.md and docs/*.md that
+runs one of the repo's scripts names a script that exists and passes only flags and values its
+parser takes (checked against the script's own parse_args; nothing else of it runs), every
+relative link resolves, and each script's --help says what it does and shows commands that work."""
+import argparse
+import contextlib
+import functools
+import io
+import os
+import re
+import shlex
+import sys
+from collections import namedtuple
+from pathlib import Path
+from unittest import mock
+from urllib.parse import unquote
+
+import pytest
+
+from conftest import ROOT, load_script
+from ewect.errors import script_help
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+USER_SCRIPTS = ["train.py", "test.py", "inference.py", "pretrain.py", "clean_data.py", "export.py",
+                "app.py"]
+# What a shell wrapper runs with its arguments, after how many arguments of its own come first.
+SH_FORWARDS = {"train.sh": ("train.py", 0), "test.sh": ("test.py", 0),
+               "pretrain.sh": ("pretrain.py", 0), "train_folds.sh": ("train.py", 2)}
+SHELL_FENCES = {"", "sh", "bash", "shell", "console", "zsh"}
+FENCE = re.compile(r"\s*(`{3,}|~{3,})\s*([\w+-]*)")
+PYTHONS, SHELLS = {"python", "python3"}, {"sh", "bash"}
+SHELL_KEYWORDS = {"do", "then", "else", "time", "exec", "{", "!"}
+ENV_ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
+# A value the shell or the reader fills in: $seed, $HOME, *.txt, posts?.txt, …, ...
+PLACEHOLDER = re.compile(r"[$*?]|…|\.\.\.")
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?[^)]*\)")
+
+Command = namedtuple("Command", "line text script args")
+
+
+def block_lines(markdown):
+    """(line number, line, language) of each line of the Markdown: language is the info string
+    of the fenced code block the line is in ('' for a bare fence), None outside blocks."""
+    fence = language = None
+    for number, line in enumerate(markdown.splitlines(), 1):
+        marker = FENCE.match(line)
+        if fence is None and marker:
+            fence, language = marker[1], marker[2].lower()
+        elif fence and line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+            fence = None
+        else:
+            yield number, line, language if fence else None
+
+
+def shell_lines(markdown):
+    """(line number, text) of the lines in shell code blocks, a line ending in a backslash
+    joined to the next under the first one's number."""
+    start, pending = None, ""
+    for number, line, language in block_lines(markdown):
+        if language not in SHELL_FENCES:
+            continue
+        start = start or number
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        yield start, pending + line
+        start, pending = None, ""
+
+
+def simple_commands(line):
+    """The words of each command on a shell line: split at ; && || | &, comments and
+    redirections (> FILE, 2>&1) dropped."""
+    lexer = shlex.shlex(re.sub(r"(?<!\S)\d(?=[<>])", "", line), posix=True,
+                        punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # an unclosed quote: words as they stand
+        tokens = line.split("#")[0].split()
+    words, redirected = [], False
+    for token in tokens:
+        if redirected:
+            redirected = False
+        elif not token.strip("();<>|&"):  # an operator
+            redirected = "<" in token or ">" in token
+            if not redirected and words:
+                yield words
+                words = []
+        else:
+            words.append(token)
+    if words:
+        yield words
+
+
+def without_keywords(words):
+    """A command's words without the shell keywords before it (`do` in `for ...; do python ...`)."""
+    while words and words[0] in SHELL_KEYWORDS:
+        words = words[1:]
+    return words
+
+
+def script_call(words):
+    """(script, its arguments) when the command runs a script by its path (python, torchrun,
+    python -m torch.distributed.run, sh, bash), else None."""
+    while words and ENV_ASSIGNMENT.match(words[0]):
+        words = words[1:]
+    if not words:
+        return None
+    program, *rest = words
+    if program in PYTHONS and rest[:2] == ["-m", "torch.distributed.run"]:
+        program, rest = "torchrun", rest[2:]
+    if program == "torchrun":  # the launcher's own options come before the script
+        at = next((i for i, word in enumerate(rest) if word.endswith(".py")), None)
+    elif program in PYTHONS | SHELLS:  # the first word that is not an option
+        at = next((i for i, word in enumerate(rest) if not word.startswith("-")), None)
+        if at is not None and rest[at - 1:at] == ["-m"]:
+            return None  # python -m pytest
+    else:
+        return None
+    if at is None or not rest[at].endswith((".py", ".sh")):
+        return None
+    return rest[at], rest[at + 1:]
+
+
+def documented_commands(markdown):
+    """The calls of scripts in the Markdown's shell code blocks."""
+    for number, line in shell_lines(markdown):
+        for words in map(without_keywords, simple_commands(line)):
+            if call := script_call(words):
+                yield Command(number, " ".join(words), *call)
+
+
+@functools.cache
+def script_module(script):
+    return load_script(script)
+
+
+def shell_options(path):
+    """The options a shell script takes itself: the labels of its `case` branches."""
+    code = "\n".join(line.split("#")[0] for line in path.read_text("utf-8").splitlines())
+    return {option for label in re.findall(r"(--[\w-]+(?:\s*\|\s*--[\w-]+)*)\s*\)", code)
+            for option in re.split(r"\s*\|\s*", label)}
+
+
+def tolerant_parse_args(allowed):
+    """ArgumentParser.parse_args, but leftover words that are placeholders or in `allowed`
+    (a wrapper's own options) are no error."""
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras := [word for word in extras if not PLACEHOLDER.search(word)
+                      and word.split("=")[0] not in allowed]:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+    return parse_args
+
+
+GET_VALUE, CHECK_VALUE = argparse.ArgumentParser._get_value, argparse.ArgumentParser._check_value
+
+
+def get_value(self, action, text):
+    """A placeholder value is not converted: the flag's default stands in for it."""
+    if PLACEHOLDER.search(text):
+        return text if action.type is None else action.default
+    return GET_VALUE(self, action, text)
+
+
+def check_value(self, action, value):
+    if not (isinstance(value, str) and PLACEHOLDER.search(value)):
+        CHECK_VALUE(self, action, value)
+
+
+def parse_error(script, args, allowed=()):
+    """The error line the script's parse_args gives for these arguments, or None. Only
+    parse_args runs; placeholder values are not checked, their flags are."""
+    parse_args = getattr(script_module(script), "parse_args", None)
+    if parse_args is None:
+        return None
+    stderr = io.StringIO()
+    with (mock.patch.object(sys, "argv", [script, *args]),
+          mock.patch.object(argparse.ArgumentParser, "parse_args", tolerant_parse_args(allowed)),
+          mock.patch.object(argparse.ArgumentParser, "_get_value", get_value),
+          mock.patch.object(argparse.ArgumentParser, "_check_value", check_value),
+          contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr)):
+        try:
+            parse_args()
+        except SystemExit as exit_:
+            if exit_.code:
+                return stderr.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def command_error(script, args):
+    """Why this call of a repo script would stop at its command line, or None."""
+    path = ROOT / script
+    if not path.is_file():
+        return f"{script}: no such script in the repo"
+    if path.suffix == ".py":
+        return parse_error(script, args)
+    own = shell_options(path)
+    forward = SH_FORWARDS.get(os.path.normpath(script))
+    if forward:
+        target, leading = forward
+        return parse_error(target, args[leading:], allowed=own)
+    unknown = [arg for arg in args if arg.startswith("-") and arg.split("=")[0] not in own]
+    return f"{script} has no option {', '.join(unknown)}" if unknown else None
+
+
+def broken_links(markdown, folder):
+    """(line number, target) of each relative link or image whose file is missing."""
+    prose = "\n".join("" if language is not None else re.sub(r"`[^`\n]*`", "", line)
+                      for _, line, language in block_lines(markdown))
+    for link in LINK.finditer(prose):
+        target = link[1]
+        path = unquote(target.split("#")[0])
+        if path and not re.match(r"[a-z][\w+.-]*:", target) and not (folder / path).exists():
+            yield prose.count("\n", 0, link.start()) + 1, target
+
+
+COMMANDS = [(doc, command) for doc in DOCS
+            for command in documented_commands(doc.read_text("utf-8"))]
+
+
+@pytest.mark.parametrize("doc,command", COMMANDS,
+                         ids=[f"{doc.name}:{command.line}" for doc, command in COMMANDS])
+def test_documented_command_takes_its_flags(doc, command):
+    error = command_error(command.script, command.args)
+    assert error is None, f"{doc.name} line {command.line}: `{command.text}`: {error}"
+
+
+def test_the_docs_show_how_to_train_test_and_predict():
+    """The collector finds the README's commands at all (else the test above checks nothing)."""
+    assert {"train.py", "test.py", "inference.py"} <= {command.script for _, command in COMMANDS}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
+def test_relative_links_resolve(doc):
+    broken = [f"{doc.name} line {line}: ({target})"
+              for line, target in broken_links(doc.read_text("utf-8"), doc.parent)]
+    assert not broken, "links to missing files:\n" + "\n".join(broken)
+
+
+def errors_in(markdown):
+    return [(command.text, command_error(command.script, command.args))
+            for command in documented_commands(markdown)]
+
+
+def test_a_renamed_flag_is_caught():
+    markdown = ("Train:\n\n```sh\npython train.py --epochs 3\n"
+                "python train.py --no_such_flag 1   # a flag train.py lacks\n```\n")
+    (good, good_error), (bad, bad_error) = errors_in(markdown)
+    assert good == "python train.py --epochs 3" and good_error is None
+    assert bad == "python train.py --no_such_flag 1"
+    assert "unrecognized arguments: --no_such_flag 1" in bad_error
+
+
+def test_bad_values_wrappers_and_missing_scripts_are_caught():
+    markdown = "\n".join([
+        "```bash",
+        "python train.py --dataset viruss",
+        "python inference.py --input_file posts.txt --chunk_size",
+        "NGPU=2 sh train.sh --no_such_flag && sh test.sh --dataset virus",
+        "sh train_folds.sh 5 workspace/folds --epochs 2 --no_such_flag",
+        "bash bench/gpu_check.sh --dry-run cuda_tests; bash bench/gpu_check.sh --no-such-mode",
+        "sh no_such_script.sh",
+        "```",
+        "```python",
+        "# python train.py --no_such_flag  (Python code: not a shell command)",
+        "```"])
+    errors = errors_in(markdown)
+    assert [text for text, _ in errors] == [
+        "python train.py --dataset viruss",
+        "python inference.py --input_file posts.txt --chunk_size",
+        "NGPU=2 sh train.sh --no_such_flag", "sh test.sh --dataset virus",
+        "sh train_folds.sh 5 workspace/folds --epochs 2 --no_such_flag",
+        "bash bench/gpu_check.sh --dry-run cuda_tests", "bash bench/gpu_check.sh --no-such-mode",
+        "sh no_such_script.sh"]
+    messages = [error for _, error in errors]
+    assert "invalid choice: 'viruss'" in messages[0]
+    assert "--chunk_size: expected one argument" in messages[1]
+    assert "unrecognized arguments: --no_such_flag" in messages[2]
+    assert messages[3] is None and messages[5] is None
+    assert "unrecognized arguments: --no_such_flag" in messages[4]
+    assert "--no-such-mode" in messages[6]
+    assert "no such script" in messages[7]
+
+
+def test_loops_continuations_and_placeholders_are_read_as_the_shell_would():
+    markdown = "\n".join([
+        "```",
+        "for seed in 42 43; do",
+        "    python train.py --lr 5e-4 --seed $seed \\",
+        "        --output_dir workspace/seed$seed; done  # two runs",
+        "torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv",
+        "python -m torch.distributed.run --standalone --nproc_per_node=2 pretrain.py --resume",
+        "python inference.py --input_file data/*.txt --json > labels.jsonl 2>&1",
+        "python pretrain.py --model_name … --epochs ...",
+        "python -m pytest -q && pip install -r requirements.txt",
+        "```"])
+    commands = list(documented_commands(markdown))
+    assert [(c.line, c.script, c.args) for c in commands] == [
+        (3, "train.py", ["--lr", "5e-4", "--seed", "$seed", "--output_dir", "workspace/seed$seed"]),
+        (5, "inference.py", ["--input_file", "posts.txt", "--output", "labels.tsv"]),
+        (6, "pretrain.py", ["--resume"]),
+        (7, "inference.py", ["--input_file", "data/*.txt", "--json"]),
+        (8, "pretrain.py", ["--model_name", "…", "--epochs", "..."])]
+    assert [command_error(c.script, c.args) for c in commands] == [None] * 5
+    renamed = "```\nfor seed in 42 43; do python train.py --seeds $seed; done\n```"
+    assert "unrecognized arguments: --seeds" in errors_in(renamed)[0][1]
+
+
+def test_broken_links_are_found(tmp_path):
+    for name in ["data/README.md", "docs/shot.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    markdown = ("See [the data](data/README.md#format), ![demo](docs/shot.png), "
+                "[the site](https://example.com/x.md), [above](#data),\n"
+                "a [missing page](docs/gone.md) and ![a lost\nimage](docs/lost.png).\n"
+                "```\n[not a link](nowhere.md)\n```\n")
+    assert list(broken_links(markdown, tmp_path)) == [(2, "docs/gone.md"), (2, "docs/lost.png")]
+
+
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_help_says_what_the_script_does_and_how_to_run_it(script):
+    module = script_module(script)
+    out = io.StringIO()
+    with (mock.patch.object(sys, "argv", [script, "--help"]), contextlib.redirect_stdout(out),
+          pytest.raises(SystemExit)):
+        module.parse_args()
+    shown = out.getvalue()
+    summary = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert summary in " ".join(shown.split())
+    examples = [line.strip() for line in module.__doc__.splitlines()
+                if line.startswith(f"    python {script}")]
+    assert examples and set(examples) <= {line.strip() for line in shown.splitlines()}, shown
+
+
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_help_examples_take_their_flags(script):
+    """The commands of a script's docstring, which its --help shows, are checked as the docs'."""
+    examples = script_help(script_module(script).__doc__)["epilog"]
+    errors = [f"{script} docstring: `{command.text}`: {error}"
+              for command in documented_commands(f"```\n{examples}\n```")
+              if (error := command_error(command.script, command.args))]
+    assert not errors, "\n".join(errors)
