@@ -11,7 +11,6 @@ import re
 import shlex
 import sys
 from collections import namedtuple
-from pathlib import Path
 from unittest import mock
 from urllib.parse import unquote
 
@@ -20,12 +19,14 @@ import pytest
 from conftest import ROOT, load_script
 from ewect.errors import script_help
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = ["README.md", *sorted(path.relative_to(ROOT).as_posix()
+                             for path in (ROOT / "docs").glob("*.md"))]
 USER_SCRIPTS = ["train.py", "test.py", "inference.py", "pretrain.py", "clean_data.py", "export.py",
                 "app.py"]
 # What a shell wrapper runs with its arguments, after how many arguments of its own come first.
 SH_FORWARDS = {"train.sh": ("train.py", 0), "test.sh": ("test.py", 0),
-               "pretrain.sh": ("pretrain.py", 0), "train_folds.sh": ("train.py", 2)}
+               "pretrain.sh": ("pretrain.py", 0), "train_folds.sh": ("train.py", 2),
+               "train_offline.sh": ("train.py", 0)}
 SHELL_FENCES = {"", "sh", "bash", "shell", "console", "zsh"}
 FENCE = re.compile(r"\s*(`{3,}|~{3,})\s*([\w+-]*)")
 PYTHONS, SHELLS = {"python", "python3"}, {"sh", "bash"}
@@ -158,7 +159,8 @@ GET_VALUE, CHECK_VALUE = argparse.ArgumentParser._get_value, argparse.ArgumentPa
 
 
 def get_value(self, action, text):
-    """A placeholder value is not converted: the flag's default stands in for it."""
+    """A placeholder value is not converted: it stays as written, or for a flag that converts
+    its value, the default stands in (the checks after parsing compare numbers)."""
     if PLACEHOLDER.search(text):
         return text if action.type is None else action.default
     return GET_VALUE(self, action, text)
@@ -171,7 +173,8 @@ def check_value(self, action, value):
 
 def parse_error(script, args, allowed=()):
     """The error line the script's parse_args gives for these arguments, or None. Only
-    parse_args runs; placeholder values are not checked, their flags are."""
+    parse_args runs; placeholder values are not checked, their flags are. A script without a
+    parse_args (some in bench/ parse in main) is not checked."""
     parse_args = getattr(script_module(script), "parse_args", None)
     if parse_args is None:
         return None
@@ -217,14 +220,14 @@ def broken_links(markdown, folder):
 
 
 COMMANDS = [(doc, command) for doc in DOCS
-            for command in documented_commands(doc.read_text("utf-8"))]
+            for command in documented_commands((ROOT / doc).read_text("utf-8"))]
 
 
 @pytest.mark.parametrize("doc,command", COMMANDS,
-                         ids=[f"{doc.name}:{command.line}" for doc, command in COMMANDS])
+                         ids=[f"{doc}:{command.line}" for doc, command in COMMANDS])
 def test_documented_command_takes_its_flags(doc, command):
     error = command_error(command.script, command.args)
-    assert error is None, f"{doc.name} line {command.line}: `{command.text}`: {error}"
+    assert error is None, f"{doc} line {command.line}: `{command.text}`: {error}"
 
 
 def test_the_docs_show_how_to_train_test_and_predict():
@@ -232,10 +235,11 @@ def test_the_docs_show_how_to_train_test_and_predict():
     assert {"train.py", "test.py", "inference.py"} <= {command.script for _, command in COMMANDS}
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
+@pytest.mark.parametrize("doc", DOCS)
 def test_relative_links_resolve(doc):
-    broken = [f"{doc.name} line {line}: ({target})"
-              for line, target in broken_links(doc.read_text("utf-8"), doc.parent)]
+    path = ROOT / doc
+    broken = [f"{doc} line {line}: ({target})"
+              for line, target in broken_links(path.read_text("utf-8"), path.parent)]
     assert not broken, "links to missing files:\n" + "\n".join(broken)
 
 
