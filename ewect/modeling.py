@@ -99,22 +99,49 @@ def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, num_heads=None
     return config
 
 
+HUB_TIMEOUT = 5  # seconds the hub has to answer before it counts as unreachable
+
+
+def hub_problem(model_name):
+    """Why model_name cannot come from the hub now, or None when the hub answers one request
+    within HUB_TIMEOUT seconds (any answer: 'no such model' is from_pretrained's to report).
+    Without this check, a download fails only after the hub library's retries, about 50 s."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(model_name, timeout=HUB_TIMEOUT)
+    except (HfHubHTTPError, ValueError):  # an answer, or a name that is no hub id
+        return None
+    except Exception:  # no connection, no name resolution, a time-out, a proxy's refusal
+        return f"the hub at {constants.ENDPOINT} cannot be reached"
+    return None
+
+
 def from_pretrained(auto_class, model_name, dropout=0.1, **kwargs):
-    """(model, tokenizer) from a hub id or a local folder (~ expanded), weights in fp32 whatever
+    """(model, tokenizer) from a local folder (~ expanded) or a hub id, weights in fp32 whatever
     dtype they were saved in: trained in fp16 they overflow, in bf16 an lr-1e-5 update rounds
-    away and the model silently stops learning. Autocast gives the speed of half precision."""
+    away and the model silently stops learning. Autocast gives the speed of half precision.
+    A hub id comes from the local cache alone when the hub cannot be reached or HF_HUB_OFFLINE
+    is set."""
     model_name = os.path.expanduser(model_name)
     if (os.path.isabs(model_name) or model_name.startswith(".")) and not os.path.isdir(model_name):
         raise UserError(f"--model_name {model_name}: no such folder")
+    problem = None if os.path.isdir(model_name) else hub_problem(model_name)
+    offline = problem is not None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=offline)
         model = auto_class.from_pretrained(
             model_name, dtype=torch.float32, hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout, attn_implementation="sdpa", **kwargs)
+            attention_probs_dropout_prob=dropout, attn_implementation="sdpa",
+            local_files_only=offline, **kwargs)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load model {model_name!r} ({first_line(err)}); without network, "
-                        "pass a local folder with --model_name (HF_HUB_OFFLINE=1 answers at once "
-                        "instead of retrying), or use --from_scratch --vocab VOCAB.txt") from None
+        why = f"{problem} and it is not in the local cache" if problem else first_line(err)
+        raise UserError(f"cannot load model {model_name!r} ({why}); without network, pass a "
+                        "local model folder with --model_name PATH, or build a model offline "
+                        "with `sh train_offline.sh`") from None
     return model, tokenizer
 
 

@@ -3,12 +3,17 @@
 Most run the script's main in this process, through the run_cli its `__main__` calls
 (conftest.run_main), to save a torch import per test; a new process where that matters."""
 import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
 
 import pytest
 import torch
 
 from ewect.errors import UserError
-from conftest import assert_clean_error, run_main, run_script, tiny_train_args
+from conftest import ROOT, assert_clean_error, run_main, run_script, tiny_train_args
 
 
 def test_clean_data_without_raw_files(tmp_path):
@@ -37,13 +42,23 @@ def test_train_names_the_bad_record(tmp_path, clean_dir, vocab, record, message)
     assert not (tmp_path / "wb" / "best").exists()  # stopped before training
 
 
-def test_hub_model_without_network(monkeypatch, clean_dir, vocab, tmp_path):
-    # In a new process: the hub library reads HF_HUB_OFFLINE (its offline mode answers at once)
-    # when imported.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_model_without_network(clean_dir, vocab, tmp_path):
+    # A new process, as users run it, with the hub at a closed local port and HF_HUB_OFFLINE
+    # unset: the hub library's retries alone would take about 50 s to give up.
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", OMP_NUM_THREADS="1")
     args = tiny_train_args(clean_dir, vocab, tmp_path / "wb")[3:]  # no --from_scratch --vocab V
-    result = run_script("train.py", "--model_name", "some-org/a-model-nobody-cached", *args)
-    assert_clean_error(result, "cannot load model 'some-org/a-model-nobody-cached'", "--from_scratch")
+    result = subprocess.run([sys.executable, "train.py", "--model_name",
+                             "some-org/a-model-nobody-cached", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    # Timed from the run's first log line, after the imports (seconds on a busy machine).
+    started = re.search(r"^(\S+ \S+) INFO arguments:", result.stdout, re.M)[1]
+    elapsed = datetime.now() - datetime.strptime(started, "%Y-%m-%d %H:%M:%S,%f")
+    assert elapsed.total_seconds() < 10, result.stdout
+    assert_clean_error(result, "cannot load model 'some-org/a-model-nobody-cached'",
+                       "http://127.0.0.1:9 cannot be reached", "--model_name PATH",
+                       "sh train_offline.sh")
+    assert result.stderr.count("\n") == 1, result.stderr
     from ewect import modeling
 
     with pytest.raises(UserError, match="no such folder"):
