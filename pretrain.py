@@ -1,8 +1,8 @@
 """Pretrain a BERT with masked-LM (BERT §3.1) on Weibo text, from scratch or continued from a
 pretrained model; keep the epoch with the lowest held-out loss.
 
-    python pretrain.py --from_scratch --vocab ../shared/models/bert-base-chinese-vocab/vocab.txt \\
-        --num_layers 2 --hidden_size 128 --epochs 20 --device cpu      # offline, small
+    python pretrain.py --from_scratch --num_layers 2 --hidden_size 128 --epochs 20 --device cpu
+        # offline, small: a vocabulary built from the corpus (or --vocab VOCAB.txt)
     python pretrain.py --model_name bert-base-chinese --whole_word_mask  # continued, GPU
     torchrun --nproc_per_node=4 pretrain.py --model_name bert-base-chinese
     python pretrain.py --resume                                        # continue a stopped run
@@ -41,6 +41,7 @@ from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduc
                             refuse_shifted_resume, resume_from_state, save_training_state,
                             setup_logging, setup_processes, step_plan, stop_for_resume,
                             stop_if_every_step_skipped, wrap_for_training, write_json)
+from ewect.vocab import scratch_vocab
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
 # and the masks. Anything else (epochs, lr, device, precision, processes) may change on --resume.
@@ -76,8 +77,6 @@ def parse_args(argv=None):
                         "with --from_scratch)%(default).0s")
     p.add_argument("--epochs", type=positive_int, default=20, help="pretraining epochs")
     args = p.parse_args(argv)
-    if args.from_scratch and not args.vocab:
-        p.error("--from_scratch needs --vocab VOCAB.txt")
     if not 0 < args.held_out_fraction < 1:
         p.error("--held_out_fraction must be between 0 and 1")
     if args.lr is None:
@@ -162,7 +161,8 @@ def pretrain(args, rank, world_size, device):
     if state:
         model, tokenizer = build_mlm_model(last_dir, dropout=args.dropout)
     else:
-        model, tokenizer = build_mlm_model(args.model_name, args.from_scratch, args.vocab,
+        vocab = scratch_vocab(args, train_texts, log.info)
+        model, tokenizer = build_mlm_model(args.model_name, args.from_scratch, vocab,
                                            args.num_layers, args.hidden_size, args.num_heads,
                                            args.intermediate_size, args.dropout)
     model.to(device).train()

@@ -2,8 +2,8 @@
 # Masked-LM pretraining (pretrain.py), cleaning the data first if needed; on all visible GPUs
 # through torchrun when there are several, as train.sh does.
 #
-#   sh pretrain.sh --from_scratch --vocab ../shared/models/bert-base-chinese-vocab/vocab.txt \
-#       --num_layers 4 --hidden_size 256          # a small BERT from scratch
+#   sh pretrain.sh --from_scratch --num_layers 4 --hidden_size 256   # a small BERT from scratch,
+#                                                 # on a vocabulary built from the corpus
 #   sh pretrain.sh --model_name bert-base-chinese --whole_word_mask   # continued pretraining
 #   sh pretrain.sh --resume                       # continue an interrupted run
 #   NGPU=2 sh pretrain.sh ...                     # GPUs to use (default: all visible ones)

@@ -7,8 +7,8 @@ usual_eval macro-F1 (--dataset virus: virus_train and virus_eval; both: the two 
     python train.py --model_name /path/to/bert-base-chinese --device cuda
     torchrun --nproc_per_node=4 train.py               # 4 GPUs; still 64 posts a step in all
     python train.py --resume                           # continue an interrupted run
-    python train.py --from_scratch --vocab ../shared/models/bert-base-chinese-vocab/vocab.txt \\
-        --num_layers 2 --hidden_size 128 --epochs 3 --device cpu   # offline, small
+    python train.py --from_scratch --num_layers 2 --hidden_size 128 --epochs 3 --device cpu
+        # offline, small: a random BERT on a vocabulary built from the training posts
     python train.py --class_weights auto --adversarial fgm --rdrop 1 --tune_bias   # the
         # competition's tricks, each off by default (measured: bench/RESULTS.md)
     python train.py --folds 5 --fold 2 --output_dir workspace/folds/fold2   # one k-fold member;
@@ -53,6 +53,7 @@ from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduc
                             refuse_shifted_resume, resume_from_state, save_training_state,
                             setup_logging, setup_processes, step_plan, stop_for_resume,
                             stop_if_every_step_skipped, wrap_for_training, write_json)
+from ewect.vocab import scratch_vocab
 
 # What a resumed run must share with the run it continues: the model, the data and the batches.
 # Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
@@ -155,8 +156,8 @@ def parse_args(argv=None):
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
     if not 0 <= args.kd_alpha <= 1 or args.kd_temperature <= 0:
         p.error("--kd_alpha must be from 0 to 1 and --kd_temperature above 0")
-    if args.from_scratch and (args.vocab is None or args.init_from):
-        p.error("--from_scratch needs --vocab VOCAB.txt and no --init_from")
+    if args.from_scratch and args.init_from:
+        p.error("--from_scratch and --init_from exclude each other: start from one or the other")
     if args.fold > args.folds:
         p.error(f"--fold {args.fold} of --folds {args.folds}: the fold is 1..K")
     if args.init_from:
@@ -356,8 +357,9 @@ def train(args, rank, world_size, device):
         model, tokenizer = load_checkpoint(last_dir, device)
         model.train()
     else:
+        vocab = scratch_vocab(args, [r.content for r in train_records] + unlabelled, log.info)
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
-                                       args.vocab, args.num_layers, args.hidden_size, log.info)
+                                       vocab, args.num_layers, args.hidden_size, log.info)
         if args.student_layers:
             log.info("student: layers %s of %s kept", keep_layers(model, args.student_layers),
                      args.model_name)

@@ -6,6 +6,7 @@
 #   sh train.sh --model_name /path/to/bert-base-chinese --epochs 10   # arguments pass through
 #   sh train.sh --resume                          # continue an interrupted run
 #   NGPU=2 sh train.sh                            # GPUs to use (default: all visible ones)
+#   sh train_offline.sh                           # no hub access: a model from the data alone
 #
 # Relative paths in the arguments are relative to the folder you run it from.
 set -e

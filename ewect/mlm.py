@@ -226,7 +226,8 @@ def masked_lm_loss(model, batch):
 def build_mlm_model(model_name=None, from_scratch=False, vocab=None, num_layers=12,
                     hidden_size=768, num_heads=None, intermediate_size=None, dropout=0.1):
     """(BertForMaskedLM, tokenizer): continued pretraining from a hub id or folder, or, with
-    from_scratch, a random BERT of the given size on the given WordPiece vocabulary."""
+    from_scratch, a random BERT of the given size on the given WordPiece vocabulary: a vocab.txt
+    file or a list of tokens (ewect.vocab.build_vocab)."""
     from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
     if from_scratch:

@@ -178,9 +178,14 @@ def _label_names(model_name):
 
 
 def scratch_tokenizer(vocab):
-    if not vocab or not os.path.isfile(vocab):
-        raise UserError(f"--from_scratch needs --vocab VOCAB.txt; not a file: {vocab}")
-    return BertTokenizer(vocab)
+    """The BertTokenizer of a model from scratch: on a WordPiece vocab.txt file, or on a list of
+    tokens in id order (ewect.vocab.build_vocab). save_pretrained keeps it with the model."""
+    if isinstance(vocab, (list, tuple)):
+        return BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    if not vocab or not os.path.isfile(os.path.expanduser(vocab)):
+        raise UserError(f"--vocab {vocab}: not a file (leave --vocab out to build a vocabulary "
+                        "from the training posts)")
+    return BertTokenizer(os.path.expanduser(vocab))
 
 
 def load_checkpoint(model_dir, device="cpu"):

@@ -394,12 +394,21 @@ def add_shared_args(p, model_help):
     """The model to start from and how to run: the flags both training scripts take."""
     from .config import MAX_LENGTH, PRECISIONS
     from .errors import positive_int, seed
+    from .vocab import MIN_FREQUENCY, VOCAB_SIZE
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
     p.add_argument("--from_scratch", action="store_true",
                    help="start from a randomly initialised BERT of the size below (offline runs, "
                         "tests, benchmarks)")
-    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch")
+    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch (default: a "
+                   "vocabulary built from the run's training posts, saved with the model)"
+                   "%(default).0s")
+    p.add_argument("--vocab_size", type=positive_int, default=VOCAB_SIZE,
+                   help="most tokens, special ones included, of the vocabulary --from_scratch "
+                        "builds without --vocab")
+    p.add_argument("--vocab_min_frequency", type=positive_int, default=MIN_FREQUENCY,
+                   help="tokens (characters too) seen fewer times in the training posts are "
+                        "left out of the built vocabulary: their text reads as [UNK]")
     p.add_argument("--num_layers", type=positive_int, default=12,
                    help="layers, with --from_scratch")
     p.add_argument("--hidden_size", type=positive_int, default=768,
