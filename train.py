@@ -13,7 +13,7 @@ usual_eval macro-F1 (--dataset virus: virus_train and virus_eval; both: the two 
         # competition's tricks, each off by default (measured: bench/RESULTS.md)
     python train.py --folds 5 --fold 2 --output_dir workspace/folds/fold2   # one k-fold member;
         # sh train_folds.sh 5 workspace/folds trains all five and tests their ensemble
-    python train.py --teacher workspace/seed42/best workspace/seed43/best --student_layers 4 \
+    python train.py --teacher workspace/seed42/best workspace/seed43/best --student_layers 4 \\
         --output_dir workspace/student   # distil an ensemble into a 4-layer cut of the model
 
 Writes to --output_dir (workspace/wb; wb_virus, wb_both for the other --dataset): best/ (the best
