@@ -128,17 +128,22 @@ def current_rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
-def describe_machine(device):
-    """One line per fact needed to compare results across machines."""
-    cpu = platform.processor() or "unknown CPU"
+def cpu_name():
+    """The CPU's model name (Linux), or what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or "unknown CPU"
+
+
+def describe_machine(device):
+    """One line per fact needed to compare results across machines."""
     import transformers
     lines = [f"command: {command_line()}",
-             f"cpu: {cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
+             f"cpu: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads "
+             f"{torch.get_num_threads()}",
              f"software: python {platform.python_version()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}"]
     if device.type == "cuda":
