@@ -1,0 +1,284 @@
+"""The speed-accuracy picture on this CPU: usual_test macro-F1 against posts/s of the whole
+`inference.py --input_file` command, for each model and backend, and the char TF-IDF baseline;
+the frontier (points no faster-and-better point beats) marked, in docs/frontier.png and .md.
+
+    M=workspace/mini_seed
+    python bench/frontier.py --from_results workspace/distill/results.json \
+        --model 2-layer=workspace/wb/best --model 4-layer_x2=${M}42/best,${M}43/best
+
+    # a smoke run on the test fixture, after bench/distill.py's (its docstring): 2 minutes
+    T=workspace/tiny
+    python bench/frontier.py --from_results $T/distill/results.json --model tiny=$T/t42/best \
+        --model tiny_x2=$T/t42/best,$T/t43/best --data_dir tests/fixtures/raw \
+        --work_dir $T/frontier --png $T/frontier.png --md $T/frontier.md
+
+--model NAME=DIR[,DIR...] (several folders: their ensemble) is timed per --backends as
+bench/distill.py times its lines (distill.time_inference): `inference.py --input_file
+WORK_DIR/clean/usual_test_labeled.txt --output FILE --device cpu --decision none` plus the
+backend's flags, the wall time of the whole command (Python's start, the imports and the model's
+load included), the fastest of distill.TIMINGS runs; its macro-F1 is scored from the labels the
+command wrote. --from_results adds bench/distill.py's lines, measured there the same way.
+The char TF-IDF baseline (bench/tfidf_baseline.py) has no command that only predicts: it is
+fitted on usual_train here and its prediction step is timed in this process, from reading
+usual_test (cleaning included) to its labels: no Python start, no load, once.
+
+Measurements are kept in --cache, keyed by name, backend, folders, their weights' times and the
+CPU: a rerun measures only what is new (delete the file to measure everything again).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import time
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+
+from bench import distill, tfidf_baseline  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, command_line, cpu_name, load_posts,  # noqa: E402
+                          read_json)
+from ewect.config import REPO_ROOT  # noqa: E402
+from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.metrics import classification_scores  # noqa: E402
+
+TFIDF = "char TF-IDF (predict step)"
+TFIDF_COMMAND = "python bench/tfidf_baseline.py (fits, then predicts: its prediction step timed)"
+MARKERS = {"torch_fp32": "o", "torch_int8": "s", "onnx_int8": "^", "sklearn": "D"}
+
+
+def model_arg(text):
+    """argparse type of --model: (NAME, [DIR, ...])."""
+    name, _, folders = text.partition("=")
+    if not name or not folders:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR[,DIR...], not {text!r}")
+    return name, [os.path.abspath(d) for d in folders.split(",")]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=model_arg, action="append", default=[],
+                   metavar="NAME=DIR[,DIR...]",
+                   help="a model to time (several folders: their ensemble); repeat for more")
+    p.add_argument("--backends", nargs="+", default=list(distill.BACKENDS),
+                   choices=list(distill.BACKENDS), help="the backends each --model is timed on")
+    p.add_argument("--from_results", metavar="FILE",
+                   help="bench/distill.py's results.json: its lines' measurements are added")
+    p.add_argument("--no_tfidf", action="store_true", help="leave the TF-IDF baseline out")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
+    p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "frontier"),
+                   help="where the cleaned data, inference outputs and logs go")
+    p.add_argument("--cache", default=None,
+                   help="the measurements kept between runs (default: WORK_DIR/measurements.json)"
+                        "%(default).0s")
+    p.add_argument("--png", default=os.path.join(REPO_ROOT, "docs", "frontier.png"),
+                   help="the picture")
+    p.add_argument("--md", default=os.path.join(REPO_ROOT, "docs", "frontier.md"),
+                   help="the table, with the picture")
+    args = p.parse_args()
+    args.data_dir, args.work_dir = map(os.path.abspath, (args.data_dir, args.work_dir))
+    args.cache = args.cache or os.path.join(args.work_dir, "measurements.json")
+    return args
+
+
+def weights_time(folder):
+    path = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(path):
+        raise UserError(f"--model {folder}: no model.safetensors; pass train.py's best/ folders")
+    return os.path.getmtime(path)
+
+
+def time_tfidf(data_dir):
+    """(macro-F1, seconds) of the TF-IDF baseline on usual_test: tfidf_scores fits and predicts
+    in one call, so the clock starts when it reads the test file and stops at its labels."""
+    clock = {}
+
+    def load(data_dir, name, drop_empty, limit=None):
+        if not drop_empty:  # the test file; the train file drops empty posts
+            clock["start"] = time.perf_counter()
+        return load_posts(data_dir, name, drop_empty, limit)
+
+    def score(golds, predicted):
+        clock["seconds"] = time.perf_counter() - clock["start"]
+        return classification_scores(golds, predicted)
+
+    with (mock.patch.object(tfidf_baseline, "load_posts", load),
+          mock.patch.object(tfidf_baseline, "classification_scores", score)):
+        result = tfidf_baseline.tfidf_scores(data_dir, "usual_train.txt", [distill.SPEED_FILE])
+    return result[distill.SPEED_FILE]["macro_f1"], clock["seconds"]
+
+
+def measured(cache, key, measure):
+    """cache[key], measured (and the cache file rewritten) only when it is not there."""
+    if key not in cache["points"]:
+        cache["points"][key] = measure()
+        with open(cache["path"], "w", encoding="utf-8") as f:
+            json.dump(cache["points"], f, indent=2)
+    return cache["points"][key]
+
+
+def model_point(name, folders, backend, cache, args):
+    key = json.dumps([name, backend, folders, [weights_time(d) for d in folders], cpu_name()])
+
+    def measure():
+        s = distill.time_inference(re.sub(r"[^\w.-]+", "_", name), folders, backend,
+                                   os.path.join(args.clean_dir, distill.SPEED_FILE),
+                                   args.work_dir, os.path.join(args.clean_dir, distill.CHECK_FILE))
+        return {"name": name, **s}
+    return measured(cache, key, measure)
+
+
+def tfidf_point(cache, args):
+    key = json.dumps([TFIDF, args.data_dir, cpu_name()])
+
+    def measure():
+        macro_f1, seconds = time_tfidf(args.data_dir)
+        posts = len(load_posts(args.data_dir, distill.SPEED_FILE, drop_empty=False)[0])
+        return {"name": TFIDF, "backend": "sklearn", "macro_f1": macro_f1, "posts": posts,
+                "seconds": seconds, "posts_per_s": posts / seconds, "command": TFIDF_COMMAND}
+    return measured(cache, key, measure)
+
+
+def results_points(path):
+    """(points, a sentence naming the students) of bench/distill.py's results: each line's
+    first model, per backend timed."""
+    results = read_json(path)
+    if results.get("cpu") != cpu_name():
+        print(f"warning: {path} was measured on {results.get('cpu')}, not on this "
+              f"{cpu_name()}: its speeds are not comparable with the ones measured here")
+    args = results["args"]
+    rel = distill.repo_path
+    students = (f"From {path}: teachers {' '.join(map(rel, args['teachers']))}; a "
+                f"{rel(args['student_a'])}, b its {args['student_layers']}-layer cut, c "
+                f"{args['student_c'] and rel(args['student_c'])}; kd: distilled at T "
+                f"{results['setting'][0]:g}, alpha {results['setting'][1]:g}.")
+    return [{"name": key, **s} for key, line in results["lines"].items()
+            for s in line["speed"].values()], students
+
+
+def mark_frontier(points):
+    """Each point's 'frontier': True unless another point is at least as fast and as accurate
+    and better in one of the two (so the best accuracy at each speed)."""
+    for p in points:
+        p["frontier"] = not any(
+            q["posts_per_s"] >= p["posts_per_s"] and q["macro_f1"] >= p["macro_f1"]
+            and (q["posts_per_s"], q["macro_f1"]) != (p["posts_per_s"], p["macro_f1"])
+            for q in points)
+
+
+# Where a point's name may go, in points from it: beside it first, then further up or down.
+LABEL_OFFSETS = [(dx, dy) for level in range(6) for dy in (3 + 11 * level, -11 - 11 * level)
+                 for dx in (6, -6)]
+
+
+def place_labels(ax, points):
+    """Each point's name at the first offset where it stays inside the axes and covers no point
+    and no name placed before (frontier points first); a name moved off its point gets a thin
+    line to it. A name with no such place is left out: the table lists every point."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    taken = [Bbox.from_extents(x - 4, y - 4, x + 4, y + 4) for x, y in ax.transData.transform(
+        [(p["posts_per_s"], p["macro_f1"]) for p in points])]
+    for p in sorted(points, key=lambda p: (not p["frontier"], -p["posts_per_s"])):
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(
+                p["name"], (p["posts_per_s"], p["macro_f1"]), xytext=(dx, dy),
+                textcoords="offset points", ha="left" if dx > 0 else "right", fontsize=8,
+                fontweight="bold" if p["frontier"] else "normal",
+                arrowprops=dict(arrowstyle="-", color="grey", lw=0.5) if abs(dy) > 14 else None)
+            box = label.get_window_extent(renderer)
+            if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and not any(
+                    box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            label.remove()
+
+
+def plot(points, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    for backend, marker in MARKERS.items():
+        group = [p for p in points if p["backend"] == backend]
+        if group:
+            ax.scatter([p["posts_per_s"] for p in group], [p["macro_f1"] for p in group],
+                       marker=marker, s=50, zorder=3, label=backend.replace("_", " "))
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.1)
+    best = sorted((p for p in points if p["frontier"]), key=lambda p: p["posts_per_s"])
+    # The best accuracy reachable at least this fast, from the left edge: a falling staircase.
+    left = ax.get_xlim()[0]
+    ax.step([left] + [p["posts_per_s"] for p in best],
+            [best[0]["macro_f1"]] + [p["macro_f1"] for p in best], where="pre", color="grey",
+            linestyle="--", zorder=2, label="frontier")
+    ax.set_xlim(left=left)
+    ax.set_xlabel("posts/s of the whole inference.py --input_file command (log scale)")
+    ax.set_ylabel("usual_test macro-F1")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # covers no point
+    place_labels(ax, points)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_table(points, path, png, title, students):
+    lines = [
+        "# Speed and accuracy", "", title, "",
+        "usual_test macro-F1 against posts/s of the whole `inference.py --input_file` command "
+        "(Python's start, imports and the model's load included; the faster of "
+        f"{distill.TIMINGS} runs; the TF-IDF: its prediction step alone, in process). On the "
+        "frontier: no other point is both as fast and as accurate. Made by "
+        f"`{command_line()}`. {students}".rstrip(), "",
+        f"![speed and accuracy]({os.path.relpath(png, os.path.dirname(os.path.abspath(path)))})",
+        "", "| name | backend | usual_test macro-F1 | posts/s | on frontier | command |",
+        "|---|---|---:|---:|---|---|"]
+    for p in sorted(points, key=lambda p: -p["posts_per_s"]):
+        lines.append(f"| {p['name']} | {p['backend'].replace('_', ' ')} | {p['macro_f1']:.4f} | "
+                     f"{p['posts_per_s']:.1f} | {'yes' if p['frontier'] else 'no'} | "
+                     f"`{p['command']}` |")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main():
+    args = parse_args()
+    if not args.model and not args.from_results and args.no_tfidf:
+        raise UserError("nothing to draw: pass --model, --from_results or leave the TF-IDF in")
+    if args.from_results and not os.path.isfile(args.from_results):
+        raise UserError(f"--from_results {args.from_results}: no such file; bench/distill.py "
+                        "writes WORK_DIR/results.json when it ends")
+    os.makedirs(args.work_dir, exist_ok=True)
+    cache = {"path": args.cache,
+             "points": read_json(args.cache) if os.path.isfile(args.cache) else {}}
+    points = []
+    if args.model:
+        args.clean_dir = distill.clean_data(args.data_dir, args.work_dir)
+        points += [model_point(name, folders, backend, cache, args)
+                   for name, folders in args.model for backend in args.backends]
+    students = ""
+    if args.from_results:
+        more, students = results_points(args.from_results)
+        points += more
+    if not args.no_tfidf:
+        points.append(tfidf_point(cache, args))
+    mark_frontier(points)
+    title = (f"usual_test macro-F1 and speed on {cpu_name()} ({os.cpu_count()} logical CPUs), "
+             f"{datetime.date.today().isoformat()}")
+    plot(points, args.png, title)
+    write_table(points, args.md, args.png, title, students)
+    print("\n".join(f"{p['name']:<24} {p['backend']:<11} macro-F1 {p['macro_f1']:.4f}  "
+                    f"{p['posts_per_s']:8.1f} posts/s{'  frontier' if p['frontier'] else ''}"
+                    for p in sorted(points, key=lambda p: -p["posts_per_s"])))
+    print(f"wrote {args.png} and {args.md}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

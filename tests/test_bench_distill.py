@@ -1,0 +1,55 @@
+"""bench/distill.py and bench/frontier.py: the distillation setting is chosen on the eval file,
+a timed inference.py run is scored from its own output, and the frontier keeps exactly the points
+that no faster-and-better point beats."""
+import json
+
+import numpy as np
+import pytest
+
+from bench import distill, frontier
+from ewect.config import LABEL2ID
+from ewect.data import read_records
+from ewect.metrics import classification_scores
+from ewect.prediction import load_predictor
+
+
+def point(name, speed, f1):
+    return {"name": name, "backend": "torch_fp32", "posts_per_s": speed, "macro_f1": f1}
+
+
+def test_the_frontier_holds_the_points_no_other_is_as_fast_and_as_accurate_as():
+    points = [point("big", 10, 0.70), point("small", 100, 0.65), point("worse", 50, 0.60),
+              point("slow twin", 10, 0.69), point("tie", 100, 0.65), point("fastest", 1000, 0.50)]
+    frontier.mark_frontier(points)
+    assert {p["name"] for p in points if p["frontier"]} == {"big", "small", "tie", "fastest"}
+
+
+def test_the_distillation_setting_is_the_one_with_the_best_eval_macro_f1(tmp_path):
+    grid = {}
+    for (temperature, alpha), f1 in {(1.0, 0.5): 0.61, (2.0, 0.9): 0.64, (4.0, 0.5): 0.62}.items():
+        best = tmp_path / f"T{temperature}_a{alpha}" / "best"
+        best.mkdir(parents=True)
+        (best / "eval_results.json").write_text(json.dumps({"eval_macro_f1": f1}))
+        grid[temperature, alpha] = str(best)
+    (temperature, alpha), scores = distill.best_setting(grid)
+    assert (temperature, alpha) == (2.0, 0.9)
+    assert scores == {(1.0, 0.5): 0.61, (2.0, 0.9): 0.64, (4.0, 0.5): 0.62}
+
+
+def test_a_timed_inference_run_is_scored_from_its_own_labels(trained, clean_dir, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setattr(distill, "TIMINGS", 1)  # one start of inference.py is enough here
+    test_file = str(clean_dir / "usual_test_labeled.txt")
+    model = str(trained / "best")
+    speed = distill.time_inference("tiny", [model], "torch_fp32", test_file, str(tmp_path),
+                                   test_file)
+    records = read_records(test_file)
+    probabilities = load_predictor(model, device="cpu", precision="fp32").predict(
+        [r.content for r in records])
+    expected = classification_scores([LABEL2ID[r.label] for r in records],
+                                     np.argmax(probabilities, -1))["macro_f1"]
+    assert speed["posts"] == len(records)
+    assert speed["macro_f1"] == pytest.approx(expected)
+    assert len(speed["timings"]) == 1 and speed["seconds"] == speed["timings"][0]
+    assert speed["posts_per_s"] == pytest.approx(len(records) / speed["seconds"])
+    assert "inference.py --model_dir" in speed["command"]
