@@ -172,7 +172,8 @@ def _label_names(model_name):
     """' (name, name, …)' of a saved classifier's labels, for the log; '' if it has none."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(os.path.expanduser(model_name))
+    # just loaded, so in the folder or the cache: no second trip to the hub
+    config = AutoConfig.from_pretrained(os.path.expanduser(model_name), local_files_only=True)
     names = [config.id2label[i] for i in range(config.num_labels)]
     return "" if all(name.startswith("LABEL_") for name in names) else f" ({', '.join(names)})"
 
