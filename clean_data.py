@@ -1,7 +1,7 @@
 """Clean the six raw SMP2020-EWECT files into data/clean (same names, same JSON format).
 
     python clean_data.py                                   # data/raw -> data/clean
-    python clean_data.py --raw_dir ../shared/data/smp2020-ewect/raw --out_dir data/clean
+    python clean_data.py --raw_dir ~/smp2020-ewect --out_dir data/clean   # files elsewhere
     python clean_data.py --dedup                           # train copies of eval/test posts out
 
 The rules live in ewect/cleaning.py. Train records that are empty after cleaning are dropped;
