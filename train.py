@@ -347,6 +347,12 @@ def train(args, rank, world_size, device):
     if args.init_from:
         check_labels(args.init_from)
     unlabelled = read_corpus(args.unlabelled, log=log.warning) if args.unlabelled else []
+    if unlabelled:  # an eval post learnt through the teacher would make eval scores optimistic
+        known = {r.content for r in train_records + eval_records}
+        kept = [text for text in unlabelled if text not in known]
+        log.info("unlabelled: %d of %d posts kept; the rest are training or eval posts",
+                 len(kept), len(unlabelled))
+        unlabelled = kept
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
         check_teachers(args.teacher)
         teacher = soft_targets(teacher_targets(
@@ -369,7 +375,6 @@ def train(args, rank, world_size, device):
     train_ids, train_labels = tokenize(train_records, tokenizer, args.max_length)
     eval_ids, eval_labels = tokenize(eval_records, tokenizer, args.max_length)
     if unlabelled:  # at the end, in the order of the teacher's soft labels; -100: no gold label
-        log.info("unlabelled: %d posts of %s", len(unlabelled), ", ".join(args.unlabelled))
         train_ids += encode(tokenizer, unlabelled, args.max_length)
         train_labels += [-100] * len(unlabelled)
 

@@ -16,7 +16,8 @@
 #   PRETRAIN_EPOCHS, PRETRAIN_LR    masked-LM pretraining (6, 1e-3; --best: 15, 1e-3)
 #   FINETUNE_EPOCHS, FINETUNE_LR    fine-tuning (4, 5e-4; --best: 5, 2e-4)
 #   PRECISION                       pretraining's autocast (bf16 on CPUs that have it, else auto)
-#   OUT                             the runs: OUT/mlm, OUT/wb, OUT/test (workspace/offline)
+#   OUT                             the runs: OUT/mlm, OUT/wb, OUT/test (workspace/offline,
+#                                   --best: workspace/offline_best); one folder, one recipe
 #   EWECT_RAW_DIR, CLEAN_DIR        the raw files (data/raw) and the cleaned ones (data/clean)
 
 set -e
@@ -31,7 +32,7 @@ if [ "$RECIPE" = best ]; then
 fi
 : "${LAYERS:=2}" "${HIDDEN:=128}" "${PRETRAIN_EPOCHS:=6}" "${PRETRAIN_LR:=1e-3}"
 : "${FINETUNE_EPOCHS:=4}" "${FINETUNE_LR:=5e-4}"
-: "${OUT:=$REPO/workspace/offline}" "${CLEAN_DIR:=$REPO/data/clean}"
+: "${OUT:=$REPO/workspace/offline${RECIPE:+_$RECIPE}}" "${CLEAN_DIR:=$REPO/data/clean}"
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
 if [ -z "$PRECISION" ]; then  # bf16 is a quarter faster where the CPU computes it natively
     PRECISION=auto
@@ -40,6 +41,18 @@ if [ -z "$PRECISION" ]; then  # bf16 is a quarter faster where the CPU computes 
 fi
 
 say() { echo "== $*"; }
+
+# Finished steps are skipped, so OUT must not hold a run of another recipe: its scores would be
+# printed as this one's.
+SETTINGS="layers $LAYERS, hidden $HIDDEN, pretraining $PRETRAIN_EPOCHS epochs at $PRETRAIN_LR, \
+fine-tuning $FINETUNE_EPOCHS epochs at $FINETUNE_LR"
+mkdir -p "$OUT"
+if [ -f "$OUT/settings" ] && [ "$(cat "$OUT/settings")" != "$SETTINGS" ]; then
+    echo "error: $OUT holds a run of other settings ($(cat "$OUT/settings")); set OUT to" \
+        "another folder, or delete $OUT to start over" >&2
+    exit 2
+fi
+echo "$SETTINGS" > "$OUT/settings"
 
 # step NAME FOLDER WHAT COMMAND...: a pretrain.py or train.py run into FOLDER, skipped when its
 # log says it is done, resumed when it left a last/ to continue from, else started afresh.

@@ -35,6 +35,8 @@ cd "$(dirname "$0")/.."
 MODE=gpu
 case ${1:-} in --prepare|--dry-run) MODE=$1; shift ;; esac
 ONLY=" $* "  # stage names given after the mode: run only those (say, to rerun a failed one)
+case $ONLY in *" test "*) case $ONLY in *" epoch "*) ;; *) ONLY="$ONLY epoch " ;; esac ;; esac
+# (test.py tests the checkpoint that the epoch stage trains)
 PYTHON=$(command -v python3 || command -v python)  # the GPU image has only python3
 
 if [ "$MODE" = "--prepare" ]; then
@@ -54,7 +56,7 @@ OUT_DIR=${OUT:-workspace/gpu_check}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR/gpu_check.json"
+[ "$ONLY" = "  " ] && rm -f "$OUT_DIR/gpu_check.json"  # stages named: the others' results stay
 if [ "$MODE" = "--dry-run" ]; then
     DEVICE=cpu
     # tests/test_cuda.py runs on the CPU, but for --compile
@@ -90,8 +92,11 @@ run_stage() {  # run_stage NAME BUDGET_SECONDS PROOF COMMAND...: run, time, judg
     start=$(date +%s%N)
     PYTHONUNBUFFERED=1 timeout --kill-after=10 "$budget" "$@" > "$OUT_DIR/$name.log" 2>&1
     code=$?
-    if [ $code = 124 ] || [ $code = 137 ]; then
+    elapsed=$(( ($(date +%s%N) - start) / 1000000 ))
+    if { [ $code = 124 ] || [ $code = 137 ]; } && [ $elapsed -ge $(( budget * 1000 )) ]; then
         status="timed out after ${budget} s"
+    elif [ $code = 137 ]; then
+        status="killed (exit 137: out of memory?)"
     elif [ $code != 0 ]; then
         status="failed (exit $code)"
     elif ! grep -Eq -- "$proof" "$OUT_DIR/$name.log"; then
@@ -99,17 +104,19 @@ run_stage() {  # run_stage NAME BUDGET_SECONDS PROOF COMMAND...: run, time, judg
     else
         status=ok
     fi
-    STAGES+=("$name|$status|$(( ($(date +%s%N) - start) / 1000000 ))")
+    STAGES+=("$name|$status|$elapsed")
     tail -n 4 "$OUT_DIR/$name.log"
     "$PYTHON" - "$OUT_DIR" "${STAGES[@]}" <<'PY'
 import json, os, sys
 
-out, stages = sys.argv[1], [s.split("|") for s in sys.argv[2:]]
-summary = {name: {"status": status, "seconds": round(int(milliseconds) / 1000, 1),
+out, stages = sys.argv[1], [s.rsplit("|", 2) for s in sys.argv[2:]]
+path = os.path.join(out, "gpu_check.json")
+summary = json.load(open(path)) if os.path.isfile(path) else {}  # earlier stages of a rerun
+summary |= {name: {"status": status, "seconds": round(int(milliseconds) / 1000, 1),
                   "last_lines": open(os.path.join(out, f"{name}.log"), errors="replace")
                   .read().splitlines()[-6:]}
            for name, status, milliseconds in stages}
-with open(os.path.join(out, "gpu_check.json"), "w") as f:
+with open(path, "w") as f:
     json.dump(summary, f, indent=2, ensure_ascii=False)
 PY
 }
@@ -141,7 +148,8 @@ echo "| stage | status | seconds |"
 echo "| --- | --- | ---: |"
 failed=0
 for stage in "${STAGES[@]}"; do
-    IFS='|' read -r name status milliseconds <<< "$stage"
+    name=${stage%%|*} milliseconds=${stage##*|} status=${stage#*|}
+    status=${status%|*}
     echo "| $name | $status | $(awk "BEGIN {printf \"%.1f\", $milliseconds / 1000}") |"
     [ "$status" = ok ] || failed=1
 done

@@ -35,19 +35,30 @@ def fingerprint(texts):
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
 
+def teacher_identity(folder):
+    """A teacher as the saved targets know it: its path and its weight files' sizes and times,
+    so that a teacher trained again in the same folder is asked again."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    weights = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors")
+                     or name.endswith(".bin") or name == "config.json")
+    return [folder, *(f"{name}:{os.path.getsize(os.path.join(folder, name))}:"
+                      f"{os.path.getmtime(os.path.join(folder, name))}" for name in weights)]
+
+
 def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
     """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts.
     Rank 0 computes them unless OUTPUT_DIR/teacher.pt already holds them for these teachers and
     posts; every process then reads that file."""
     path = os.path.join(output_dir, TEACHER_FILE)
-    wanted = {"teachers": [os.path.abspath(os.path.expanduser(t)) for t in teacher_dirs],
+    wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
 
-    def saved():
-        if not os.path.isfile(path):
+    def saved():  # None unless the file holds these teachers' labels of these posts
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # missing, or cut short by a kill: label again
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state if {k: state[k] for k in wanted} == wanted else None
+        return state if {k: state.get(k) for k in wanted} == wanted else None
 
     if is_main and saved() is None:
         from .prediction import load_predictor
@@ -58,7 +69,8 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
         for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
             probabilities = load_predictor(folder, device=device.type).predict(texts)
             log_probs.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
-        torch.save({**wanted, "log_probs": torch.stack(log_probs)}, path)
+        torch.save({**wanted, "log_probs": torch.stack(log_probs)}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # a kill while saving leaves no half a file
     elif is_main:
         log(f"teacher: its soft labels of the training posts are read from {path}")
     if dist.is_initialized():

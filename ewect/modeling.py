@@ -99,7 +99,9 @@ def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, num_heads=None
     return config
 
 
-HUB_TIMEOUT = 5  # seconds the hub has to answer before it counts as unreachable
+# Seconds the hub has to answer before it counts as unreachable; a slow link or mirror can give
+# it more with the hub library's own HF_HUB_ETAG_TIMEOUT.
+HUB_TIMEOUT = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", 5))
 
 
 def hub_problem(model_name):

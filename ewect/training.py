@@ -259,8 +259,8 @@ STATE_FILE = "training_state.pt"
 
 def starting_folders(args):
     """The local folders this run reads at its start: --model_name, or --vocab's folder with
-    --from_scratch; --init_from."""
-    names = [getattr(args, "init_from", None)]
+    --from_scratch; --init_from; --teacher."""
+    names = [getattr(args, "init_from", None), *(getattr(args, "teacher", None) or [])]
     names.append(os.path.dirname(args.vocab or "") if args.from_scratch else args.model_name)
     return [os.path.expanduser(name) for name in names
             if name and os.path.isdir(os.path.expanduser(name))]

@@ -1,5 +1,8 @@
 """Knowledge distillation through train.py's own loop: --teacher (one model or an ensemble of any
 vocabularies), --kd_alpha, --kd_temperature, --unlabelled and --student_layers."""
+import os
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -92,17 +95,43 @@ def test_an_ensemble_of_teachers_with_other_vocabularies(trained, clean_dir, voc
 
 def test_unlabelled_posts_learn_from_the_teacher(trained, clean_dir, vocab, tmp_path,
                                                  teacher_calls):
+    # The eval file given as unlabelled posts adds none of them: learnt through the teacher,
+    # they would make the eval scores that pick the best epoch optimistic.
     out = tmp_path / "student"
-    virus_test = clean_dir / "virus_test_labeled.txt"
+    new = tmp_path / "posts.txt"
+    new.write_text("今天又下雨了\n终于放假啦\n这也太吓人了吧\n", encoding="utf-8")
+    virus_test = clean_dir / "virus_test_labeled.txt"  # the fixture's: copies of usual posts
     train.main(tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best",
-                               "--unlabelled", clean_dir / "virus_train.txt", virus_test,
-                               "--epochs", 1))
-    unlabelled = posts_in(clean_dir, "virus_train.txt") + posts_in(clean_dir,
-                                                                   "virus_test_labeled.txt")
-    assert 0 < teacher_calls[0] <= posts_in(clean_dir) + unlabelled  # duplicates dropped
+                               "--unlabelled", clean_dir / "usual_eval_labeled.txt", new,
+                               virus_test, "--epochs", 1))
+    assert teacher_calls == [posts_in(clean_dir) + 3]
     log = (out / "train.log").read_text()
     assert "virus_test_labeled.txt looks like a test file" in log
     assert f"train: {teacher_calls[0]} posts" in log
+
+
+def test_a_teacher_trained_again_is_asked_again(trained, clean_dir, vocab, tmp_path,
+                                                teacher_calls):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained / "best", teacher)
+    out = tmp_path / "student"
+    args = tiny_train_args(clean_dir, vocab, out, "--teacher", teacher, "--stop_after_steps", 1)
+    train.main(args)
+    train.main([*args, "--overwrite_output_dir"])  # the same teacher: its labels are reused
+    assert len(teacher_calls) == 1
+    model = teacher / "model.safetensors"
+    os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 10))  # trained again
+    train.main([*args, "--overwrite_output_dir"])
+    assert len(teacher_calls) == 2
+
+
+def test_overwriting_the_teachers_own_folder_is_refused(trained, clean_dir, vocab, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    result = run_main("train.py", *tiny_train_args(clean_dir, vocab, run, "--teacher",
+                                                   run / "best", "--overwrite_output_dir"))
+    assert result.returncode == 2 and "error:" in result.stderr
+    assert (run / "best" / "model.safetensors").is_file()
 
 
 def pretrained_folder(path, vocab, layers):

@@ -29,10 +29,15 @@ def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
 
 def test_cuda_tests_that_skip_fail_the_check(vocab, tmp_path):
     # On this CPU-only machine, CUDA tests meant for the GPU all skip: that must not read "ok".
+    # (Run as a rerun of one stage after another: the first one's result stays.)
+    result, _ = gpu_check(tmp_path, vocab, "environment")
+    assert result.returncode == 0, result.stdout + result.stderr
     result, summary = gpu_check(tmp_path, vocab, "cuda_tests", EWECT_CUDA_TESTS_DEVICE="cuda")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert list(summary) == ["cuda_tests"] and summary["cuda_tests"]["status"].startswith("failed")
-    assert "| cuda_tests | failed" in result.stdout
+    assert list(summary) == ["environment", "cuda_tests"]
+    assert summary["environment"]["status"] == "ok"
+    assert summary["cuda_tests"]["status"].startswith("failed")
+    assert "| cuda_tests | failed" in result.stdout and "| environment |" not in result.stdout
 
 
 def test_an_unknown_stage_is_an_error_not_an_empty_pass(vocab, tmp_path):

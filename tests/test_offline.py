@@ -116,6 +116,17 @@ def test_offline_command_picks_up_where_it_stopped_and_prints_the_metrics(offlin
     assert f"model: {run / 'wb' / 'best'}" in second.stdout
 
 
+def test_offline_command_refuses_a_folder_of_another_recipe(offline_run):
+    # Its finished steps would be skipped and their scores printed as this recipe's.
+    out = offline_run[0]
+    env = dict(os.environ, EWECT_RAW_DIR=str(FIXTURE_RAW), CLEAN_DIR=str(out / "clean"),
+               OUT=str(out / "run"), LAYERS="2", HIDDEN="32", PRETRAIN_EPOCHS="1",
+               FINETUNE_EPOCHS="2")
+    result = subprocess.run(["sh", str(ROOT / "train_offline.sh")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "holds a run of other settings (layers 1" in result.stderr
+
+
 def test_offline_model_carries_its_built_vocabulary(offline_run):
     from ewect.mlm import read_corpus, split_held_out
 
