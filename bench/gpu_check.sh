@@ -21,7 +21,8 @@
 #                  --compile, CUDA vs CPU predictions, torchrun (NCCL with two GPUs or more;
 #                  with one, two processes share it over gloo), masked-LM pretraining. Fails
 #                  unless a test ran and none skipped. The dry run runs them on the CPU
-#                  (bf16 only, and --compile left out: inductor takes 80 s on a CPU).
+#                  (bf16 only; --compile and torchrun left out: inductor takes 80 s on a
+#                  CPU, and tests/test_distributed.py runs torchrun on the CPU already).
 #   train_speed    bench/train_speed.py --epoch_time: bert-base shape, bf16, against the
 #                  published style (padded to 140, fp16, a sync and scikit-learn every step)
 #   predict_speed  bench/predict_speed.py over usual_test
@@ -59,9 +60,11 @@ mkdir -p "$OUT_DIR"
 [ "$ONLY" = "  " ] && rm -f "$OUT_DIR/gpu_check.json"  # stages named: the others' results stay
 if [ "$MODE" = "--dry-run" ]; then
     DEVICE=cpu
-    # tests/test_cuda.py runs on the CPU, but for --compile
+    # tests/test_cuda.py runs on the CPU, but for --compile (inductor on a CPU: 80 s) and
+    # torchrun (tests/test_distributed.py runs two CPU processes already): CI's time
     export EWECT_CUDA_TESTS_DEVICE=${EWECT_CUDA_TESTS_DEVICE:-cpu}
-    CUDA_TESTS="--deselect tests/test_cuda.py::test_compile"  # (inductor on a CPU: 80 s)
+    CUDA_TESTS="--deselect tests/test_cuda.py::test_compile
+        --deselect tests/test_cuda.py::test_torchrun_with_two_processes"
     RAW=tests/fixtures/raw
     VOCAB=${GPU_CHECK_VOCAB:-../shared/models/bert-base-chinese-vocab/vocab.txt}
     SIZE="--num_layers 1 --hidden_size 32"
