@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check: every CUDA path tested and timed in one command, under 9 minutes on one H100.
 #
-#   bash bench/gpu_check.sh --prepare    # here, once: data, vocab and the wheels the GPU lacks
+#   bash bench/gpu_check.sh --prepare    # here, once: data/raw, a vocabulary, the wheels the
+#                                        # GPU lacks (GPU_CHECK_VOCAB=FILE: that vocab.txt)
 #   bash bench/gpu_check.sh              # on the GPU machine (the call below)
 #   bash bench/gpu_check.sh --dry-run    # here: the same stages on the CPU, tiny model, fixture
 #   bash bench/gpu_check.sh [--dry-run] cuda_tests epoch    # only the stages named
 #
-# On a GPU machine with no network and no ../shared, what --prepare put in the ignored folders
+# On a GPU machine with no network and no data, what --prepare put in the ignored folders
 # .device/ and .whl/ travels with the repo, and the call is:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && bash bench/gpu_check.sh
@@ -40,11 +41,20 @@ case $ONLY in *" test "*) case $ONLY in *" epoch "*) ;; *) ONLY="$ONLY epoch " ;
 # (test.py tests the checkpoint that the epoch stage trains)
 PYTHON=$(command -v python3 || command -v python)  # the GPU image has only python3
 
+# vocab_file RAW_DIR OUT: GPU_CHECK_VOCAB (say, bert-base-chinese's vocab.txt) when it is set,
+# else a vocabulary built from RAW_DIR's usual_train posts, as train.py --from_scratch builds one.
+vocab_file() {
+    if [ -n "${GPU_CHECK_VOCAB:-}" ]; then cp "$GPU_CHECK_VOCAB" "$2"; return; fi
+    "$PYTHON" -c 'import sys; from ewect.mlm import read_corpus; from ewect.vocab import build_vocab
+open(sys.argv[2], "w", encoding="utf-8").write("\n".join(build_vocab(read_corpus(
+    [sys.argv[1] + "/usual_train.txt"], log=lambda line: None))) + "\n")' "$1" "$2"
+}
+
 if [ "$MODE" = "--prepare" ]; then
     set -e
     mkdir -p .device/raw .whl
-    cp ../shared/data/smp2020-ewect/raw/*.txt .device/raw/
-    cp ../shared/models/bert-base-chinese-vocab/vocab.txt .device/
+    cp "${EWECT_RAW_DIR:-data/raw}"/*.txt .device/raw/
+    vocab_file .device/raw .device/vocab.txt
     # opencc is not on the GPU machine's image (Python 3.12 there); everything else is.
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -66,7 +76,8 @@ if [ "$MODE" = "--dry-run" ]; then
     CUDA_TESTS="--deselect tests/test_cuda.py::test_compile
         --deselect tests/test_cuda.py::test_torchrun_with_two_processes"
     RAW=tests/fixtures/raw
-    VOCAB=${GPU_CHECK_VOCAB:-../shared/models/bert-base-chinese-vocab/vocab.txt}
+    VOCAB=$WORK/vocab.txt
+    vocab_file $RAW "$VOCAB"
     SIZE="--num_layers 1 --hidden_size 32"
     TRAIN_SPEED="--steps 2 --warmup_steps 1 --batch_size 8"
     PREDICT_SPEED="--limit 40 --batch_size 8"

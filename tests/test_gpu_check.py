@@ -8,7 +8,11 @@ from conftest import ROOT
 
 
 def gpu_check(tmp_path, vocab, *args, **env):
-    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_VOCAB=vocab, OMP_NUM_THREADS="1", **env)
+    """The dry run with that vocab.txt, or (vocab None) one built from the fixture's posts."""
+    env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", **env)
+    env.pop("GPU_CHECK_VOCAB", None)
+    if vocab:
+        env["GPU_CHECK_VOCAB"] = vocab
     result = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", *args], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=400)
     summary_file = tmp_path / "gpu_check.json"
@@ -30,9 +34,10 @@ def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
 def test_cuda_tests_that_skip_fail_the_check(vocab, tmp_path):
     # On this CPU-only machine, CUDA tests meant for the GPU all skip: that must not read "ok".
     # (Run as a rerun of one stage after another: the first one's result stays.)
-    result, _ = gpu_check(tmp_path, vocab, "environment")
+    # (And with no vocabulary given: one is built from the fixture, nothing outside the repo.)
+    result, _ = gpu_check(tmp_path, None, "environment")
     assert result.returncode == 0, result.stdout + result.stderr
-    result, summary = gpu_check(tmp_path, vocab, "cuda_tests", EWECT_CUDA_TESTS_DEVICE="cuda")
+    result, summary = gpu_check(tmp_path, None, "cuda_tests", EWECT_CUDA_TESTS_DEVICE="cuda")
     assert result.returncode == 1, result.stdout + result.stderr
     assert list(summary) == ["environment", "cuda_tests"]
     assert summary["environment"]["status"] == "ok"
