@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh [--dry-run] cuda_tests epoch    # only the stages named
 #
 # On a GPU machine with no network and no data, what --prepare put in the ignored folders
-# .device/ and .whl/ travels with the repo, and the call is:
+# .device/ and .whl/ (opencc and jieba) travels with the repo, and the call is:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && bash bench/gpu_check.sh
 # (with a time limit of at least 560 s: the stage budgets below add up to 530 s)
@@ -55,10 +55,12 @@ if [ "$MODE" = "--prepare" ]; then
     mkdir -p .device/raw .whl
     cp "${EWECT_RAW_DIR:-data/raw}"/*.txt .device/raw/
     vocab_file .device/raw .device/vocab.txt
-    # opencc is not on the GPU machine's image (Python 3.12 there); everything else is.
+    # opencc and jieba are not on the GPU machine's image (Python 3.12 there); everything else
+    # is. jieba ships only a source archive, so its wheel is built here (pure Python).
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl opencc
+    "$PYTHON" -m pip wheel -q --no-deps -w .whl jieba
     echo "prepared .device/ and .whl/: $(du -sh .device .whl | tr '\n' ' ')"
     exit 0
 fi
