@@ -35,8 +35,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_output_dir
-from ewect.data import (Collator, add_label_names_arg, clean_records, encode, read_records,
-                        split_for_step, step_batches)
+from ewect.data import (Collator, add_label_names_arg, clean_records, encode, pad_multiple,
+                        read_records, split_for_step, step_batches)
 from ewect.decision import save_offsets, tune_offsets
 from ewect.distill import (check_teachers, distillation_loss, keep_layers, soft_targets,
                            teacher_targets)
@@ -425,7 +425,7 @@ def train(args, rank, world_size, device):
                            purge_step=progress["global_step"] or None) if is_main else None
     num_workers = loader_workers(args.num_workers, device)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id,
-                        teacher if args.teacher else None)
+                        teacher if args.teacher else None, pad_multiple(device.type))
 
     def save_last():  # a collective: every process calls it
         save_training_state(model, tokenizer, last_dir, device, is_main, {

@@ -6,8 +6,9 @@ machine, the same posts (usual_train, cleaned) and the same starting weights, in
     python bench/train_speed.py --device cpu --num_layers 2 --hidden_size 128 --steps 3   # smoke
 
 (a) project: posts tokenized once (ewect.data.encode), length-grouped batches padded to their own
-    longest post (ewect.data.Collator), fused AdamW, bf16 autocast where the GPU has it,
-    running loss and confusion matrix kept on the device: train.py's train_step.
+    longest post, on a GPU rounded up to a multiple of 8 (ewect.data.Collator), fused AdamW, bf16
+    autocast where the GPU has it, running loss and confusion matrix kept on the device:
+    train.py's train_step.
 (b) baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140
     on access, DataLoader(shuffle=True), fp32 on CPU / fp16 autocast + GradScaler on GPU,
     loss.item() and scikit-learn accuracy and macro-F1 on every batch.
@@ -36,7 +37,7 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
                           print_ratio, print_table, require_vocab, reset_peak_memory,
                           result)
 from ewect.config import MAX_LENGTH  # noqa: E402
-from ewect.data import Collator, encode, length_grouped_batches  # noqa: E402
+from ewect.data import Collator, encode, length_grouped_batches, pad_multiple  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
 from ewect.modeling import build_model, choose_precision, resolve_device  # noqa: E402
 from ewect.training import (RunningSums, decay_groups, make_grad_scaler,  # noqa: E402
@@ -102,7 +103,8 @@ def project_batches(ids, args, full_epoch=False):
 
 def project_loader(ids, labels, tokenizer, batches, device):
     """train.py's loader: length-grouped index batches, each padded to its longest post."""
-    return DataLoader(batches, batch_size=None, collate_fn=Collator(ids, labels, tokenizer.pad_token_id),
+    collate = Collator(ids, labels, tokenizer.pad_token_id, multiple=pad_multiple(device.type))
+    return DataLoader(batches, batch_size=None, collate_fn=collate,
                       num_workers=2 if device.type == "cuda" else 0,
                       pin_memory=device.type == "cuda", generator=torch.Generator())
 

@@ -368,18 +368,31 @@ def sorted_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-class Collator:
-    """Pads one batch of token-id lists to its own longest member; returns torch tensors (with
-    `teacher`, an (n, labels) tensor of soft labels, each batch gets its rows)."""
+def pad_multiple(device_type):
+    """Batches are padded to a multiple of this many tokens: 8 on a GPU, where every new batch
+    shape costs kernel selection on the host (bench/RESULTS.md, "GPU check") and at most 18
+    widths up to 140 remain; 1 on the CPU, where every pad token costs compute."""
+    return 8 if device_type == "cuda" else 1
 
-    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None):
+
+def padded_width(lengths, multiple):
+    """The width of a batch of these lengths: its longest post, rounded up to the multiple."""
+    return -(-max(lengths) // multiple) * multiple
+
+
+class Collator:
+    """Pads one batch of token-id lists to its own longest member (rounded up to `multiple`,
+    pad_multiple's); returns torch tensors (with `teacher`, an (n, labels) tensor of soft labels,
+    each batch gets its rows)."""
+
+    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None, multiple=1):
         self.input_ids, self.labels, self.pad_id = input_ids, labels, pad_id
-        self.teacher = teacher
+        self.teacher, self.multiple = teacher, multiple
 
     def __call__(self, indices):
         import torch
 
-        longest = max(len(self.input_ids[i]) for i in indices)
+        longest = padded_width([len(self.input_ids[i]) for i in indices], self.multiple)
         ids = torch.full((len(indices), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(indices), longest), dtype=torch.long)
         for row, i in enumerate(indices):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS, MAX_LENGTH, PRECISIONS
-from .data import sorted_batches
+from .data import pad_multiple, padded_width, sorted_batches
 from .errors import UserError, first_line
 
 BACKENDS = ("torch", "onnx")
@@ -58,9 +58,10 @@ def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
     return logits
 
 
-def pad(batch, pad_id):
-    """(input_ids, attention_mask) int64 arrays of one batch, padded to its longest member."""
-    longest = max(len(ids) for ids in batch)
+def pad(batch, pad_id, multiple=1):
+    """(input_ids, attention_mask) int64 arrays of one batch, padded to its longest member
+    rounded up to `multiple` (ewect.data.pad_multiple)."""
+    longest = padded_width([len(ids) for ids in batch], multiple)
     input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), longest), dtype=np.int64)
     for row, ids in enumerate(batch):
@@ -93,12 +94,12 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
     import torch
 
     device = torch.device(device)
-    pad_id = model.config.pad_token_id or 0
+    pad_id, multiple = model.config.pad_token_id or 0, pad_multiple(device.type)
     results, order = [], []
     with torch.inference_mode():
         for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
             ids, mask = (torch.from_numpy(a).to(device, non_blocking=True)
-                         for a in pad([input_ids[i] for i in indices], pad_id))
+                         for a in pad([input_ids[i] for i in indices], pad_id, multiple))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 results.append(model(input_ids=ids, attention_mask=mask).logits.float())
             order += indices

@@ -188,3 +188,19 @@ def test_a_step_is_dealt_to_processes_whole_and_evenly(world_size, accumulation)
 
 def test_sorted_batches_longest_first():
     assert sorted_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]
+
+
+def test_gpu_batches_are_padded_to_a_multiple_of_8_and_cpu_batches_to_their_longest_post():
+    # A GPU pays for every new batch shape (kernel plans); a CPU pays for every pad token.
+    from ewect.data import Collator, pad_multiple
+    from ewect.prediction import pad
+
+    ids = [[101, 5, 6, 102], [101, 7, 8, 9, 10, 11, 12, 13, 14, 102]]  # 4 and 10 tokens
+    assert (pad_multiple("cuda"), pad_multiple("cpu")) == (8, 1)
+    for multiple, width in ((1, 10), (8, 16)):
+        batch = Collator(ids, [0, 1], pad_id=0, multiple=multiple)([0, 1])
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, width)
+        assert batch["attention_mask"].sum(1).tolist() == [4, 10]
+        assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+        input_ids, mask = pad(ids, 0, multiple)
+        assert input_ids.shape == (2, width) and mask.sum(1).tolist() == [4, 10]

@@ -385,3 +385,19 @@ def test_malformed_decision_file_is_one_error_line(checkpoint, tmp_path):
     tuned = with_offsets(checkpoint, tmp_path / "tuned", '{"offsets": {"happy": 1}}')
     assert_clean_error(run_main("inference.py", "--model_dir", tuned, "--input", "好"),
                        "decision.json: not a decision file")
+
+
+def test_padding_a_batch_further_leaves_its_logits_unchanged(checkpoint):
+    # GPU batches are padded to a multiple of 8 tokens: the attention mask must hide the extra
+    from ewect.data import encode
+    from ewect.prediction import pad
+
+    predictor = load_predictor(checkpoint, device="cpu", precision="fp32")
+    model, ids = predictor.model, encode(predictor.tokenizer, POSTS, 140)
+    logits = {}
+    for multiple in (1, 8):
+        input_ids, mask = (torch.from_numpy(a) for a in pad(ids, 0, multiple))
+        with torch.inference_mode():
+            logits[multiple] = model(input_ids=input_ids, attention_mask=mask).logits
+    assert input_ids.shape[1] % 8 == 0 and input_ids.shape[1] > max(map(len, ids))
+    assert torch.allclose(logits[1], logits[8], atol=1e-5)
