@@ -9,10 +9,11 @@ backend.
         --student_a workspace/mlm4_27/best --student_c workspace/mlm40/best    # the whole study
 
     # a smoke run on the test fixture (about 10 minutes on 2 busy cores, mostly Python starts):
-    # tiny students pretrained, and teachers fine-tuned from one of them, first
-    V=../shared/models/bert-base-chinese-vocab/vocab.txt; T=workspace/tiny; C=$T/clean
+    # tiny students pretrained (on a vocabulary built from the posts), and teachers fine-tuned
+    # from one of them, first
+    T=workspace/tiny; C=$T/clean
     python clean_data.py --raw_dir tests/fixtures/raw --out_dir $C
-    for h in 32 64; do python pretrain.py --from_scratch --vocab $V --num_layers 3 \
+    for h in 32 64; do python pretrain.py --from_scratch --num_layers 3 \
         --hidden_size $h --epochs 1 --device cpu --corpus $C/usual_train.txt \
         --output_dir $T/mlm$h; done
     for seed in 42 43 44; do python train.py --model_name $T/mlm32/best --lr 2e-4 --epochs 1 \
