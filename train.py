@@ -425,7 +425,8 @@ def train(args, rank, world_size, device):
                            purge_step=progress["global_step"] or None) if is_main else None
     num_workers = loader_workers(args.num_workers, device)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id,
-                        teacher if args.teacher else None, pad_multiple(device.type))
+                        teacher if args.teacher else None, pad_multiple(device.type),
+                        model.config.max_position_embeddings)
 
     def save_last():  # a collective: every process calls it
         save_training_state(model, tokenizer, last_dir, device, is_main, {

@@ -5,6 +5,7 @@ recipes.py) running the repo's own scripts and summarising seeds.
 
 Not a benchmark itself; run the scripts next to it.
 """
+import contextlib
 import ctypes
 import gc
 import json
@@ -34,6 +35,18 @@ DEFAULT_DATA_DIR = os.environ.get("EWECT_RAW_DIR") or str(
     REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
 DEFAULT_VOCAB = str(REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt")
 MIB = 2 ** 20
+
+
+@contextlib.contextmanager
+def published_attention():
+    """Torch's default attention kernels, for the published-style paths (b): this repo turns
+    cuDNN's off on a GPU (ewect.modeling.resolve_device), the published code does not."""
+    was_on = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was_on)
 
 
 def require_vocab(path):

@@ -41,10 +41,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,  # noqa: E402
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
-                          print_ratio, print_table, require_vocab, reset_peak_memory,
-                          result)
+                          print_ratio, print_table, published_attention, require_vocab,
+                          reset_peak_memory, result)
 from ewect.config import ID2LABEL, MAX_LENGTH, PRECISIONS  # noqa: E402
-from ewect.data import encode, sorted_batches  # noqa: E402
+from ewect.data import encode, pad_multiple, padded_width, sorted_batches  # noqa: E402
 from ewect.errors import run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
 from ewect.modeling import (AMP_DTYPES, build_model, load_checkpoint,  # noqa: E402
@@ -112,8 +112,9 @@ def run_path(name, predict, model, tokenizer, texts, lengths, batch_size, device
         logits = predict(model, tokenizer, texts, batch_size, device)
     if padded_to:  # every post padded to the same length
         positions = padded_to * len(texts)
-    else:  # predict_logits pads each sorted batch to its own longest post
-        positions = sum(len(b) * max(lengths[i] for i in b) for b in sorted_batches(lengths, batch_size))
+    else:  # predict_logits pads each sorted batch to its own longest post (GPU: rounded up)
+        positions = sum(len(b) * padded_width([lengths[i] for i in b], pad_multiple(device.type))
+                        for b in sorted_batches(lengths, batch_size))
     row = result(name, len(texts), timer.seconds, sum(lengths), positions,
                  peak_memory_mib(device), peak_reset)
     return row, logits
@@ -220,8 +221,10 @@ def main():
         for name, predictor in (("(c) onnx", onnx_fp32), ("(c') onnx int8", onnx_int8)):
             runs[name] = run_path(name, onnx_predict, predictor, tokenizer, texts, lengths,
                                   args.batch_size, device)
-    runs["(b) baseline"] = run_path("(b) baseline", baseline_predict, model, tokenizer, texts,
-                                    lengths, args.batch_size, device, padded_to=MAX_LENGTH)
+    with published_attention():
+        runs["(b) baseline"] = run_path("(b) baseline", baseline_predict, model, tokenizer,
+                                        texts, lengths, args.batch_size, device,
+                                        padded_to=MAX_LENGTH)
 
     print()
     print_table([row for row, _ in runs.values()], "posts")

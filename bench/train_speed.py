@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,  # noqa: E402
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
-                          print_ratio, print_table, require_vocab, reset_peak_memory,
-                          result)
+                          print_ratio, print_table, published_attention, require_vocab,
+                          reset_peak_memory, result)
 from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import Collator, encode, length_grouped_batches, pad_multiple  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -102,7 +102,8 @@ def project_batches(ids, args, full_epoch=False):
 
 
 def project_loader(ids, labels, tokenizer, batches, device):
-    """train.py's loader: length-grouped index batches, each padded to its longest post."""
+    """train.py's loader: length-grouped index batches, each padded to its longest post (on a GPU
+    rounded up to a multiple of 8)."""
     collate = Collator(ids, labels, tokenizer.pad_token_id, multiple=pad_multiple(device.type))
     return DataLoader(batches, batch_size=None, collate_fn=collate,
                       num_workers=2 if device.type == "cuda" else 0,
@@ -219,11 +220,12 @@ def main():
                  lambda full_epoch=False: project_loader(
                      ids, labels, tokenizer, project_batches(ids, args, full_epoch), device),
                  project_step_fn, args, device),
-        run_path("(b) baseline", template,
-                 lambda full_epoch=False: baseline_loader(texts, labels, tokenizer, args.batch_size,
-                                                          args.seed),
-                 baseline_step_fn, args, device),
     ]
+    with published_attention():
+        rows.append(run_path("(b) baseline", template,
+                             lambda full_epoch=False: baseline_loader(texts, labels, tokenizer,
+                                                                      args.batch_size, args.seed),
+                             baseline_step_fn, args, device))
     print()
     print_table(rows, "samples")
     print()

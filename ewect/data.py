@@ -375,24 +375,27 @@ def pad_multiple(device_type):
     return 8 if device_type == "cuda" else 1
 
 
-def padded_width(lengths, multiple):
-    """The width of a batch of these lengths: its longest post, rounded up to the multiple."""
-    return -(-max(lengths) // multiple) * multiple
+def padded_width(lengths, multiple, limit=None):
+    """The width of a batch of these lengths: its longest post, rounded up to the multiple but
+    never past `limit` (the model's position embeddings, which posts already fit)."""
+    rounded = -(-max(lengths) // multiple) * multiple
+    return min(rounded, limit) if limit else rounded
 
 
 class Collator:
     """Pads one batch of token-id lists to its own longest member (rounded up to `multiple`,
-    pad_multiple's); returns torch tensors (with `teacher`, an (n, labels) tensor of soft labels,
-    each batch gets its rows)."""
+    pad_multiple's, within `limit` positions); returns torch tensors (with `teacher`, an
+    (n, labels) tensor of soft labels, each batch gets its rows)."""
 
-    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None, multiple=1):
+    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None, multiple=1, limit=None):
         self.input_ids, self.labels, self.pad_id = input_ids, labels, pad_id
-        self.teacher, self.multiple = teacher, multiple
+        self.teacher, self.multiple, self.limit = teacher, multiple, limit
 
     def __call__(self, indices):
         import torch
 
-        longest = padded_width([len(self.input_ids[i]) for i in indices], self.multiple)
+        longest = padded_width([len(self.input_ids[i]) for i in indices], self.multiple,
+                               self.limit)
         ids = torch.full((len(indices), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(indices), longest), dtype=torch.long)
         for row, i in enumerate(indices):

@@ -22,8 +22,9 @@ def resolve_device(name, local_rank=0):
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
         # cuDNN's attention kernel builds a plan for every new batch shape (2.8 ms of host time
-        # per layer call on an H200): labelling usual_test took 9.7 s with it, 1.9 s without.
-        # The other SDPA kernels need no plan (bench/RESULTS.md, "GPU check").
+        # per layer call on an H200): a first pass over usual_test, every shape new, took 9.7 s
+        # with it and 1.9 s without. The other SDPA kernels need no plan (bench/RESULTS.md,
+        # "GPU check").
         torch.backends.cuda.enable_cudnn_sdp(False)
         return torch.device("cuda", local_rank)
     if name == "cpu":

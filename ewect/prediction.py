@@ -58,10 +58,10 @@ def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
     return logits
 
 
-def pad(batch, pad_id, multiple=1):
+def pad(batch, pad_id, multiple=1, limit=None):
     """(input_ids, attention_mask) int64 arrays of one batch, padded to its longest member
-    rounded up to `multiple` (ewect.data.pad_multiple)."""
-    longest = padded_width([len(ids) for ids in batch], multiple)
+    rounded up to `multiple` (ewect.data.pad_multiple) within `limit` positions."""
+    longest = padded_width([len(ids) for ids in batch], multiple, limit)
     input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), longest), dtype=np.int64)
     for row, ids in enumerate(batch):
@@ -95,11 +95,12 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
 
     device = torch.device(device)
     pad_id, multiple = model.config.pad_token_id or 0, pad_multiple(device.type)
+    limit = model.config.max_position_embeddings
     results, order = [], []
     with torch.inference_mode():
         for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
             ids, mask = (torch.from_numpy(a).to(device, non_blocking=True)
-                         for a in pad([input_ids[i] for i in indices], pad_id, multiple))
+                         for a in pad([input_ids[i] for i in indices], pad_id, multiple, limit))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 results.append(model(input_ids=ids, attention_mask=mask).logits.float())
             order += indices

@@ -204,3 +204,12 @@ def test_gpu_batches_are_padded_to_a_multiple_of_8_and_cpu_batches_to_their_long
         assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
         input_ids, mask = pad(ids, 0, multiple)
         assert input_ids.shape == (2, width) and mask.sum(1).tolist() == [4, 10]
+
+
+def test_rounding_up_never_pads_past_the_model_positions():
+    from ewect.data import Collator, padded_width
+
+    assert padded_width([130, 12], 8) == 136
+    assert padded_width([299], 8, limit=300) == 300 and padded_width([13], 8, limit=300) == 16
+    batch = Collator([[1] * 299], [0], multiple=8, limit=300)([0])
+    assert batch["input_ids"].shape == (1, 300)
