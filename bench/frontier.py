@@ -150,12 +150,22 @@ def results_points(path):
               f"{cpu_name()}: its speeds are not comparable with the ones measured here")
     args = results["args"]
     rel = distill.repo_path
-    students = (f"From {path}: teachers {' '.join(map(rel, args['teachers']))}; a "
-                f"{rel(args['student_a'])}, b its {args['student_layers']}-layer cut, c "
-                f"{args['student_c'] and rel(args['student_c'])}; kd: distilled at T "
-                f"{results['setting'][0]:g}, alpha {results['setting'][1]:g}.")
-    return [{"name": key, **s} for key, line in results["lines"].items()
+    named = [f"a {rel(args['student_a'])}"]
+    if "b" in args["rows"]:
+        named.append(f"b its {args['student_layers']}-layer cut")
+    if "c" in args["rows"]:
+        named.append(f"c {rel(args['student_c'])}")
+    students = (f"From {path}: teachers {' '.join(map(rel, args['teachers']))}; students "
+                f"{', '.join(named)}; KD: distilled at T {results['setting'][0]:g}, alpha "
+                f"{results['setting'][1]:g}.")
+    return [{"name": LINE_NAMES.get(key, key), **s} for key, line in results["lines"].items()
             for s in line["speed"].values()], students
+
+
+# bench/distill.py's lines as the picture names them (its table's keys are shorter)
+LINE_NAMES = {"teachers": "teacher ensemble", "a_plain": "student a", "a_kd": "student a, KD",
+              "b_plain": "student b", "b_kd": "student b, KD", "c_plain": "student c",
+              "c_kd": "student c, KD", "unlabelled": "student a, KD + unlabelled"}
 
 
 def mark_frontier(points):
