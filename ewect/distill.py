@@ -2,8 +2,8 @@
 computed once per training post and kept beside the run, and a student cut from a deeper model.
 
 teacher_targets   the teachers' log-probabilities of every training post: computed before the
-                  first step, saved as OUTPUT_DIR/teacher.pt, read back on --resume (and by the
-                  other processes under torchrun), never computed twice
+                  first step (under torchrun each process labels a share), saved as
+                  OUTPUT_DIR/teacher.pt, read back on --resume, never computed twice
 soft_targets      the ensemble's probabilities at temperature T (mean of the members')
 distillation_loss alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
 keep_layers       --student_layers: K evenly spaced layers of the encoder, as DistilBERT starts
@@ -46,36 +46,46 @@ def teacher_identity(folder):
 
 
 def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
-    """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts.
-    Rank 0 computes them unless OUTPUT_DIR/teacher.pt already holds them for these teachers and
-    posts; every process then reads that file."""
+    """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts,
+    read from OUTPUT_DIR/teacher.pt when it holds them for these teachers and posts. Else each
+    process labels every world_size-th post on its own device, the shares are gathered (a large
+    --unlabelled corpus takes 1/N of the time, and no process waits long at a collective), and
+    rank 0 saves them."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # missing, or cut short by a kill: label again
+        state = {}
+    if {k: state.get(k) for k in wanted} == wanted:
+        if is_main:
+            log(f"teacher: its soft labels of the training posts are read from {path}")
+        return state["log_probs"]
+    from .prediction import load_predictor
 
-    def saved():  # None unless the file holds these teachers' labels of these posts
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # missing, or cut short by a kill: label again
-            return None
-        return state if {k: state.get(k) for k in wanted} == wanted else None
-
-    if is_main and saved() is None:
-        from .prediction import load_predictor
-
-        log(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} "
-            f"model(s), once for the whole run, into {path}")
-        log_probs = []
-        for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
-            probabilities = load_predictor(folder, device=device.type).predict(texts)
-            log_probs.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
-        torch.save({**wanted, "log_probs": torch.stack(log_probs)}, path + ".tmp")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if is_main:
+        log(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} model(s), "
+            f"once for the whole run, {world} process(es) sharing them, into {path}")
+    share = []
+    for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
+        probabilities = load_predictor(folder, device=device.type,
+                                       local_rank=device.index or 0).predict(texts[rank::world])
+        share.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
+    shares = [torch.stack(share)]
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, torch.stack(share))
+    log_probs = torch.empty(len(teacher_dirs), len(texts), shares[0].shape[-1])
+    for r, labelled in enumerate(shares):
+        log_probs[:, r::world] = labelled
+    if is_main:
+        torch.save({**wanted, "log_probs": log_probs}, path + ".tmp")
         os.replace(path + ".tmp", path)  # a kill while saving leaves no half a file
-    elif is_main:
-        log(f"teacher: its soft labels of the training posts are read from {path}")
-    if dist.is_initialized():
-        dist.barrier()  # the others wait for rank 0's file
-    return saved()["log_probs"]
+    if world > 1:
+        dist.barrier()  # nobody reads teacher.pt (on --resume) before it is whole
+    return log_probs
 
 
 def soft_targets(log_probs, temperature):

@@ -20,6 +20,7 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
     assert "6 steps per epoch of 8 posts = 2 process(es) x 1 micro-batch(es) of up to 4" in (
         result.stdout)
     assert result.stdout.count("done: best eval macro-F1") == 1  # only rank 0 logs
+    assert "2 process(es) sharing them" in result.stdout  # each labels half the posts
     train.main(tiny_train_args(clean_dir, vocab, tmp_path / "one", *options))
     two, one = (load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("two", "one"))
     assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
