@@ -322,7 +322,10 @@ def _decode_errors(path, posts):
 
 def encode(tokenizer, texts, max_length):
     """Token ids of every text, truncated, not padded: once per split, in one batched call."""
-    return tokenizer(list(texts), truncation=True, max_length=max_length,
+    texts = list(texts)
+    if not texts:  # the fast tokenizer fails on an empty batch (a process's empty share, say)
+        return []
+    return tokenizer(texts, truncation=True, max_length=max_length,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 

@@ -48,9 +48,9 @@ def teacher_identity(folder):
 def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
     """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts,
     read from OUTPUT_DIR/teacher.pt when it holds them for these teachers and posts. Else each
-    process labels every world_size-th post on its own device, the shares are gathered (a large
-    --unlabelled corpus takes 1/N of the time, and no process waits long at a collective), and
-    rank 0 saves them."""
+    process labels every world_size-th post on its device and the shares are gathered (with a
+    GPU each, a large --unlabelled corpus takes about 1/N of the time, and no process waits long
+    at a collective); rank 0 saves them."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
@@ -58,13 +58,16 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
-    if {k: state.get(k) for k in wanted} == wanted:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    usable = torch.tensor(int({k: state.get(k) for k in wanted} == wanted), device=device)
+    if world > 1:  # all processes take the same branch, even if one could not read the file
+        dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+    if usable:
         if is_main:
             log(f"teacher: its soft labels of the training posts are read from {path}")
         return state["log_probs"]
     from .prediction import load_predictor
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if is_main:
         log(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} model(s), "
             f"once for the whole run, {world} process(es) sharing them, into {path}")
@@ -80,6 +83,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
     log_probs = torch.empty(len(teacher_dirs), len(texts), shares[0].shape[-1])
     for r, labelled in enumerate(shares):
         log_probs[:, r::world] = labelled
+    del shares, share  # a large corpus: keep one copy
     if is_main:
         torch.save({**wanted, "log_probs": log_probs}, path + ".tmp")
         os.replace(path + ".tmp", path)  # a kill while saving leaves no half a file

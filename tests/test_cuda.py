@@ -133,11 +133,12 @@ def test_compile(clean_dir, vocab, tmp_path):
 
 def test_predictions_on_cuda_match_the_cpu(trained, clean_dir):
     texts = [clean_text(r.content) for r in read_records(str(clean_dir / "usual_test_labeled.txt"))]
+    torch.backends.cuda.enable_cudnn_sdp(True)  # torch's default, which a GPU predictor turns off
     on_cpu = load_predictor(trained / "best", device="cpu", precision="fp32").predict(texts)
     # fp32 on both: the same numbers but for the order of float sums
     in_fp32 = load_predictor(trained / "best", device=DEVICE.type, precision="fp32").predict(texts)
     assert abs(on_cpu - in_fp32).max() < 1e-4  # with GPU batches padded to a multiple of 8
-    # cuDNN's attention plans every new batch shape on the host: a GPU run turns it off
+    # cuDNN's attention plans every new batch shape on the host: a GPU predictor turns it off
     assert torch.backends.cuda.cudnn_sdp_enabled() == (not ON_GPU)
     # the GPU's default (bf16 or fp16) rounds: the same label wherever the top two classes are
     # apart by more than that rounding (a tiny under-trained model has near ties)
@@ -148,15 +149,17 @@ def test_predictions_on_cuda_match_the_cpu(trained, clean_dir):
     assert (on_cpu.argmax(1) == rounded.argmax(1))[clear].all()
 
 
-def test_torchrun_with_two_processes(clean_dir, vocab, tmp_path):
+def test_torchrun_with_two_processes(clean_dir, vocab, trained, tmp_path):
     # Two GPUs or more: NCCL, one GPU each. One GPU: the two processes share it over gloo, so
     # DDP's broadcast and gradient all-reduce, the step's all-reduces and all_gather_object run
     # on CUDA tensors, but not NCCL. On the CPU (the dry run): gloo on the CPU.
     nccl = ON_GPU and torch.cuda.device_count() >= 2
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", *cuda_args(clean_dir, vocab, tmp_path), timeout=300)
+                        "train.py", *cuda_args(clean_dir, vocab, tmp_path, "--teacher",
+                                               trained / "best"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 process(es)" in result.stdout
+    assert "2 process(es) sharing them" in result.stdout  # the teacher's labels, gathered
     assert f"process group: {'nccl' if nccl else 'gloo'}" in result.stdout, result.stdout
     assert (tmp_path / "best" / "model.safetensors").is_file()
 

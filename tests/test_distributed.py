@@ -11,8 +11,10 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
     # --batch_size is the step's size over all processes: 2 processes x 4 posts make the same
     # 8-post steps as one process does, so (dropout off) they end with the same weights; class
     # weights, R-Drop's doubled batch and a teacher's soft labels keep that so.
+    # One unlabelled post makes the posts odd: the processes label uneven shares of them.
+    (tmp_path / "more.txt").write_text("今天的天气让我心情很好\n", encoding="utf-8")
     options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5,
-               "--teacher", trained / "best"]
+               "--teacher", trained / "best", "--unlabelled", tmp_path / "more.txt"]
     args = tiny_train_args(clean_dir, vocab, tmp_path / "two", *options)
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, timeout=240)
@@ -24,6 +26,10 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
     train.main(tiny_train_args(clean_dir, vocab, tmp_path / "one", *options))
     two, one = (load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("two", "one"))
     assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
+    # the shares the two processes labelled, put back in order: the one process's labels
+    labels = [torch.load(tmp_path / n / "teacher.pt", weights_only=True)["log_probs"]
+              for n in ("two", "one")]
+    assert labels[0].shape[1] % 2 == 1 and torch.allclose(*labels, atol=1e-4)
     load_checkpoint(tmp_path / "two" / "best")
 
 

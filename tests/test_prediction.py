@@ -387,6 +387,11 @@ def test_malformed_decision_file_is_one_error_line(checkpoint, tmp_path):
                        "decision.json: not a decision file")
 
 
+def test_no_posts_give_no_rows(checkpoint):
+    # a process's share of too few posts under torchrun can be empty
+    assert load_predictor(checkpoint, device="cpu").predict([]).shape == (0, len(LABELS))
+
+
 def test_padding_a_batch_further_leaves_its_logits_unchanged(checkpoint):
     # GPU batches are padded to a multiple of 8 tokens: the attention mask must hide the extra
     from ewect.data import encode
