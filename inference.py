@@ -143,14 +143,32 @@ def run_settings(args, world_size):
             "processes": world_size}
 
 
+def launch_id(world_size):
+    """The torchrun launch this process belongs to (torchrun gives all of one launch's processes
+    the same id, a new one each launch); None for a single process."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
+
+
 def write_record(args, world_size, rank):
     """OUTPUT.run.json, written before any row (by each process, the same text, atomically)."""
     record = record_path(args.output)
     with open(f"{record}.{rank}", "w", encoding="utf-8") as f:
-        json.dump(run_settings(args, world_size), f, indent=1)
+        json.dump({**run_settings(args, world_size), "launch": launch_id(world_size)}, f,
+                  indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(f"{record}.{rank}", record)
+
+
+def begun_by_this_launch(record, world_size):
+    """Whether OUTPUT.run.json was written by another process of this same torchrun launch, one
+    that started sooner: the files beside it are then this run's own. (An earlier run's files
+    were there before this launch began, so every process of it sees them and refuses.)"""
+    try:
+        then = json.loads(Path(record).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return launch_id(world_size) is not None and then.get("launch") == launch_id(world_size)
 
 
 def check_earlier_run(args, world_size):
@@ -162,7 +180,7 @@ def check_earlier_run(args, world_size):
     start_over = "delete " + " and ".join(dict.fromkeys(
         f"{output}.part*" if path in parts else path for path in earlier)) + " to start over"
     if not args.resume:
-        if earlier:
+        if earlier and not begun_by_this_launch(record, world_size):
             raise UserError(f"{earlier[0]} exists; pass --resume to go on with it, or "
                             f"{start_over}")
         return

@@ -194,6 +194,31 @@ def test_resume_of_a_two_process_run_needs_its_settings(checkpoint, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
 
 
+def test_a_late_process_goes_on_with_what_its_own_launch_wrote(checkpoint, tmp_path,
+                                                              monkeypatch):
+    # torchrun's processes start unevenly: process 1 may have written its record and rows
+    # before process 0 looks for an earlier run's files; process 0 must not take them for one.
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    single, out = tmp_path / "single.tsv", tmp_path / "out.tsv"
+    common = ["--model_dir", checkpoint, "--device", "cpu", "--input_file", posts,
+              "--chunk_size", 2]
+    assert run_main("inference.py", *common, "--output", single).returncode == 0
+
+    def run(rank, launch):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", launch)
+        return run_main("inference.py", *common, "--output", out)
+
+    assert run(1, "launch-1").returncode == 0  # all of process 1's part, before process 0 starts
+    assert run(0, "launch-1").returncode == 0  # its own launch's files: go on, then merge
+    assert out.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    out.unlink()
+    assert run(1, "launch-2").returncode == 0
+    assert_clean_error(run(0, "launch-3"), "exists; pass --resume")  # another launch's: refused
+
+
 def test_empty_input_file_is_refused(checkpoint, tmp_path):
     posts = tmp_path / "posts.txt"
     posts.write_text("\n \n", encoding="utf-8")
