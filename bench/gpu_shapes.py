@@ -91,7 +91,7 @@ def main():
     p.add_argument("--train_steps", type=int, default=60, help="training steps timed")
     p.add_argument("--profile", action="store_true", help="also profile new-shape batches")
     p.add_argument("--setting", choices=SETTINGS, help="run one setting here (else each, apart)")
-    args, rest = p.parse_known_args()
+    args = p.parse_args()
     if args.setting:
         return run_setting(args.setting, args)
     for name in SETTINGS:

@@ -59,9 +59,11 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    usable = torch.tensor(int({k: state.get(k) for k in wanted} == wanted), device=device)
+    usable = {k: state.get(k) for k in wanted} == wanted
     if world > 1:  # all processes take the same branch, even if one could not read the file
-        dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+        agreed = torch.tensor(int(usable), device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        usable = bool(agreed)
     if usable:
         if is_main:
             log(f"teacher: its soft labels of the training posts are read from {path}")
