@@ -1,5 +1,6 @@
 """The cleaning rules (README, "The scripts"), and their properties over arbitrary Unicode."""
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -89,3 +90,17 @@ def test_cleaning_properties(text):
     assert not re.search("[\uff01-\uff5e\u3000]", cleaned)       # no full-width ASCII
     assert not re.search("[\ud800-\udfff\x00-\x1f]", cleaned)    # encodable, no control chars
     assert cleaned == cleaned.strip() and "  " not in cleaned
+
+
+@pytest.mark.parametrize("run", ["a.", "a", "a-", "1.", "a.b"])
+def test_a_long_run_of_letters_and_dots_is_cleaned_at_once(run):
+    # Before the URL and email patterns were bounded, one such 100,000-character post took
+    # minutes (the whole run scanned from each of its characters), stalling a file or the demo.
+    text = run * (100_000 // len(run))
+    start = time.perf_counter()
+    clean_text(text)
+    assert time.perf_counter() - start < 10  # about 0.3 s; the unbounded patterns: minutes
+
+
+def test_an_over_long_email_leaves_no_address():
+    assert clean_text("写信 " + "x" * 70 + "@qq.com 吧") == "写信 xxxxxx 吧"
