@@ -163,6 +163,8 @@ def main(argv=None):
     records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
                                           label_names=args.label_names),
                              drop_empty=False) for path in args.data_file]
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise UserError(f"--output_dir {args.output_dir}: a file, not a folder")
     offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8,
                                precision=args.precision)

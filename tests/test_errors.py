@@ -108,6 +108,14 @@ def test_test_script_with_missing_data_file(trained, tmp_path):
                                   tmp_path / "nope.txt"), "nope.txt: file not found")
 
 
+def test_test_script_with_a_file_as_output_dir(trained, tmp_path, clean_dir):
+    taken = tmp_path / "results"
+    taken.write_text("not a folder", encoding="utf-8")
+    assert_clean_error(run_main("test.py", "--model_dir", tmp_path / "no_model", "--data_file",
+                                clean_dir / "usual_test_labeled.txt", "--output_dir", taken),
+                       f"--output_dir {taken}: a file, not a folder")
+
+
 def test_inference_with_hostile_file(trained, tmp_path):
     path = tmp_path / "posts.txt"
     path.write_bytes(b"\xff\xfe bad bytes\n")
