@@ -6,12 +6,12 @@
     python app.py --model_dir runA/best runB/best               # an ensemble: mean probabilities
 
 Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
-up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT JSON array, or CSV/TSV/Excel with a
-`content` column; inference.py labels larger files) for a table and a CSV to download, with a
-progress bar meanwhile; posts are still answered while a file is labelled. Posts are cleaned
-exactly as the training data was. The label is the argmax, or with decision offsets (--decision,
-as in test.py) the argmax of log p + offset; the probabilities shown stay the model's. The app
-serves on --host only; a public gradio.live link is made only with --share.
+up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT JSON array, JSON Lines, or
+CSV/TSV/Excel with a `content` column; inference.py labels larger files) for a table and a CSV
+to download, with a progress bar meanwhile; posts are still answered while a file is labelled.
+Posts are cleaned exactly as the training data was. The label is the argmax, or with decision
+offsets (--decision, as in test.py) the argmax of log p + offset; the probabilities shown stay
+the model's. The app serves on --host only; a public gradio.live link is made only with --share.
 """
 import argparse
 import itertools
@@ -62,8 +62,9 @@ def parse_args():
 
 def read_file_posts(path):
     """[(id, text)] of an uploaded file, read as inference.py reads files: one post per line, an
-    SMP2020-EWECT JSON array, or CSV, TSV or Excel with a `content` column (and an optional
-    `id`). Reading stops past MAX_FILE_POSTS posts: such a file is refused, and read no further."""
+    SMP2020-EWECT JSON array, JSON Lines, or CSV, TSV or Excel with a `content` column (and an
+    optional `id`). Reading stops past MAX_FILE_POSTS posts: such a file is refused, and read no
+    further."""
     from ewect.data import read_posts
 
     posts = list(itertools.islice(read_posts(path), MAX_FILE_POSTS + 1))
@@ -135,9 +136,10 @@ def build_demo(predictor, offsets=None):
                   api_name="classify_text", postprocess=False, concurrency_id="posts",
                   concurrency_limit=POST_CONCURRENCY)
         with gr.Tab("File"):
-            upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, or CSV/TSV/Excel "
-                                   "with a `content` column",
-                             file_types=[".txt", ".json", ".csv", ".tsv", ".xlsx"])
+            upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, JSON Lines, or "
+                                   "CSV/TSV/Excel with a `content` column",
+                             file_types=[".txt", ".json", ".jsonl", ".csv", ".tsv",
+                                         ".xlsx"])
             file_button = gr.Button("Classify file", variant="primary")
             table = gr.Dataframe(label="Labels", interactive=False)
             download = gr.File(label="Download CSV")

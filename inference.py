@@ -12,9 +12,10 @@
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
-line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional), or
-a CSV, TSV or Excel file with a 'content' column (and an optional 'id'); --format auto tells them
-apart by the file's extension and first record. Lines, CSV and TSV are streamed: posts are read,
+line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional),
+JSON Lines, or a CSV, TSV or Excel file with a 'content' column (and an optional 'id'); --format
+auto tells them apart by the file's extension and first record. Lines, JSON Lines, CSV and TSV
+are streamed: posts are read,
 labelled and written in chunks, so memory does not grow with the file; JSON and Excel are read
 whole (fine for SMP2020-EWECT's files; use lines or CSV for millions of posts).
 Output, one row per post in input order: TSV (id, label, its probability, cleaned text) or with
@@ -22,7 +23,7 @@ Output, one row per post in input order: TSV (id, label, its probability, cleane
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
 skips the posts already there. OUTPUT.run.json records the settings that decide which rows go
 where (input file, its size and time, --format, --json, --chunk_size, processes) until the run is
-done; --resume with other settings is refused.
+done; --resume with other settings, or of a finished output, is refused.
 Several --model_dir make an ensemble: the mean of their probabilities. The label is the argmax
 of the probabilities, or with decision offsets (ewect/decision.py) the argmax of log p + offset:
 a single --model_dir's decision.json (train.py --tune_bias) is applied unless --decision none, and
@@ -35,6 +36,7 @@ import glob
 import itertools
 import json
 import os
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -46,7 +48,7 @@ from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
 from ewect.prediction import BACKENDS, add_precision_arg
 
-FORMATS = ("auto", "lines", "json", "csv", "tsv", "xlsx")
+FORMATS = ("auto", "lines", "json", "jsonl", "csv", "tsv", "xlsx")
 
 
 def parse_args(argv=None):
@@ -54,11 +56,12 @@ def parse_args(argv=None):
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="one post to label")
     source.add_argument("--input_file",
-                        help="file of posts: lines, a JSON array, or CSV, TSV or Excel")
+                        help="file of posts: lines, a JSON array, JSON Lines, or CSV, TSV or "
+                             "Excel")
     p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="--input_file's format; auto: .csv, .tsv and .xlsx by their extension, "
-                        "a file starting with a JSON array of objects is JSON, anything else one "
-                        "post per line")
+                   help="--input_file's format; auto: .csv, .tsv, .xlsx, .json and .jsonl by "
+                        "their extension, a file starting with a JSON array of objects is JSON, "
+                        "anything else one post per line")
     p.add_argument("--output", help="write the rows to this file instead of stdout")
     p.add_argument("--resume", action="store_true",
                    help="--output exists from an interrupted run: label only the posts after it")
@@ -144,9 +147,13 @@ def run_settings(args, world_size):
 
 
 def launch_id(world_size):
-    """The torchrun launch this process belongs to (torchrun gives all of one launch's processes
-    the same id, a new one each launch); None for a single process."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
+    """The torchrun launch this process belongs to, the same for all of its processes and new
+    each launch: torchrun's run id, or, with a fixed --master_port (the run id is then 'none' for
+    every launch), the torchrun process that started them on this machine. None for one process."""
+    if world_size == 1:
+        return None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return run_id if run_id != "none" else f"torchrun {os.getppid()} on {socket.gethostname()}"
 
 
 def write_record(args, world_size, rank):
@@ -175,6 +182,9 @@ def check_earlier_run(args, world_size):
     """A new run never writes over what an earlier one left; --resume goes on with it only with
     the settings it was begun with. Leftover parts are never ignored: resumed or refused."""
     output, record = args.output, record_path(args.output)
+    folder = os.path.dirname(output) or "."
+    if not os.path.isdir(folder):
+        raise UserError(f"{output}: no folder {folder}")
     parts = sorted(glob.glob(glob.escape(output) + ".part*"))
     earlier = [path for path in (output, record) if os.path.exists(path)] + parts
     start_over = "delete " + " and ".join(dict.fromkeys(
@@ -198,6 +208,9 @@ def check_earlier_run(args, world_size):
     elif parts:
         raise UserError(f"{parts[0]}: part of a run of several processes whose settings were not "
                         f"recorded; {start_over}")
+    elif os.path.exists(output):  # resuming would skip as many posts, of any input, as it has rows
+        raise UserError(f"{output}: finished (or not written by inference.py): without "
+                        f"{os.path.basename(record)} there is nothing to resume; {start_over}")
 
 
 def chunks(items, size):

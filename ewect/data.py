@@ -219,6 +219,13 @@ def _problem(item, seen_ids, require_label):
     return None
 
 
+def record_name(item, index):
+    """How an error names a record of a JSON array or table: by its id, else its index."""
+    if isinstance(item, dict) and "id" in item:
+        return f"record id {item['id']!r}"
+    return f"record #{index}"
+
+
 def read_records(path, require_label=True, skip_bad_records=False, log=print, label_names=None):
     """All records of one file: a JSON array, or a .csv, .tsv or .xlsx table with content (or
     text_a) and label columns (id optional); integer labels are named by label_names or a
@@ -232,8 +239,7 @@ def read_records(path, require_label=True, skip_bad_records=False, log=print, la
     for index, item in enumerate(items):
         problem = _problem(item, seen_ids, require_label)
         if problem:
-            where = f"id {item['id']!r}" if isinstance(item, dict) and "id" in item else f"#{index}"
-            bad.append(f"{path}: record {where}: {problem}")
+            bad.append(f"{path}: {record_name(item, index)}: {problem}")
             continue
         seen_ids.add(item["id"])
         label = item["label"] if require_label else None
@@ -259,10 +265,10 @@ def clean_records(records, drop_empty):
     return [r for r in cleaned if r.content or not drop_empty]
 
 
-def open_text(path):
+def open_text(path, newline=""):
     """The file opened as UTF-8 text (a byte-order mark dropped), or a one-line error."""
     try:
-        return open(path, encoding="utf-8-sig", newline="")
+        return open(path, encoding="utf-8-sig", newline=newline)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except OSError as err:
@@ -270,10 +276,11 @@ def open_text(path):
 
 
 def detect_format(path):
-    """'csv', 'tsv' or 'xlsx' by extension; 'json' when the file opens with a JSON array of
-    objects ('[{' or '[]', so a post like '[哈哈]…' on the first line stays text); else 'lines'."""
+    """'csv', 'tsv', 'xlsx', 'json' or 'jsonl' by extension; 'json' when the file opens with a JSON
+    array of objects ('[{' or '[]', so a post like '[哈哈]…' on the first line stays text); else
+    'lines'."""
     extension = os.path.splitext(path)[1].lower().lstrip(".")
-    if extension in ("csv", "tsv", "xlsx"):
+    if extension in ("csv", "tsv", "xlsx", "json", "jsonl"):
         return extension
     with open_text(path) as f:
         try:
@@ -284,7 +291,10 @@ def detect_format(path):
 
 
 def read_lines(path):
-    with open_text(path) as f:
+    """(line number, text) of each line but blank ones. Only a line feed ends a line: a carriage
+    return elsewhere than before one is inside a post (splitting there would label one post as
+    two and shift every later line number)."""
+    with open_text(path, newline="\n") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 yield number, line.rstrip("\r\n")
@@ -295,18 +305,45 @@ def read_csv(path, delimiter=","):
         yield row.get("id") or number, row["content"]
 
 
-def read_posts(path, file_format="auto", skip_bad_records=False, log=print):
+def read_json_lines(path):
+    for number, line in read_lines(path):
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+        yield post_of(item, number, f"{path}: line {number}")
+
+
+def post_of(item, number, where):
+    """(id, text) of a record of posts to label: an object with a string 'content'. Its id is
+    only echoed, so a repeated one is kept and a missing one is the post's number."""
+    if not isinstance(item, dict):
+        raise UserError(f"{where}: not an object but {type(item).__name__}")
+    if "content" not in item:
+        raise UserError(f"{where}: no 'content' field")
+    if not isinstance(item["content"], str):
+        raise UserError(f"{where}: 'content' is {type(item['content']).__name__}, not a string")
+    post_id = item.get("id")
+    if not isinstance(post_id, (int, str, type(None))) or isinstance(post_id, bool):
+        raise UserError(f"{where}: 'id' is {type(post_id).__name__}, not a number or string")
+    return (number if post_id in (None, "") else post_id), item["content"]
+
+
+def read_posts(path, file_format="auto"):
     """An iterator of (id, text) over the file's posts; a JSON array or an Excel file is read
-    whole, lines, CSV and TSV lazily. The first post is read here, so a bad or empty file fails
-    before the model loads."""
+    whole, lines, JSON Lines, CSV and TSV lazily. The first post is read here, so a bad or empty
+    file fails before the model loads."""
     file_format = detect_format(path) if file_format == "auto" else file_format
     if file_format in ("json", "xlsx"):
-        posts = iter([(r.id, r.content) for r in read_records(
-            path, require_label=False, skip_bad_records=skip_bad_records, log=log)])
+        items = (load_json_array(path) if file_format == "json"
+                 else load_table(path, "Excel", ("content",)))
+        posts = iter([post_of(item, index + 1, f"{path}: {record_name(item, index)}")
+                      for index, item in enumerate(items)])
     elif file_format == "tsv":
         posts = _decode_errors(path, read_csv(path, delimiter="\t"))
     else:
-        posts = _decode_errors(path, {"lines": read_lines, "csv": read_csv}[file_format](path))
+        posts = _decode_errors(path, {"lines": read_lines, "jsonl": read_json_lines,
+                                      "csv": read_csv}[file_format](path))
     first = next(posts, None)
     if first is None:
         raise UserError(f"{path}: no posts in this file")

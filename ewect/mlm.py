@@ -26,7 +26,7 @@ MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; the rest stay
 
 
-def read_corpus(paths, log=print, skip_bad_records=False):
+def read_corpus(paths, log=print):
     """Unique cleaned posts of all files, in order; posts that cleaning empties are dropped.
     Each file is read as inference.py reads one (ewect.data.read_posts): one post per line, an
     SMP2020-EWECT JSON array (labels ignored) or a CSV with a `content` column."""
@@ -35,8 +35,7 @@ def read_corpus(paths, log=print, skip_bad_records=False):
         if "test" in os.path.basename(path).lower():
             log(f"warning: {path} looks like a test file: its text leaks into pretraining, so "
                 "scores on it will be optimistic")
-        posts = [clean_text(text) for _, text in read_posts(
-            path, skip_bad_records=skip_bad_records, log=log)]
+        posts = [clean_text(text) for _, text in read_posts(path)]
         posts = [post for post in posts if post]
         if not posts:
             log(f"warning: {path}: no usable text")

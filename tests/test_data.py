@@ -213,3 +213,60 @@ def test_rounding_up_never_pads_past_the_model_positions():
     assert padded_width([299], 8, limit=300) == 300 and padded_width([13], 8, limit=300) == 16
     batch = Collator([[1] * 299], [0], multiple=8, limit=300)([0])
     assert batch["input_ids"].shape == (1, 300)
+
+
+def test_a_text_file_splits_posts_at_line_feeds_only(tmp_path):
+    # A carriage return alone is inside a post (an old Mac editor's, or pasted text): reading it
+    # as a line break would label one post as two and shift every later line number.
+    path = tmp_path / "posts.txt"
+    path.write_bytes("好\r开心\r\n气死了\n\n哭\r\n".encode())
+    assert list(read_posts(str(path))) == [(1, "好\r开心"), (2, "气死了"), (4, "哭")]
+
+
+def test_json_lines_are_read_as_records(tmp_path):
+    # inference.py --json writes JSON Lines; read as plain lines, each post would be its JSON.
+    lines = '{"id": "a", "content": "好开心"}\n\n{"content": "气死了"}\n'
+    assert list(read_posts(write(tmp_path, lines, "posts.jsonl"))) == [("a", "好开心"),
+                                                                      (3, "气死了")]
+    as_text = write(tmp_path, lines, "posts.txt")  # a post of a text file may start with '{'
+    assert list(read_posts(as_text)) == [(1, '{"id": "a", "content": "好开心"}'),
+                                         (3, '{"content": "气死了"}')]
+    assert list(read_posts(as_text, "jsonl")) == [("a", "好开心"), (3, "气死了")]
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"id": 1, "text": "好"}\n', "line 1: no 'content' field"),
+    ('{"id": 1, "content": "好"}\n[1, 2]\n', "line 2: not an object but list"),
+    ('{"id": 1, "content": "好"}\n{"id": 2, "content": "好"\n', "line 2: not valid JSON"),
+    ('{"id": 1, "content": null}\n', "line 1: 'content' is NoneType, not a string"),
+])
+def test_bad_json_lines_name_their_line(tmp_path, content, problem):
+    path = write(tmp_path, content, "posts.jsonl")
+    with pytest.raises(UserError, match=re.escape(f"{path}: {problem}")):
+        list(read_posts(path))
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"posts": [{"id": 1, "content": "好"}]}, "expected a JSON array of records, found dict"),
+    (["好开心", "气死了"], "record #0: not an object but str"),
+])
+def test_a_json_file_that_is_not_an_array_of_records_is_refused(tmp_path, content, problem):
+    path = write(tmp_path, content, "posts.json")  # read as lines, each post would be JSON text
+    with pytest.raises(UserError, match=re.escape(problem)):
+        list(read_posts(path))
+
+
+@pytest.mark.parametrize("name", ["posts.json", "posts.xlsx"])
+def test_posts_with_repeated_or_missing_ids_are_all_labelled(tmp_path, name):
+    # Ids of posts to label are only echoed; as in CSV, a missing one is the post's number.
+    import pandas as pd
+
+    records = [{"id": 7, "content": "好"}, {"id": 7, "content": "气死了"}, {"content": "哭"}]
+    path = tmp_path / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        expected = [(7, "好"), (7, "气死了"), (3, "哭")]
+    else:
+        pd.DataFrame(records).astype({"id": "Int64"}).to_excel(path, index=False)
+        expected = [("7", "好"), ("7", "气死了"), (3, "哭")]
+    assert list(read_posts(str(path))) == expected

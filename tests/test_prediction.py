@@ -137,16 +137,28 @@ def test_csv_without_content_column_is_refused(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
-def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tmp_path, as_json):
+def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tmp_path, as_json,
+                                                         monkeypatch):
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(POSTS * 3) + "\n", encoding="utf-8")
     whole, part = tmp_path / "whole.out", tmp_path / "part.out"
     common = ["--input_file", posts, "--chunk_size", "4", *as_json]
     label(checkpoint, capsys, *common, "--output", whole)
-    rows = whole.read_text(encoding="utf-8").splitlines(keepends=True)
-    assert len(rows) == 3 * len(POSTS)
-    # a kill in the middle of writing row 6: five whole rows and a torn sixth
-    part.write_text("".join(rows[:5]) + rows[5][:7], encoding="utf-8")
+    assert len(whole.read_text(encoding="utf-8").splitlines()) == 3 * len(POSTS)
+    write_chunk, chunks_written = inference.RowWriter.write, []
+
+    def killed_in_the_second_chunk(writer, lines):  # four whole rows, then a torn fifth
+        if chunks_written:
+            writer.file.write(lines[0][:7])
+            writer.file.flush()
+            raise KeyboardInterrupt
+        chunks_written.append(write_chunk(writer, lines))
+
+    monkeypatch.setattr(inference.RowWriter, "write", killed_in_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        label(checkpoint, capsys, *common, "--output", part)
+    monkeypatch.undo()
+    assert len(part.read_text(encoding="utf-8").splitlines()) == 5
     with pytest.raises(UserError, match="exists; pass --resume"):
         label(checkpoint, capsys, *common, "--output", part)
     label(checkpoint, capsys, *common, "--output", part, "--resume")
@@ -194,8 +206,16 @@ def test_resume_of_a_two_process_run_needs_its_settings(checkpoint, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
 
 
+# (TORCHELASTIC_RUN_ID, torchrun's process id) of four launches: with a rendezvous, torchrun names
+# each launch; with a fixed --master_port every launch is 'none', and its processes share their
+# parent, the torchrun process.
+LAUNCHES = {"named": [("launch-1", 1), ("launch-2", 2), ("launch-3", 3)],
+            "fixed port": [("none", 11), ("none", 12), ("none", 13)]}
+
+
+@pytest.mark.parametrize("launches", LAUNCHES.values(), ids=LAUNCHES.keys())
 def test_a_late_process_goes_on_with_what_its_own_launch_wrote(checkpoint, tmp_path,
-                                                              monkeypatch):
+                                                              monkeypatch, launches):
     # torchrun's processes start unevenly: process 1 may have written its record and rows
     # before process 0 looks for an earlier run's files; process 0 must not take them for one.
     posts = tmp_path / "posts.txt"
@@ -206,17 +226,44 @@ def test_a_late_process_goes_on_with_what_its_own_launch_wrote(checkpoint, tmp_p
     assert run_main("inference.py", *common, "--output", single).returncode == 0
 
     def run(rank, launch):
+        run_id, torchrun_pid = launch
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        monkeypatch.setenv("TORCHELASTIC_RUN_ID", launch)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+        monkeypatch.setattr(os, "getppid", lambda: torchrun_pid)
         return run_main("inference.py", *common, "--output", out)
 
-    assert run(1, "launch-1").returncode == 0  # all of process 1's part, before process 0 starts
-    assert run(0, "launch-1").returncode == 0  # its own launch's files: go on, then merge
+    first, second, third = launches
+    assert run(1, first).returncode == 0  # all of process 1's part, before process 0 starts
+    assert run(0, first).returncode == 0  # its own launch's files: go on, then merge
     assert out.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
     out.unlink()
-    assert run(1, "launch-2").returncode == 0
-    assert_clean_error(run(0, "launch-3"), "exists; pass --resume")  # another launch's: refused
+    assert run(1, second).returncode == 0
+    assert_clean_error(run(0, third), "exists; pass --resume")  # another launch's: refused
+
+
+def test_resume_of_a_finished_output_is_refused(checkpoint, tmp_path):
+    # A finished run leaves no record of what it labelled: resuming it with any input would skip
+    # as many posts as the file has rows, and append the rest after them.
+    day1, day2, out = tmp_path / "day1.txt", tmp_path / "day2.txt", tmp_path / "out.tsv"
+    day1.write_text("\n".join(POSTS[:3]) + "\n", encoding="utf-8")
+    day2.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    common = ["--model_dir", checkpoint, "--device", "cpu", "--output", out]
+    assert run_main("inference.py", *common, "--input_file", day1).returncode == 0
+    labelled = out.read_text(encoding="utf-8")
+    for posts in (day1, day2):
+        assert_clean_error(run_main("inference.py", *common, "--input_file", posts, "--resume"),
+                           f"{out}: finished", "nothing to resume")
+    assert out.read_text(encoding="utf-8") == labelled
+
+
+def test_output_in_a_missing_folder_is_refused_before_the_model_loads(tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("好\n", encoding="utf-8")
+    out = tmp_path / "no_such_folder" / "out.tsv"
+    assert_clean_error(run_main("inference.py", "--model_dir", tmp_path / "no_model",
+                                "--input_file", posts, "--output", out),
+                       f"{out}: no folder {out.parent}")
 
 
 def test_empty_input_file_is_refused(checkpoint, tmp_path):
