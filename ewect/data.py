@@ -14,6 +14,9 @@ from .config import LABEL2ID, LABEL_SPELLINGS, LABELS
 from .errors import UserError, first_line
 
 MAX_REPORTED = 20  # bad records listed one per line before the rest is summarised
+# A CSV or TSV field longer than this is a quote left open swallowing the file, not a post
+# (csv's own limit, 131,072, refused whole files for one long post).
+MAX_FIELD_CHARS = 1 << 24
 
 
 @dataclass
@@ -86,6 +89,7 @@ def table_rows(path, delimiter, columns):
     In CSV a quote left open, or a stray comma, would merge or split posts: it stops the run,
     with the line the row starts on."""
     tsv = delimiter == "\t"
+    csv.field_size_limit(MAX_FIELD_CHARS)
     with open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True,
                             quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)

@@ -270,3 +270,12 @@ def test_posts_with_repeated_or_missing_ids_are_all_labelled(tmp_path, name):
         pd.DataFrame(records).astype({"id": "Int64"}).to_excel(path, index=False)
         expected = [("7", "好"), ("7", "气死了"), (3, "哭")]
     assert list(read_posts(str(path))) == expected
+
+
+@pytest.mark.parametrize("name", ["posts.csv", "posts.tsv"])
+def test_a_huge_post_in_a_table_is_read_whole(tmp_path, name):
+    # csv's default limit is 131,072 characters a field: past it the whole file was refused.
+    huge = "好" * 200_000
+    sep = "," if name.endswith(".csv") else "\t"
+    path = write(tmp_path, f"id{sep}content\n1{sep}{huge}\n2{sep}气死了\n", name)
+    assert list(read_posts(path)) == [("1", huge), ("2", "气死了")]
