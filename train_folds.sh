@@ -21,8 +21,9 @@ fi
 K=$1 OUT=$2
 shift 2
 DATASET=usual previous=
-for arg in "$@"; do
+for arg in "$@"; do  # the track test.sh tests: train.py's --dataset X or --dataset=X
     [ "$previous" = --dataset ] && DATASET=$arg
+    case $arg in --dataset=*) DATASET=${arg#--dataset=} ;; esac
     previous=$arg
 done
 

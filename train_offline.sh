@@ -55,11 +55,17 @@ fi
 echo "$SETTINGS" > "$OUT/settings"
 
 # step NAME FOLDER WHAT COMMAND...: a pretrain.py or train.py run into FOLDER, skipped when its
-# log says it is done, resumed when it left a last/ to continue from, else started afresh.
+# log says it is done (by this same command: FOLDER/command), resumed when it left a last/ to
+# continue from, else started afresh.
 step() {
     name=$1 folder=$2 what=$3
     shift 3
     if grep -qs "INFO done: " "$folder/train.log"; then
+        if [ -f "$folder/command" ] && [ "$(cat "$folder/command")" != "$*" ]; then
+            echo "error: $folder was made by another command ($(cat "$folder/command")); set" \
+                "OUT to another folder, or delete $folder to redo it" >&2
+            exit 2
+        fi
         say "$name: done before, skipped ($folder)"
         return
     fi
@@ -74,6 +80,7 @@ step() {
         echo "error: $name stopped before its end; run the same command again to continue" >&2
         exit 1
     fi
+    echo "$*" > "$folder/command"
 }
 
 MISSING=

@@ -127,6 +127,20 @@ def test_offline_command_refuses_a_folder_of_another_recipe(offline_run):
     assert result.returncode == 2 and "holds a run of other settings (layers 1" in result.stderr
 
 
+def test_offline_command_refuses_a_finished_step_of_other_flags(offline_run):
+    # `sh train_offline.sh --adversarial fgm` after a plain run skipped fine-tuning as done and
+    # printed the plain model's scores as the new command's.
+    out = offline_run[0]
+    env = dict(os.environ, EWECT_RAW_DIR=str(FIXTURE_RAW), CLEAN_DIR=str(out / "clean"),
+               OUT=str(out / "run"), LAYERS="1", HIDDEN="32", PRETRAIN_EPOCHS="1",
+               FINETUNE_EPOCHS="2")
+    result = subprocess.run(["sh", str(ROOT / "train_offline.sh"), "--batch_size", "16",
+                             "--adversarial", "fgm"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{out / 'run' / 'wb'} was made by another command" in result.stderr
+
+
 def test_offline_model_carries_its_built_vocabulary(offline_run):
     from ewect.mlm import read_corpus, split_held_out
 
