@@ -29,15 +29,16 @@ from tqdm import tqdm
 
 from ewect.config import PRETRAIN_CORPUS, REPO_ROOT
 from ewect.data import sorted_batches, split_for_step, step_batches
-from ewect.errors import UserError, positive_int, run_cli, script_help
+from ewect.errors import UserError, non_negative_float, positive_int, run_cli, script_help
 from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss,
                        read_corpus, split_held_out)
 from ewect.modeling import autocast, choose_precision, save_checkpoint
 from ewect.prediction import check_max_length
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            close_processes, describe_processes, linear_schedule,
-                            load_training_state, loader_workers, make_grad_scaler, make_optimizer,
-                            optimizer_step, prepare_output_dir, refuse_cpu_marathon,
+                            clear_earlier_run, close_processes, describe_processes,
+                            linear_schedule, load_training_state, loader_workers,
+                            make_grad_scaler, make_optimizer, optimizer_step, posts_fingerprint,
+                            prepare_output_dir, refuse_changed_posts, refuse_cpu_marathon,
                             refuse_shifted_resume, resume_from_state, save_training_state,
                             setup_logging, setup_processes, step_plan, stop_for_resume,
                             stop_if_every_step_skipped, wrap_for_training, write_json)
@@ -72,7 +73,7 @@ def parse_args(argv=None):
                    help="mask whole jieba words (Chinese-BERT-wwm) instead of single tokens")
     p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "workspace", "mlm"),
                    help="where best/, last/, logs go")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=non_negative_float, default=None,
                    help=f"peak learning rate of AdamW (default: {CONTINUED_LR:g}; {SCRATCH_LR:g} "
                         "with --from_scratch)%(default).0s")
     p.add_argument("--epochs", type=positive_int, default=20, help="pretraining epochs")
@@ -148,15 +149,17 @@ def main(argv=None):
 def pretrain(args, rank, world_size, device):
     """The run, top to bottom; True when it finished, False when stopped early for --resume."""
     is_main = rank == 0
-    prepare_output_dir(args, is_main)
-    setup_logging(args.output_dir, is_main)
+    prepare_output_dir(args)
+    setup_logging(args.output_dir, is_main, fresh=args.overwrite_output_dir)
     log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
-    state = load_training_state(args, ESSENTIAL_ARGS) if args.resume else None
+    state = load_training_state(args, ESSENTIAL_ARGS, log) if args.resume else None
     last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))
 
     # Data first: a bad corpus stops the run before a model is downloaded or built.
     texts = read_corpus(args.corpus, log=log.warning)
     train_texts, held_texts = split_held_out(texts, args.held_out_fraction, args.seed)
+    posts = posts_fingerprint(train_texts, held_texts)
+    refuse_changed_posts(state, posts)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = build_mlm_model(last_dir, dropout=args.dropout)
@@ -190,6 +193,7 @@ def pretrain(args, rank, world_size, device):
     if steps_per_epoch == 0:
         raise UserError(f"corpus: too few posts for a step of {args.batch_size}")
 
+    clear_earlier_run(args, is_main)  # every input read: the earlier run can go
     precision = choose_precision(args.precision, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = linear_schedule(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch)
@@ -239,7 +243,7 @@ def pretrain(args, rank, world_size, device):
         save_training_state(model, tokenizer, last_dir, device, is_main, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "progress": progress,
-            "args": vars(args)})
+            "args": vars(args), "posts": posts})
 
     stop = StopRequest(log)
     running = RunningSums()

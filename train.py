@@ -40,26 +40,30 @@ from ewect.data import (Collator, add_label_names_arg, clean_records, encode, pa
 from ewect.decision import save_offsets, tune_offsets
 from ewect.distill import (check_teachers, distillation_loss, keep_layers, soft_targets,
                            teacher_targets)
-from ewect.errors import UserError, positive_int, run_cli, script_help
+from ewect.errors import (UserError, non_negative_float, non_negative_int, positive_float,
+                          positive_int, run_cli, script_help)
 from ewect.metrics import classification_scores, scores
 from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
                             expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import check_max_length, predict_logits, softmax
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            close_processes, describe_processes, linear_schedule,
-                            load_training_state, loader_workers, make_grad_scaler, make_optimizer,
-                            optimizer_step, prepare_output_dir, refuse_cpu_marathon,
+                            clear_earlier_run, close_processes, describe_processes,
+                            linear_schedule, load_training_state, loader_workers,
+                            make_grad_scaler, make_optimizer, optimizer_step, posts_fingerprint,
+                            prepare_output_dir, refuse_changed_posts, refuse_cpu_marathon,
                             refuse_shifted_resume, resume_from_state, save_training_state,
                             setup_logging, setup_processes, step_plan, stop_for_resume,
                             stop_if_every_step_skipped, wrap_for_training, write_json)
 from ewect.vocab import scratch_vocab
 
-# What a resumed run must share with the run it continues: the model, the data and the batches.
-# Anything else (epochs, lr, patience, device, precision, processes) may change on --resume.
+# What a resumed run must share with the run it continues: the model, the data, the batches and
+# the loss (the posts themselves are compared too). Anything else (epochs, lr, patience, device,
+# precision, processes) may change on --resume, and is logged when it does.
 ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_size", "dropout",
                   "train_file", "eval_file", "folds", "fold", "batch_size", "max_length", "seed",
-                  "teacher", "unlabelled", "student_layers")
+                  "teacher", "unlabelled", "student_layers", "kd_alpha", "kd_temperature",
+                  "class_weights", "rdrop", "adversarial", "adv_epsilon")
 SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
 AUTO_WEIGHT_CAP = 3.0  # --class_weights auto: no class weighs more than this
 
@@ -98,12 +102,12 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default=None,
                    help="where best/, last/, logs go (default: workspace/wb, wb_virus or "
                         "wb_both, by --dataset)%(default).0s")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=non_negative_float, default=None,
                    help="peak learning rate of AdamW (default: 1e-5, the published fine-tuning "
                         f"recipe; {SCRATCH_LR:g} with --from_scratch, as random weights need "
                         "larger steps)%(default).0s")
     p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    p.add_argument("--patience", type=int, default=0,
+    p.add_argument("--patience", type=non_negative_int, default=0,
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
@@ -124,9 +128,9 @@ def parse_args(argv=None):
     p.add_argument("--adversarial", choices=["none", "fgm"], default="none",
                    help="fgm: a second forward/backward pass with the word embeddings moved "
                         "along their gradient (FGM, Miyato et al. 2017); about 2x the compute")
-    p.add_argument("--adv_epsilon", type=float, default=1.0,
+    p.add_argument("--adv_epsilon", type=positive_float, default=1.0,
                    help="FGM's step: the norm of the move of the word-embedding matrix")
-    p.add_argument("--rdrop", type=float, default=0.0, metavar="ALPHA",
+    p.add_argument("--rdrop", type=non_negative_float, default=0.0, metavar="ALPHA",
                    help="R-Drop (Liang et al. 2021): each post passes twice with different "
                         "dropout, plus ALPHA x their symmetric KL divergence (0: off); 2x the "
                         "compute per step")
@@ -142,7 +146,7 @@ def parse_args(argv=None):
     p.add_argument("--kd_alpha", type=float, default=0.5,
                    help="with --teacher: the loss is alpha x T^2 x KL(teacher || model) at "
                         "temperature T + (1 - alpha) x cross-entropy on the gold labels")
-    p.add_argument("--kd_temperature", type=float, default=2.0,
+    p.add_argument("--kd_temperature", type=positive_float, default=2.0,
                    help="with --teacher: T, the softmax temperature of both in the KL term")
     p.add_argument("--unlabelled", nargs="+", metavar="FILE",
                    help="with --teacher: more training posts without labels, learnt from the "
@@ -154,8 +158,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.unlabelled and not args.teacher:
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
-    if not 0 <= args.kd_alpha <= 1 or args.kd_temperature <= 0:
-        p.error("--kd_alpha must be from 0 to 1 and --kd_temperature above 0")
+    if not 0 <= args.kd_alpha <= 1:
+        p.error("--kd_alpha must be from 0 to 1")
     if args.from_scratch and args.init_from:
         p.error("--from_scratch and --init_from exclude each other: start from one or the other")
     if args.fold > args.folds:
@@ -190,6 +194,8 @@ def held_out_fold(records, labels, folds, fold, seed):
     the same for every fold of one --seed, so the K runs of an ensemble partition the data."""
     from sklearn.model_selection import StratifiedKFold
 
+    if folds > len(records):
+        raise UserError(f"--folds {folds}: more folds than the {len(records)} posts to split")
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(
         np.zeros(len(labels)), labels)
     train_part, held_out = list(splits)[fold - 1]
@@ -328,10 +334,10 @@ def main(argv=None):
 def train(args, rank, world_size, device):
     """The run, top to bottom; True when it finished, False when stopped early for --resume."""
     is_main = rank == 0
-    prepare_output_dir(args, is_main)
-    setup_logging(args.output_dir, is_main)
+    prepare_output_dir(args)
+    setup_logging(args.output_dir, is_main, fresh=args.overwrite_output_dir)
     log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
-    state = load_training_state(args, ESSENTIAL_ARGS) if args.resume else None
+    state = load_training_state(args, ESSENTIAL_ARGS, log) if args.resume else None
     last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))
 
     # Data first: a bad record stops the run before a model is downloaded or built.
@@ -353,6 +359,9 @@ def train(args, rank, world_size, device):
         log.info("unlabelled: %d of %d posts kept; the rest are training or eval posts",
                  len(kept), len(unlabelled))
         unlabelled = kept
+    posts = posts_fingerprint([(r.content, r.label) for r in train_records + eval_records],
+                              unlabelled)
+    refuse_changed_posts(state, posts)
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
         check_teachers(args.teacher)
         teacher = soft_targets(teacher_targets(
@@ -390,6 +399,7 @@ def train(args, rank, world_size, device):
         raise UserError(f"{', '.join(args.train_file)}: too few posts for a step of "
                         f"{args.batch_size}")
 
+    clear_earlier_run(args, is_main)  # every input read: the earlier run can go
     precision = choose_precision(args.precision, device)
     options = {"weights": class_weights(args.class_weights, train_labels[:len(train_records)],
                                         device),
@@ -432,7 +442,7 @@ def train(args, rank, world_size, device):
         save_training_state(model, tokenizer, last_dir, device, is_main, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "progress": progress,
-            "args": vars(args)})
+            "args": vars(args), "posts": posts})
 
     stop = StopRequest(log)
     running = RunningSums()

@@ -1,5 +1,6 @@
 """One kind of error for all a user can get wrong, reported in one line, never a traceback."""
 import argparse
+import math
 import os
 import sys
 
@@ -18,7 +19,10 @@ def script_help(doc, show_defaults=True):
     commands are written once, in the docstring."""
     summary, *paragraphs = doc.split("\n\n")
     examples = next((p for p in paragraphs if p.startswith("    ")), None)
+    # allow_abbrev off: the shell wrappers read flags such as --dataset from the command line,
+    # and an abbreviation (--data) would pass them by.
     return {"description": summary, "epilog": examples and f"examples:\n{examples}",
+            "allow_abbrev": False,
             "formatter_class": HelpFormatter if show_defaults
             else argparse.RawDescriptionHelpFormatter}
 
@@ -34,6 +38,37 @@ def positive_int(text):
     value = int(text)  # argparse turns a ValueError into "invalid positive_int value"
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse type for counts where 0 means none or off."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type for rates, norms and temperatures: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+def non_negative_float(text):
+    """argparse type for weights and epochs where 0 means none or off."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 up, not {text}")
+    return value
+
+
+def dropout_probability(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to below 1, not {text}")
     return value
 
 

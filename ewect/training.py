@@ -2,6 +2,7 @@
 processes of a torchrun run, the optimizer and its step, sums kept on the device between log
 steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal. The loops
 themselves stay in the scripts, to be read top to bottom."""
+import hashlib
 import json
 import logging
 import math
@@ -68,12 +69,14 @@ def refuse_cpu_marathon(device_name, device, model):
                         "train on the CPU anyway")
 
 
-def setup_logging(output_dir, is_main):
-    """INFO to stdout and OUTPUT_DIR/train.log from rank 0; only warnings from the others."""
+def setup_logging(output_dir, is_main, fresh=False):
+    """INFO to stdout and OUTPUT_DIR/train.log (begun afresh when `fresh`, else appended to) from
+    rank 0; only warnings from the others."""
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main:
         os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8"))
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"),
+                                            mode="w" if fresh else "a", encoding="utf-8"))
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
 
@@ -271,10 +274,10 @@ def is_within(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def prepare_output_dir(args, is_main):
-    """Make OUTPUT_DIR ready for this run. A new run never replaces an earlier run's best/ by
-    accident; --overwrite_output_dir clears the earlier run (checkpoints, TensorBoard curves,
-    log); --resume needs last/."""
+def prepare_output_dir(args):
+    """Check that OUTPUT_DIR can take this run. A new run never replaces an earlier run's best/ by
+    accident; --overwrite_output_dir replaces it (clear_earlier_run, once this run has read its
+    inputs); --resume needs last/."""
     out = args.output_dir
     restore_interrupted_save(os.path.join(out, "last"))
     restore_interrupted_save(os.path.join(out, "best"))
@@ -288,23 +291,45 @@ def prepare_output_dir(args, is_main):
                         "--resume to continue it, --overwrite_output_dir to start over, or "
                         "another --output_dir")
     elif earlier:
-        cleared = [os.path.join(out, name) for name in ("best", "last", "tensorboard")]
         for source in starting_folders(args):  # e.g. pretrain.py --model_name workspace/mlm/best
-            if any(is_within(source, folder) for folder in cleared):
+            if any(is_within(source, folder) for folder in earlier_run(out)):
                 raise UserError(f"{source} is in --output_dir {out}, whose run "
-                                "--overwrite_output_dir deletes before this run reads it: pass "
-                                "another --output_dir")
-        if is_main:
-            for folder in cleared:
-                shutil.rmtree(folder, ignore_errors=True)
-            if os.path.exists(os.path.join(out, "train.log")):
-                os.remove(os.path.join(out, "train.log"))
+                                "--overwrite_output_dir replaces: pass another --output_dir")
 
 
-def load_training_state(args, essential_args):
-    """The state saved in last/, after checking that it continues the same run. Loaded to the
-    CPU: the run may resume on another device, and under torchrun each rank would otherwise put
-    the whole state on the GPU it was saved from."""
+def earlier_run(out):
+    return [os.path.join(out, name) for name in ("best", "last", "tensorboard")]
+
+
+def clear_earlier_run(args, is_main):
+    """--overwrite_output_dir: delete the earlier run's checkpoints and curves, called once this
+    run has read its data and built its model, so that a typo or a bad file costs nothing. (Its
+    log was begun afresh by setup_logging.)"""
+    if args.overwrite_output_dir and is_main:
+        for folder in earlier_run(args.output_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def posts_fingerprint(*parts):
+    """A hash of the posts (and labels) a run learns from and is scored on, kept in its state:
+    files of the same names may hold other posts by the time of a --resume."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def refuse_changed_posts(state, fingerprint):
+    if state and state.get("posts", fingerprint) != fingerprint:
+        raise UserError("--resume: the training or eval posts differ from those the run began "
+                        "with (a data file changed since); resume with the same posts, or start "
+                        "over with --overwrite_output_dir")
+
+
+def load_training_state(args, essential_args, log):
+    """The state saved in last/, after checking that it continues the same run (other settings
+    may change, and are logged). Loaded to the CPU: the run may resume on another device, and
+    under torchrun each rank would otherwise put the whole state on the GPU it was saved from."""
     path = os.path.join(args.output_dir, "last", STATE_FILE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -314,6 +339,12 @@ def load_training_state(args, essential_args):
                for name in essential_args if state["args"].get(name) != getattr(args, name)]
     if changed:
         raise UserError("--resume: this is not the same run; " + "; ".join(changed))
+    others = [f"--{name} {state['args'].get(name)!r} -> {value!r}"
+              for name, value in vars(args).items()
+              if name not in (*essential_args, "resume", "overwrite_output_dir", "stop_after_steps")
+              and state["args"].get(name) != value]
+    if others:
+        log.info("changed since the run began: %s", "; ".join(others))
     return state
 
 
@@ -393,7 +424,8 @@ def restore_rng_state(states, rank, world_size, device, log):
 def add_shared_args(p, model_help):
     """The model to start from and how to run: the flags both training scripts take."""
     from .config import MAX_LENGTH, PRECISIONS
-    from .errors import positive_int, seed
+    from .errors import (dropout_probability, non_negative_float, non_negative_int,
+                         positive_float, positive_int, seed)
     from .vocab import MIN_FREQUENCY, VOCAB_SIZE
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
@@ -420,14 +452,16 @@ def add_shared_args(p, model_help):
                         "accumulation (default: batch_size / processes)")
     p.add_argument("--eval_batch_size", type=positive_int, default=128,
                    help="batch size for evaluation")
-    p.add_argument("--weight_decay", type=float, default=0.01,
+    p.add_argument("--weight_decay", type=non_negative_float, default=0.01,
                    help="AdamW weight decay (none on biases and LayerNorm)")
-    p.add_argument("--warmup_epochs", type=float, default=1.0,
+    p.add_argument("--warmup_epochs", type=non_negative_float, default=1.0,
                    help="epochs of linear warmup before the linear decay")
     p.add_argument("--max_length", type=positive_int, default=MAX_LENGTH,
                    help="tokens kept per post")
-    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
-    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    p.add_argument("--dropout", type=dropout_probability, default=0.1,
+                   help="hidden and attention dropout")
+    p.add_argument("--max_grad_norm", type=positive_float, default=1.0,
+                   help="gradient clipping norm")
     p.add_argument("--seed", type=seed, default=42,
                    help="seed for init, dropout, batch order (and masks, held-out split)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -436,11 +470,11 @@ def add_shared_args(p, model_help):
                    help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
                         "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--num_workers", type=int, default=None,
+    p.add_argument("--num_workers", type=non_negative_int, default=None,
                    help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--log_every", type=positive_int, default=20,
                    help="steps between reading the running metrics (TensorBoard, progress bar)")
-    p.add_argument("--stop_after_steps", type=int, default=0,
+    p.add_argument("--stop_after_steps", type=non_negative_int, default=0,
                    help="stop after this many optimizer steps in total, saving last/ for "
                         "--resume (0: run all epochs)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")

@@ -130,3 +130,26 @@ def test_max_length_beyond_the_model_and_zero_batch_size(trained):
     result = run_main("inference.py", "--input", "好", "--batch_size", 0)
     assert result.returncode == 2 and "--batch_size: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("train.py", "--lr", "-1"), ("train.py", "--lr", "nan"), ("train.py", "--dropout", "2"),
+    ("train.py", "--max_grad_norm", "0"), ("train.py", "--max_grad_norm", "-1"),
+    ("train.py", "--weight_decay", "-1"), ("train.py", "--warmup_epochs", "-1"),
+    ("train.py", "--patience", "-1"), ("train.py", "--num_workers", "-1"),
+    ("train.py", "--rdrop", "-1"), ("train.py", "--adv_epsilon", "0"),
+    ("train.py", "--kd_temperature", "0"), ("train.py", "--stop_after_steps", "-1"),
+    ("pretrain.py", "--lr", "-1"), ("pretrain.py", "--dropout", "1"),
+])
+def test_a_nonsense_setting_is_refused_before_anything_runs(tmp_path, script, flag, value):
+    # Each ran silently (a negative gradient norm clips the gradient's sign: training uphill; a
+    # negative patience stops before the first epoch) or ended in a traceback.
+    result = run_main(script, flag, value, "--output_dir", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    assert f"argument {flag}: must be" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_folds_than_posts_is_one_error_line(tmp_path, clean_dir, vocab):
+    result = run_main("train.py", *tiny_train_args(clean_dir, vocab, tmp_path, "--folds", 1000))
+    assert_clean_error(result, "--folds 1000: more folds than the", "posts")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train
-from conftest import tiny_train_args
+from conftest import run_main, tiny_train_args
 from ewect.config import LABELS
 from ewect.data import Record
 from ewect.errors import UserError
@@ -163,3 +163,28 @@ def test_train_folds_trains_every_fold_once_and_tests_their_ensemble(clean_dir, 
                                               for k in (1, 2))
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
+
+
+@pytest.mark.parametrize("dataset", [["--dataset", "virus"], ["--dataset=virus"]])
+def test_train_folds_tests_the_track_it_trained(tmp_path, dataset):
+    # train.sh and test.sh stubbed: what train_folds.sh passes to each is the question.
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "train_folds.sh", tmp_path)
+    for script in ("train.sh", "test.sh"):
+        (tmp_path / script).write_text(f'echo "{script} $*"\n')
+    result = subprocess.run(["sh", str(tmp_path / "train_folds.sh"), "2", str(tmp_path / "out"),
+                             *dataset], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    tested = [line for line in result.stdout.splitlines() if line.startswith("test.sh")]
+    assert len(tested) == 1 and "--dataset virus" in tested[0], result.stdout
+
+
+def test_abbreviated_flags_are_refused(tmp_path):
+    # train_folds.sh reads --dataset from train.py's flags: an abbreviation such as --data would
+    # train the virus track and test the usual one.
+    result = run_main("train.py", "--data", "virus", "--output_dir", tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: --data" in result.stderr

@@ -191,3 +191,39 @@ def test_a_mid_epoch_resume_that_would_shift_the_steps_is_refused(clean_dir, voc
     torch.save(state, state_file)
     with pytest.raises(UserError, match="stopped mid-epoch with 2 process.*1 now"):
         train.main([*args, "--resume"])
+
+
+def test_a_failed_overwrite_keeps_the_earlier_run(clean_dir, vocab, trained, tmp_path):
+    # --overwrite_output_dir deleted the earlier run first: a typo in a file name cost the model.
+    out = tmp_path / "wb"
+    shutil.copytree(trained, out)
+    args = tiny_train_args(clean_dir, vocab, out, "--overwrite_output_dir")
+    args[args.index("--train_file") + 1] = str(tmp_path / "typo.txt")
+    with pytest.raises(UserError, match="typo.txt: file not found"):
+        train.main(args)
+    assert_same_weights(out / "best", trained / "best")
+    assert_same_weights(out / "last", trained / "last")
+
+
+def test_resume_refuses_changed_posts_and_loss(clean_dir, vocab, tmp_path):
+    # Only the files' names were compared: posts edited in place were trained on from mid-epoch.
+    data = tmp_path / "data"
+    shutil.copytree(clean_dir, data)
+    out = tmp_path / "wb"
+    train.main(tiny_train_args(data, vocab, out, "--stop_after_steps", 3))
+    with pytest.raises(UserError, match=r"--rdrop was 0\.0, now 1\.0"):
+        train.main(tiny_train_args(data, vocab, out, "--resume", "--rdrop", 1))
+    train_file = data / "usual_train.txt"
+    records = json.loads(train_file.read_text(encoding="utf-8"))
+    train_file.write_text(json.dumps(records[:-1], ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match="--resume: the training or eval posts differ"):
+        train.main(tiny_train_args(data, vocab, out, "--resume"))
+
+
+def test_a_resume_with_other_settings_says_which(clean_dir, vocab, tmp_path):
+    out = tmp_path / "wb"
+    train.main(tiny_train_args(clean_dir, vocab, out, "--stop_after_steps", 3))
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume", "--epochs", 3,
+                               "--stop_after_steps", 4))
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "changed since the run began: --epochs 2 -> 3" in log
