@@ -335,14 +335,14 @@ def load_training_state(args, essential_args, log):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"{path}: unreadable training state ({first_line(err)})") from None
-    changed = [f"--{name} was {state['args'].get(name)!r}, now {getattr(args, name)!r}"
-               for name in essential_args if state["args"].get(name) != getattr(args, name)]
+    then = state["args"]  # a setting that an older version did not save is taken as unchanged
+    changed = [f"--{name} was {then[name]!r}, now {getattr(args, name)!r}"
+               for name in essential_args if name in then and then[name] != getattr(args, name)]
     if changed:
         raise UserError("--resume: this is not the same run; " + "; ".join(changed))
-    others = [f"--{name} {state['args'].get(name)!r} -> {value!r}"
-              for name, value in vars(args).items()
+    others = [f"--{name} {then.get(name)!r} -> {value!r}" for name, value in vars(args).items()
               if name not in (*essential_args, "resume", "overwrite_output_dir", "stop_after_steps")
-              and state["args"].get(name) != value]
+              and then.get(name) != value]
     if others:
         log.info("changed since the run began: %s", "; ".join(others))
     return state
