@@ -148,12 +148,23 @@ def run_settings(args, world_size):
 
 def launch_id(world_size):
     """The torchrun launch this process belongs to, the same for all of its processes and new
-    each launch: torchrun's run id, or, with a fixed --master_port (the run id is then 'none' for
-    every launch), the torchrun process that started them on this machine. None for one process."""
-    if world_size == 1:
+    each launch: torchrun's run id or, with a fixed --master_port (the run id is then 'none' for
+    every launch), the torchrun process that started them on this machine: its host, id and start
+    time (ids are reused). None for one process, or a launcher that gives no run id."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if world_size == 1 or run_id is None:
         return None
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    return run_id if run_id != "none" else f"torchrun {os.getppid()} on {socket.gethostname()}"
+    if run_id != "none":
+        return run_id
+    if os.environ.get("LOCAL_WORLD_SIZE", str(world_size)) != str(world_size):
+        raise UserError("torchrun on several machines with a fixed --master_port gives every "
+                        "launch the same run id: pass --rdzv_id with a new id each launch")
+    parent = os.getppid()
+    try:  # /proc/PID/stat's 22nd field, after the name in parentheses: the start time
+        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "?"
+    return f"torchrun {parent} started at {started} on {socket.gethostname()}"
 
 
 def write_record(args, world_size, rank):

@@ -65,8 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--intermediate_size", type=positive_int, default=None,
                    help="feed-forward size, with --from_scratch (default: 4 x hidden_size)")
     p.add_argument("--corpus", nargs="+", default=list(PRETRAIN_CORPUS), metavar="FILE",
-                   help="SMP2020-EWECT JSON, CSV with a content column, or text with a post a "
-                        "line; default: the cleaned train and eval files of both tracks")
+                   help="any file inference.py reads (SMP2020-EWECT JSON, JSON Lines, CSV, TSV or "
+                        "Excel with a content column, or text with a post a line); default: the "
+                        "cleaned train and eval files of both tracks")
     p.add_argument("--held_out_fraction", type=float, default=0.02,
                    help="share of the corpus held out to pick the best epoch")
     p.add_argument("--whole_word_mask", action="store_true",
@@ -150,7 +151,7 @@ def pretrain(args, rank, world_size, device):
     """The run, top to bottom; True when it finished, False when stopped early for --resume."""
     is_main = rank == 0
     prepare_output_dir(args)
-    setup_logging(args.output_dir, is_main, fresh=args.overwrite_output_dir)
+    setup_logging(args.output_dir, is_main)
     log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
     state = load_training_state(args, ESSENTIAL_ARGS, log) if args.resume else None
     last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))

@@ -335,7 +335,7 @@ def train(args, rank, world_size, device):
     """The run, top to bottom; True when it finished, False when stopped early for --resume."""
     is_main = rank == 0
     prepare_output_dir(args)
-    setup_logging(args.output_dir, is_main, fresh=args.overwrite_output_dir)
+    setup_logging(args.output_dir, is_main)
     log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
     state = load_training_state(args, ESSENTIAL_ARGS, log) if args.resume else None
     last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))

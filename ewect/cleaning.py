@@ -24,8 +24,8 @@ _URL = rf"(?:https?://|www\.){_URL_CHARS}*"
 # Parts are bounded as in DNS and email (63 characters a label, 64 before the @): unbounded, a
 # long run of letters and dots is scanned to its end from each of its characters, which takes
 # minutes for one 100,000-character post.
-_SHORT_LINK = rf"\b(?:[a-z0-9-]{{1,63}}\.){{1,8}}(?:cn|com|net|org|cc|me|ly|io|gl|co)/{_URL_CHARS}*"
-_EMAIL = r"[a-z0-9._%+\-]{1,64}@[a-z0-9\-]{1,63}(?:\.[a-z0-9\-]{1,63}){0,8}\.[a-z]{2,63}"
+_SHORT_LINK = rf"\b(?:[a-z0-9-]{{1,63}}\.){{1,32}}(?:cn|com|net|org|cc|me|ly|io|gl|co)/{_URL_CHARS}*"
+_EMAIL = r"[a-z0-9._%+\-]{1,64}@[a-z0-9\-]{1,63}(?:\.[a-z0-9\-]{1,63}){0,32}\.[a-z]{2,63}"
 # A Weibo name is letters (any script), digits, '_' and '-'; '//' and a trailing ':' belong to it.
 _MENTION = r"(?://\s*)?@(?P<name>[\w\-]+)(?P<colon>\s*:)?"
 _NOISE = re.compile("|".join([_URL, _SHORT_LINK, _EMAIL, _MENTION]), re.IGNORECASE)

@@ -319,18 +319,20 @@ def read_json_lines(path):
 
 
 def post_of(item, number, where):
-    """(id, text) of a record of posts to label: an object with a string 'content'. Its id is
-    only echoed, so a repeated one is kept and a missing one is the post's number."""
+    """(id, text) of a record of posts to label: an object with a string 'content' (or 'text', as
+    inference.py --json writes). Its id is only echoed, so a repeated one is kept and a missing
+    one is the post's number."""
     if not isinstance(item, dict):
         raise UserError(f"{where}: not an object but {type(item).__name__}")
-    if "content" not in item:
-        raise UserError(f"{where}: no 'content' field")
-    if not isinstance(item["content"], str):
-        raise UserError(f"{where}: 'content' is {type(item['content']).__name__}, not a string")
+    field = next((name for name in ("content", "text") if name in item), None)
+    if field is None:
+        raise UserError(f"{where}: no 'content' (or 'text') field")
+    if not isinstance(item[field], str):
+        raise UserError(f"{where}: {field!r} is {type(item[field]).__name__}, not a string")
     post_id = item.get("id")
     if not isinstance(post_id, (int, str, type(None))) or isinstance(post_id, bool):
         raise UserError(f"{where}: 'id' is {type(post_id).__name__}, not a number or string")
-    return (number if post_id in (None, "") else post_id), item["content"]
+    return (number if post_id in (None, "") else post_id), item[field]
 
 
 def read_posts(path, file_format="auto"):

@@ -29,7 +29,8 @@ MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; th
 def read_corpus(paths, log=print):
     """Unique cleaned posts of all files, in order; posts that cleaning empties are dropped.
     Each file is read as inference.py reads one (ewect.data.read_posts): one post per line, an
-    SMP2020-EWECT JSON array (labels ignored) or a CSV with a `content` column."""
+    SMP2020-EWECT JSON array (labels ignored), JSON Lines, or a CSV, TSV or Excel file with a
+    `content` column."""
     texts = []
     for path in paths:
         if "test" in os.path.basename(path).lower():

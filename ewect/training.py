@@ -69,14 +69,14 @@ def refuse_cpu_marathon(device_name, device, model):
                         "train on the CPU anyway")
 
 
-def setup_logging(output_dir, is_main, fresh=False):
-    """INFO to stdout and OUTPUT_DIR/train.log (begun afresh when `fresh`, else appended to) from
-    rank 0; only warnings from the others."""
+def setup_logging(output_dir, is_main):
+    """INFO to stdout and OUTPUT_DIR/train.log (appended to) from rank 0; only warnings from the
+    others."""
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main:
         os.makedirs(output_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log"),
-                                            mode="w" if fresh else "a", encoding="utf-8"))
+                                            encoding="utf-8"))
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
 
@@ -302,12 +302,20 @@ def earlier_run(out):
 
 
 def clear_earlier_run(args, is_main):
-    """--overwrite_output_dir: delete the earlier run's checkpoints and curves, called once this
-    run has read its data and built its model, so that a typo or a bad file costs nothing. (Its
-    log was begun afresh by setup_logging.)"""
-    if args.overwrite_output_dir and is_main:
-        for folder in earlier_run(args.output_dir):
-            shutil.rmtree(folder, ignore_errors=True)
+    """--overwrite_output_dir: delete the earlier run's checkpoints, curves and log lines, called
+    once this run has read its data and built its model, so that a typo or a bad file costs
+    nothing. The log keeps this run's lines, from its 'arguments:' line on; the handler appends,
+    so it goes on writing after them."""
+    if not (args.overwrite_output_dir and is_main):
+        return
+    for folder in earlier_run(args.output_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    with open(os.path.join(args.output_dir, "train.log"), "rb+") as f:
+        text = f.read()
+        start = text.rfind(b"\n", 0, text.rfind(b" INFO arguments: ")) + 1
+        f.seek(0)
+        f.write(text[start:])
+        f.truncate()
 
 
 def posts_fingerprint(*parts):
@@ -322,8 +330,8 @@ def posts_fingerprint(*parts):
 def refuse_changed_posts(state, fingerprint):
     if state and state.get("posts", fingerprint) != fingerprint:
         raise UserError("--resume: the training or eval posts differ from those the run began "
-                        "with (a data file changed since); resume with the same posts, or start "
-                        "over with --overwrite_output_dir")
+                        "with (a data file, or the cleaning, changed since); resume with the same "
+                        "posts, or start over with --overwrite_output_dir")
 
 
 def load_training_state(args, essential_args, log):

@@ -224,10 +224,13 @@ def test_a_text_file_splits_posts_at_line_feeds_only(tmp_path):
 
 
 def test_json_lines_are_read_as_records(tmp_path):
-    # inference.py --json writes JSON Lines; read as plain lines, each post would be its JSON.
+    # inference.py --json writes JSON Lines (the text as 'text'); read as plain lines, each post
+    # would be its JSON.
     lines = '{"id": "a", "content": "好开心"}\n\n{"content": "气死了"}\n'
     assert list(read_posts(write(tmp_path, lines, "posts.jsonl"))) == [("a", "好开心"),
                                                                       (3, "气死了")]
+    labelled = '{"id": 7, "text": "好开心", "label": "happy"}\n'
+    assert list(read_posts(write(tmp_path, labelled, "labels.jsonl"))) == [(7, "好开心")]
     as_text = write(tmp_path, lines, "posts.txt")  # a post of a text file may start with '{'
     assert list(read_posts(as_text)) == [(1, '{"id": "a", "content": "好开心"}'),
                                          (3, '{"content": "气死了"}')]
@@ -235,7 +238,7 @@ def test_json_lines_are_read_as_records(tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ('{"id": 1, "text": "好"}\n', "line 1: no 'content' field"),
+    ('{"id": 1, "post": "好"}\n', "line 1: no 'content' (or 'text') field"),
     ('{"id": 1, "content": "好"}\n[1, 2]\n', "line 2: not an object but list"),
     ('{"id": 1, "content": "好"}\n{"id": 2, "content": "好"\n', "line 2: not valid JSON"),
     ('{"id": 1, "content": null}\n', "line 1: 'content' is NoneType, not a string"),

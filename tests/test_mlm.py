@@ -199,7 +199,7 @@ def test_a_test_file_in_the_corpus_is_warned_about(tmp_path):
     ("latin1.txt", "caf\xe9".encode("latin-1"), "latin1.txt: not UTF-8 text"),
     ("links.txt", "http://t.cn/abc\n \n@someone\n".encode(), "no usable text"),
     ("posts.csv", "id,text\n1,好\n".encode(), "posts.csv: no 'content' column"),
-    ("bad.json", b'[{"id": 1}]', "bad.json: record id 1: no 'content' field"),
+    ("bad.json", b'[{"id": 1}]', "bad.json: record id 1: no 'content' (or 'text') field"),
 ])
 def test_bad_corpus_gets_one_line(tmp_path, name, content, message):
     path = tmp_path / (name or "missing.txt")

@@ -242,6 +242,18 @@ def test_a_late_process_goes_on_with_what_its_own_launch_wrote(checkpoint, tmp_p
     assert_clean_error(run(0, third), "exists; pass --resume")  # another launch's: refused
 
 
+def test_several_machines_with_a_fixed_port_are_asked_for_a_run_id(checkpoint, tmp_path,
+                                                                     monkeypatch):
+    # Each machine's processes have their own torchrun: nothing tells their launch apart.
+    posts = tmp_path / "posts.txt"
+    posts.write_text("好\n", encoding="utf-8")
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_WORLD_SIZE", "2"),
+                        ("TORCHELASTIC_RUN_ID", "none")):
+        monkeypatch.setenv(name, value)
+    assert_clean_error(run_main("inference.py", "--model_dir", checkpoint, "--input_file", posts,
+                                "--output", tmp_path / "out.tsv"), "pass --rdzv_id")
+
+
 def test_resume_of_a_finished_output_is_refused(checkpoint, tmp_path):
     # A finished run leaves no record of what it labelled: resuming it with any input would skip
     # as many posts as the file has rows, and append the rest after them.

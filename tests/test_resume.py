@@ -203,6 +203,7 @@ def test_a_failed_overwrite_keeps_the_earlier_run(clean_dir, vocab, trained, tmp
         train.main(args)
     assert_same_weights(out / "best", trained / "best")
     assert_same_weights(out / "last", trained / "last")
+    assert "INFO done: " in (out / "train.log").read_text()  # what the wrappers look for
 
 
 def test_resume_refuses_changed_posts_and_loss(clean_dir, vocab, tmp_path):
@@ -215,7 +216,8 @@ def test_resume_refuses_changed_posts_and_loss(clean_dir, vocab, tmp_path):
         train.main(tiny_train_args(data, vocab, out, "--resume", "--rdrop", 1))
     train_file = data / "usual_train.txt"
     records = json.loads(train_file.read_text(encoding="utf-8"))
-    train_file.write_text(json.dumps(records[:-1], ensure_ascii=False), encoding="utf-8")
+    records[-1]["content"] += "改"  # one post edited in place: as many posts, as many steps
+    train_file.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(UserError, match="--resume: the training or eval posts differ"):
         train.main(tiny_train_args(data, vocab, out, "--resume"))
 
