@@ -160,6 +160,9 @@ def parse_args(argv=None):
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
     if not 0 <= args.kd_alpha <= 1:
         p.error("--kd_alpha must be from 0 to 1")
+    if args.unlabelled and args.kd_alpha == 0:
+        p.error("--unlabelled with --kd_alpha 0: its posts are learnt from the teacher alone, "
+                "which alpha 0 leaves out")
     if args.from_scratch and args.init_from:
         p.error("--from_scratch and --init_from exclude each other: start from one or the other")
     if args.fold > args.folds:

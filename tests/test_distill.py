@@ -184,3 +184,10 @@ def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_p
             args = ["--model_name", str(folder), *args[3:]]
         assert_clean_error(run_main("train.py", *args), *message)
         assert not (out / "last").exists()
+
+
+def test_unlabelled_posts_with_alpha_zero_are_refused(tmp_path):
+    # They would only dilute each step's mean loss: alpha 0 takes nothing from the teacher.
+    result = run_main("train.py", "--teacher", tmp_path, "--unlabelled", tmp_path / "posts.txt",
+                      "--kd_alpha", 0, "--output_dir", tmp_path / "out")
+    assert result.returncode == 2 and "--unlabelled with --kd_alpha 0" in result.stderr
