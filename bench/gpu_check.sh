@@ -88,6 +88,7 @@ if [ "$MODE" = "--dry-run" ]; then
     TRAIN_PROOF="speed-up \\(a\\)/\\(b\\)"
 else
     DEVICE=cuda
+    export EWECT_CUDA_TESTS_DEVICE=cuda:0  # never a value left in the environment: the CPU's
     CUDA_TESTS=""
     RAW=.device/raw
     VOCAB=.device/vocab.txt
@@ -125,7 +126,9 @@ run_stage() {  # run_stage NAME BUDGET_SECONDS PROOF COMMAND...: run, time, judg
     "$PYTHON" - "$OUT_DIR" "${STAGES[@]}" <<'PY'
 import json, os, sys
 
-out, stages = sys.argv[1], [s.rsplit("|", 2) for s in sys.argv[2:]]
+# name|status|milliseconds, where a status may quote a proof pattern with a '|' in it
+out = sys.argv[1]
+stages = [(s.split("|", 1)[0], *s.split("|", 1)[1].rsplit("|", 1)) for s in sys.argv[2:]]
 path = os.path.join(out, "gpu_check.json")
 summary = json.load(open(path)) if os.path.isfile(path) else {}  # earlier stages of a rerun
 summary |= {name: {"status": status, "seconds": round(int(milliseconds) / 1000, 1),

@@ -37,9 +37,11 @@ def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--fail-on-skip") or exitstatus != 0:
         return
     stats = session.config.pluginmanager.get_plugin("terminalreporter").stats
-    if stats.get("skipped") or not stats.get("passed"):
+    unproven = [kind for kind in ("skipped", "xfailed", "xpassed") if stats.get(kind)]
+    if unproven or not stats.get("passed"):
         print(f"\n--fail-on-skip: {len(stats.get('passed', []))} passed, "
-              f"{len(stats.get('skipped', []))} skipped: failing the run")
+              + ", ".join(f"{len(stats[kind])} {kind}" for kind in unproven)
+              + ": failing the run")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -127,8 +127,12 @@ def test_the_competition_options_train_under_autocast(trained, clean_dir, vocab,
 
 
 def test_compile(clean_dir, vocab, tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     train.main(cuda_args(clean_dir, vocab, tmp_path, "--compile", "--epochs", 1))
     assert (tmp_path / "best" / "model.safetensors").is_file()
+    assert counters["stats"]["unique_graphs"] > 0  # compiled, not run eagerly after a break
 
 
 def test_predictions_on_cuda_match_the_cpu(trained, clean_dir):
