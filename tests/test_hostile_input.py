@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_script
+from conftest import run_main, run_script
 from ewect.cleaning import clean_text
 from ewect.config import LABELS
 from ewect.modeling import build_model
@@ -48,16 +48,16 @@ def test_arbitrary_strings_get_labels(tiny_model, texts):
 
 def test_cli_on_hostile_input(trained, tmp_path):
     # A 10,000-character post is truncated, not refused; invalid UTF-8 in the command line arrives
-    # as lone surrogates.
-    for text in ["好" * 10_000, b"\xff\xfe\xed\xa0\x80 bytes"]:
-        result = run_script("inference.py", "--input", text, "--model_dir", trained / "best",
-                            "--device", "cpu")
+    # as lone surrogates (a real process: the bytes go through the command line).
+    for run, text in [(run_main, "好" * 10_000), (run_script, b"\xff\xfe\xed\xa0\x80 bytes")]:
+        result = run("inference.py", "--input", text, "--model_dir", trained / "best",
+                     "--device", "cpu")
         assert result.returncode == 0 and result.stdout.split()[0] in LABELS, result.stderr
     posts = tmp_path / "hostile.json"  # the JSON format carries what a text file cannot
     posts.write_text(json.dumps([{"id": i, "content": t} for i, t in enumerate(HOSTILE)]),
                      encoding="utf-8")
-    result = run_script("inference.py", "--input_file", posts, "--json", "--model_dir",
-                        trained / "best", "--device", "cpu")
+    result = run_main("inference.py", "--input_file", posts, "--json", "--model_dir",
+                      trained / "best", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["id"] for line in lines] == list(range(len(HOSTILE)))

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from conftest import FIXTURE_RAW, ROOT, SHARED_RAW, load_script, requires_shared_data, run_script
+from conftest import (FIXTURE_RAW, ROOT, SHARED_RAW, load_script, requires_shared_data, run_main,
+                      run_script)
 from ewect.cleaning import clean_text
 from ewect.config import DATA_FILES, LABELS
 from ewect.data import encode, read_records
@@ -69,8 +70,8 @@ def test_prediction_order_does_not_depend_on_batching(vocab):
 
 def test_test_script_reports_scikit_learn_metrics_and_writes_outputs(trained, clean_dir):
     data = clean_dir / "usual_test_labeled.txt"
-    result = run_script("test.py", "--model_dir", trained / "best", "--data_file", data,
-                        "--output_dir", trained / "test", "--device", "cpu")
+    result = run_main("test.py", "--model_dir", trained / "best", "--data_file", data,
+                      "--output_dir", trained / "test", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     with open(trained / "test" / "usual_test_labeled.predictions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -90,8 +91,8 @@ def test_test_script_reports_scikit_learn_metrics_and_writes_outputs(trained, cl
     assert np.isclose(metrics["official_macro_f1"], official)
     assert (trained / "test" / "usual_test_labeled.confusion.png").read_bytes()[:4] == b"\x89PNG"
     # inference.py labels the same file the same way
-    result = run_script("inference.py", "--model_dir", trained / "best", "--input_file", data,
-                        "--json", "--device", "cpu")
+    result = run_main("inference.py", "--model_dir", trained / "best", "--input_file", data,
+                      "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == preds
 
@@ -110,8 +111,8 @@ def test_inference_single_post(trained):
 def test_inference_plain_text_file_and_json(trained, tmp_path):
     posts = tmp_path / "posts.txt"
     posts.write_text("好开心啊\n\n@某人 气死我了 http://t.cn/x\n", encoding="utf-8")
-    result = run_script("inference.py", "--input_file", posts, "--json", "--device", "cpu",
-                        "--model_dir", trained / "best")
+    result = run_main("inference.py", "--input_file", posts, "--json", "--device", "cpu",
+                      "--model_dir", trained / "best")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["id"] for line in lines] == [1, 3]
@@ -192,9 +193,9 @@ def test_test_script_applies_decision_offsets_and_reports_plain_argmax(trained, 
     data = [clean_dir / "usual_test_labeled.txt", clean_dir / "virus_test_labeled.txt"]
     precisions = {"auto": "bf16", "none": "fp32"}  # --precision rides along: no extra run
     for decision in ("auto", "none"):
-        result = run_script("test.py", "--model_dir", tuned, "--data_file", *data, "--device",
-                            "cpu", "--output_dir", tmp_path / decision, "--decision", decision,
-                            "--precision", precisions[decision])
+        result = run_main("test.py", "--model_dir", tuned, "--data_file", *data, "--device",
+                          "cpu", "--output_dir", tmp_path / decision, "--decision", decision,
+                          "--precision", precisions[decision])
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("plain argmax: accuracy") == (2 if decision == "auto" else 0)
         for path in data:
