@@ -30,9 +30,12 @@ from ewect.config import LABEL2ID, MAX_LENGTH  # noqa: E402
 from ewect.data import clean_records, read_records  # noqa: E402  (needs the path above)
 from ewect.errors import UserError  # noqa: E402
 
-# The shared copy of the data and vocabulary sits next to the repo on these machines.
+# The six raw files: EWECT_RAW_DIR, else data/raw where README has users put them, else the copy
+# beside the repo on the machines these benchmarks were measured on (as is the vocabulary).
+USER_RAW_DIR = REPO_ROOT / "data" / "raw"
 DEFAULT_DATA_DIR = os.environ.get("EWECT_RAW_DIR") or str(
-    REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
+    USER_RAW_DIR if (USER_RAW_DIR / "usual_train.txt").is_file()
+    else REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
 DEFAULT_VOCAB = str(REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt")
 MIB = 2 ** 20
 
