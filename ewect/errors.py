@@ -66,6 +66,7 @@ def non_negative_float(text):
 
 
 def dropout_probability(text):
+    """argparse type for --dropout: a probability below 1 (at 1 nothing would pass)."""
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be from 0 to below 1, not {text}")
