@@ -52,8 +52,8 @@ model's load are included (inference.py does not log its load time apart); each 
 TIMINGS times and the fastest counts. That backend's usual_test macro-F1 is scored from the
 labels the command wrote.
 
-A finished training, test or timing in --work_dir is not run again: an interrupted study continues
-where it stopped (teachers or --plain_a runs trained again need a new --work_dir). The teachers
+A finished training, test or timing in --work_dir is not run again, and an unfinished training
+resumes from its last epoch (train.py --resume): an interrupted study continues where it stopped (teachers or --plain_a runs trained again need a new --work_dir). The teachers
 label the training posts once per set of posts, not once per run: one distilled run's
 OUTPUT_DIR/teacher.pt is copied into the next run's folder (train.py checks it was made by the
 same teachers on the same posts, and labels again if not). Per-run logs are in WORK_DIR/logs/,
@@ -189,9 +189,11 @@ def fine_tune(name, flags, seed, args):
         if os.path.isfile(shared) and not os.path.isfile(labels):
             os.makedirs(out, exist_ok=True)
             shutil.copyfile(shared, labels)
+    # a run stopped midway goes on from its last finished epoch rather than from the start
+    start = "--resume" if os.path.isdir(os.path.join(out, "last")) else "--overwrite_output_dir"
     run_repo_script(name, ["train.py", *flags, *data_flags("usual", args), "--lr", str(args.lr),
                            "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu",
-                           "--output_dir", out, "--overwrite_output_dir"], args.work_dir)
+                           "--output_dir", out, start], args.work_dir)
     if shared:
         os.makedirs(os.path.dirname(shared), exist_ok=True)
         shutil.copyfile(labels, shared)

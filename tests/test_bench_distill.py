@@ -53,3 +53,19 @@ def test_a_timed_inference_run_is_scored_from_its_own_labels(trained, clean_dir,
     assert len(speed["timings"]) == 1 and speed["seconds"] == speed["timings"][0]
     assert speed["posts_per_s"] == pytest.approx(len(records) / speed["seconds"])
     assert "inference.py --model_dir" in speed["command"]
+
+
+@pytest.mark.parametrize("stopped_midway", [False, True])
+def test_a_study_run_stopped_midway_resumes_and_a_new_one_starts_clean(tmp_path, monkeypatch,
+                                                                       stopped_midway):
+    commands = []
+    monkeypatch.setattr(distill, "run_repo_script", lambda name, argv, work_dir:
+                        commands.append(argv))
+    if stopped_midway:  # train.py saved last/ after an epoch, and never logged its end
+        (tmp_path / "a_plain_seed42" / "last").mkdir(parents=True)
+    args = distill.argparse.Namespace(work_dir=str(tmp_path), clean_dir=str(tmp_path), lr=2e-4,
+                                      epochs=5)
+    distill.fine_tune("a_plain_seed42", ["--model_name", "m"], 42, args)
+    [argv] = commands
+    assert ("--resume" in argv) == stopped_midway
+    assert ("--overwrite_output_dir" in argv) == (not stopped_midway)
