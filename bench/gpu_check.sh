@@ -29,7 +29,8 @@
 #   predict_speed  bench/predict_speed.py over usual_test
 #   epoch          one epoch of train.py on the real usual_train, bert-base shape (wall time)
 #   test           test.py on usual_test with that checkpoint (wall time)
-# Logs and gpu_check.json (per stage: status, seconds, last lines; rewritten as each stage ends)
+# Logs and gpu_check.json (per stage: status, device, seconds, last lines; rewritten as each
+# stage ends)
 # go to $OUT when it is set, else to workspace/gpu_check. The summary is printed last; the exit
 # status is 1 when any stage failed or ran out of time.
 set -u
@@ -123,15 +124,17 @@ run_stage() {  # run_stage NAME BUDGET_SECONDS PROOF COMMAND...: run, time, judg
     fi
     STAGES+=("$name|$status|$elapsed")
     tail -n 4 "$OUT_DIR/$name.log"
-    "$PYTHON" - "$OUT_DIR" "${STAGES[@]}" <<'PY'
+    "$PYTHON" - "$OUT_DIR" "$DEVICE" "${STAGES[@]}" <<'PY'
 import json, os, sys
 
 # name|status|milliseconds, where a status may quote a proof pattern with a '|' in it
-out = sys.argv[1]
-stages = [(s.split("|", 1)[0], *s.split("|", 1)[1].rsplit("|", 1)) for s in sys.argv[2:]]
+out, device = sys.argv[1:3]
+stages = [(s.split("|", 1)[0], *s.split("|", 1)[1].rsplit("|", 1)) for s in sys.argv[3:]]
 path = os.path.join(out, "gpu_check.json")
 summary = json.load(open(path)) if os.path.isfile(path) else {}  # earlier stages of a rerun
-summary |= {name: {"status": status, "seconds": round(int(milliseconds) / 1000, 1),
+# the device says which run a stage's result came from: the GPU's, or the dry run's on the CPU
+summary |= {name: {"status": status, "device": device,
+                  "seconds": round(int(milliseconds) / 1000, 1),
                   "last_lines": open(os.path.join(out, f"{name}.log"), errors="replace")
                   .read().splitlines()[-6:]}
            for name, status, milliseconds in stages}
@@ -163,6 +166,7 @@ if [ ${#STAGES[@]} = 0 ]; then
     exit 2
 fi
 echo
+echo "device: $DEVICE"
 echo "| stage | status | seconds |"
 echo "| --- | --- | ---: |"
 failed=0

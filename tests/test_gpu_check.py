@@ -26,6 +26,8 @@ def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
                              "test"]
     assert {name: s["status"] for name, s in summary.items()} == dict.fromkeys(summary, "ok"), (
         result.stdout)
+    # a dry run's results can never pass for the GPU's
+    assert {s["device"] for s in summary.values()} == {"cpu"} and "device: cpu" in result.stdout
     cuda_log = (tmp_path / "cuda_tests.log").read_text()
     assert " passed" in cuda_log and "skipped" not in cuda_log  # the CUDA tests ran, on the CPU
     assert "| test | ok |" in result.stdout  # the summary is printed last
