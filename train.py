@@ -158,6 +158,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.unlabelled and not args.teacher:
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
+    for flag in ("kd_alpha", "kd_temperature"):  # a distillation setting would be ignored
+        if not args.teacher and getattr(args, flag) != p.get_default(flag):
+            p.error(f"--{flag} needs --teacher: without one there is nothing to distil")
     if not 0 <= args.kd_alpha <= 1:
         p.error("--kd_alpha must be from 0 to 1")
     if args.unlabelled and args.kd_alpha == 0:

@@ -191,3 +191,10 @@ def test_unlabelled_posts_with_alpha_zero_are_refused(tmp_path):
     result = run_main("train.py", "--teacher", tmp_path, "--unlabelled", tmp_path / "posts.txt",
                       "--kd_alpha", 0, "--output_dir", tmp_path / "out")
     assert result.returncode == 2 and "--unlabelled with --kd_alpha 0" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--kd_alpha", "--kd_temperature"])
+def test_a_distillation_setting_without_a_teacher_is_refused(tmp_path, flag):
+    # Without --teacher it would be ignored, and the run would be plain fine-tuning.
+    result = run_main("train.py", flag, "0.9", "--output_dir", tmp_path / "out")
+    assert result.returncode == 2 and f"{flag} needs --teacher" in result.stderr
