@@ -51,7 +51,7 @@ def parse_args():
                    help="onnx needs a model exported by export.py")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
-    add_precision_arg(p)
+    add_precision_arg(p, has_int8=False)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on; 0.0.0.0 opens the demo to the local network")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")

@@ -41,7 +41,8 @@ def parse_args(argv=None):
                    help="checkpoint folder written by train.py; several: their ensemble "
                         "(default: --dataset's best/)")
     p.add_argument("--data_file", nargs="+",
-                   help="labelled SMP2020-EWECT JSON files, each reported on its own "
+                   help="labelled files (SMP2020-EWECT JSON, or .csv, .tsv or .xlsx with content "
+                        "and label columns), each reported on its own "
                         "(default: --dataset's cleaned test files)")
     p.add_argument("--output_dir",
                    help="where predictions, metrics and the confusion-matrix PNG go "

@@ -136,8 +136,8 @@ def parse_args(argv=None):
                         "compute per step")
     p.add_argument("--tune_bias", action="store_true",
                    help="after training, fit per-class logit offsets that maximise macro-F1 on "
-                        "the eval posts and save them as best/decision.json (test.py and "
-                        "inference.py apply them)")
+                        "the eval posts and save them as best/decision.json (test.py, "
+                        "inference.py and app.py apply them)")
     p.add_argument("--teacher", nargs="+", metavar="DIR",
                    help="knowledge distillation: checkpoint(s) of this script (several: their "
                         "mean probabilities) that the model learns from besides the gold labels; "

@@ -12,6 +12,13 @@ class UserError(Exception):
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help with each flag's default, and the script's summary and examples as written."""
 
+    def _get_help_string(self, action):
+        # A default of None is said in the help text itself ("default: --dataset's best/"), or
+        # is off; "(default: None)" after it would only contradict it.
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def script_help(doc, show_defaults=True):
     """ArgumentParser's description and epilog from a script's docstring: its first paragraph

@@ -110,11 +110,12 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
     return logits
 
 
-def add_precision_arg(p):
-    """--precision, the same flag in test.py, inference.py and app.py."""
+def add_precision_arg(p, has_int8=True):
+    """--precision, the same flag in test.py, inference.py and app.py (which has no --int8)."""
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision of the torch backend: auto is bf16 on GPUs and CPUs "
-                        "with native bf16, fp16 on older GPUs, fp32 elsewhere and with --int8")
+                        "with native bf16, fp16 on older GPUs, fp32 elsewhere"
+                        + (" and with --int8" if has_int8 else ""))
 
 
 def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,

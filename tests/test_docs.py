@@ -336,6 +336,7 @@ def test_help_says_what_the_script_does_and_how_to_run_it(script):
     examples = [line.strip() for line in module.__doc__.splitlines()
                 if line.startswith(f"    python {script}")]
     assert examples and set(examples) <= {line.strip() for line in shown.splitlines()}, shown
+    assert "(default: None)" not in shown  # a flag with no default says so in its own words
 
 
 @pytest.mark.parametrize("script", USER_SCRIPTS)
