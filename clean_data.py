@@ -34,7 +34,7 @@ def parse_args():
                         help="skip and count unusable records instead of stopping")
     parser.add_argument("--dedup", action="store_true",
                         help="drop train records whose cleaned text is also in an eval or test "
-                             "file (those files keep every record)")
+                             "file (those files keep every record; all four must be there)")
     return parser.parse_args()
 
 
@@ -56,7 +56,7 @@ def write_records(records, dst):
     os.replace(tmp, dst)
 
 
-def report_shared_posts(cleaned):
+def report_shared_posts(cleaned, held_out_missing):
     """Print, per train file and eval/test file, the posts with the same cleaned text in both."""
     print("posts with the same cleaned text in a train file and an eval or test file:")
     lines = []
@@ -69,6 +69,8 @@ def report_shared_posts(cleaned):
             if in_train:
                 lines.append(f"  {train}: {in_train} posts, {held_out}: {in_held_out} posts")
     print("\n".join(lines) or "  none")
+    if held_out_missing:
+        print(f"  (not checked against the missing {', '.join(held_out_missing)})")
 
 
 def main():
@@ -77,6 +79,13 @@ def main():
     if len(missing) == len(DATA_FILES):
         raise UserError(f"{args.raw_dir}: none of the SMP2020-EWECT files is here "
                         f"(expected {', '.join(DATA_FILES)}); see data/README.md")
+    if os.path.realpath(args.out_dir) == os.path.realpath(args.raw_dir):
+        raise UserError(f"--out_dir {args.out_dir} is --raw_dir: the cleaned files would replace "
+                        "the raw ones, and the dropped records and stripped text be lost")
+    held_out_missing = [name for name in EVAL_FILES if name in missing]
+    if args.dedup and held_out_missing:  # dropping copies of posts it cannot see would be a lie
+        raise UserError(f"--dedup needs every eval and test file, and {args.raw_dir} lacks "
+                        f"{', '.join(held_out_missing)}")
     os.makedirs(args.out_dir, exist_ok=True)
     raw_counts, cleaned, changed = {}, {}, {}
     for name in DATA_FILES:
@@ -88,7 +97,9 @@ def main():
     print(f"{'file':<26}{'in':>8}{'out':>8}{'dropped':>9}{'changed':>9}{'deduped':>9}")
     for name in DATA_FILES:
         if name in missing:
-            print(f"{name:<26}  missing, skipped")
+            stale = os.path.isfile(os.path.join(args.out_dir, name))
+            print(f"{name:<26}  missing, skipped" +
+                  (f" (the cleaned copy in {args.out_dir} is an earlier run's)" if stale else ""))
             continue
         records, deduped = cleaned[name], 0
         if args.dedup and name in TRAIN_FILES:
@@ -98,7 +109,7 @@ def main():
         counts = (raw_counts[name], len(records), raw_counts[name] - len(cleaned[name]),
                   changed[name], deduped)
         print(f"{name:<26}" + "".join(f"{n:>{w}}" for n, w in zip(counts, (8, 8, 9, 9, 9))))
-    report_shared_posts(cleaned)
+    report_shared_posts(cleaned, held_out_missing)
     print(f"cleaned files are in {args.out_dir}")
 
 

@@ -5,6 +5,7 @@ Most run the script's main in this process, through the run_cli its `__main__` c
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from ewect.errors import UserError
-from conftest import ROOT, assert_clean_error, run_main, run_script, tiny_train_args
+from conftest import FIXTURE_RAW, ROOT, assert_clean_error, run_main, run_script, tiny_train_args
 
 
 def test_clean_data_without_raw_files(tmp_path):
@@ -153,3 +154,25 @@ def test_a_nonsense_setting_is_refused_before_anything_runs(tmp_path, script, fl
 def test_more_folds_than_posts_is_one_error_line(tmp_path, clean_dir, vocab):
     result = run_main("train.py", *tiny_train_args(clean_dir, vocab, tmp_path, "--folds", 1000))
     assert_clean_error(result, "--folds 1000: more folds than the", "posts")
+
+
+def test_clean_data_never_writes_over_the_raw_files(tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(FIXTURE_RAW, raw)
+    before = {f.name: f.read_bytes() for f in raw.iterdir()}
+    assert_clean_error(run_main("clean_data.py", "--raw_dir", raw, "--out_dir", raw / "."),
+                       "--out_dir", "is --raw_dir")
+    assert {f.name: f.read_bytes() for f in raw.iterdir()} == before
+
+
+def test_clean_data_dedup_without_the_held_out_files_is_refused(tmp_path):
+    # It would drop nothing and report no shared posts, as if it had checked.
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(FIXTURE_RAW / "usual_train.txt", raw)
+    assert_clean_error(run_main("clean_data.py", "--raw_dir", raw, "--out_dir", tmp_path / "c",
+                                "--dedup"), "--dedup needs every eval and test file",
+                       "usual_eval_labeled.txt")
+    result = run_main("clean_data.py", "--raw_dir", raw, "--out_dir", tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert "not checked against the missing usual_eval_labeled.txt" in result.stdout
