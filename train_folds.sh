@@ -11,7 +11,8 @@
 #
 # Writes OUT/fold1 ... OUT/foldK, each a train.py output folder, and OUT/test (test.py's outputs
 # for the ensemble, on --dataset's test files or on TEST_FILES, space-separated). Run again after
-# an interruption: finished folds are kept, an interrupted one resumes.
+# an interruption: finished folds are kept, an interrupted one resumes; a fold finished with
+# other arguments (K, --dataset, any train.py flag) is refused, not mixed in.
 set -e
 REPO=$(cd "$(dirname "$0")" && pwd)
 if [ $# -lt 2 ] || ! [ "$1" -ge 2 ] 2>/dev/null; then
@@ -27,14 +28,22 @@ for arg in "$@"; do  # the track test.sh tests: train.py's --dataset X or --data
     previous=$arg
 done
 
+SETUP="$K $*"  # a finished fold is kept only when made by this same K and flags
 for k in $(seq 1 "$K"); do
-    if grep -qs "done: best eval" "$OUT/fold$k/train.log"; then
+    FOLD=$OUT/fold$k
+    if grep -qs "done: best eval" "$FOLD/train.log"; then
+        if [ -f "$FOLD/setup" ] && [ "$(cat "$FOLD/setup")" != "$SETUP" ]; then
+            echo "error: $FOLD was trained by sh train_folds.sh $(cat "$FOLD/setup"), not by" \
+                "these arguments; choose another OUTPUT_DIR, or delete $OUT to redo it" >&2
+            exit 2
+        fi
         echo "fold $k of $K: finished earlier, kept"
         continue
     fi
     RESUME=
-    [ -f "$OUT/fold$k/last/training_state.pt" ] && RESUME=--resume
-    sh "$REPO/train.sh" "$@" --folds "$K" --fold "$k" --output_dir "$OUT/fold$k" $RESUME
+    [ -f "$FOLD/last/training_state.pt" ] && RESUME=--resume
+    sh "$REPO/train.sh" "$@" --folds "$K" --fold "$k" --output_dir "$FOLD" $RESUME
+    ! grep -qs "done: best eval" "$FOLD/train.log" || echo "$SETUP" > "$FOLD/setup"
 done
 
 set --

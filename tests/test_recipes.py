@@ -183,6 +183,30 @@ def test_train_folds_tests_the_track_it_trained(tmp_path, dataset):
     assert len(tested) == 1 and "--dataset virus" in tested[0], result.stdout
 
 
+def test_train_folds_never_keeps_folds_trained_with_other_arguments(tmp_path):
+    # A 5-fold usual run's folds kept by a 3-fold virus run would be tested as virus folds.
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "train_folds.sh", tmp_path)
+    (tmp_path / "test.sh").write_text('echo "test.sh $*"\n')
+    (tmp_path / "train.sh").write_text(  # a stub that finishes its fold
+        'while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done\n'
+        'mkdir -p "$out" && echo "INFO done: best eval macro-F1" > "$out/train.log"\n')
+
+    def folds(*args):
+        return subprocess.run(["sh", str(tmp_path / "train_folds.sh"), "2", str(tmp_path / "out"),
+                               *args], capture_output=True, text=True, timeout=30)
+
+    assert folds("--epochs", "1").returncode == 0
+    other = folds("--epochs", "1", "--dataset", "virus")
+    assert other.returncode == 2 and "was trained by sh train_folds.sh 2 --epochs 1" in other.stderr
+    again = folds("--epochs", "1")
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
+
+
 def test_abbreviated_flags_are_refused(tmp_path):
     # train_folds.sh reads --dataset from train.py's flags: an abbreviation such as --data would
     # train the virus track and test the usual one.
