@@ -22,6 +22,7 @@ import json
 import os
 
 from ewect.config import CLEAN_DIR, DATA_FILES, EVAL_FILES, RAW_DIR, TRAIN_FILES
+from ewect.data import add_label_names_arg
 from ewect.errors import UserError, run_cli, script_help
 
 
@@ -32,18 +33,20 @@ def parse_args():
     parser.add_argument("--out_dir", default=CLEAN_DIR, help="where the cleaned files go")
     parser.add_argument("--skip_bad_records", action="store_true",
                         help="skip and count unusable records instead of stopping")
+    add_label_names_arg(parser)
     parser.add_argument("--dedup", action="store_true",
                         help="drop train records whose cleaned text is also in an eval or test "
                              "file (those files keep every record; all four must be there)")
     return parser.parse_args()
 
 
-def clean_file(src, drop_empty, skip_bad_records):
+def clean_file(src, drop_empty, args):
     """One file's records, cleaned: (records in, cleaned records, how many cleaning changed)."""
     from ewect.data import clean_records, load_json_array, read_records
 
     raw_count = len(load_json_array(src))
-    records = read_records(src, skip_bad_records=skip_bad_records)
+    records = read_records(src, skip_bad_records=args.skip_bad_records,
+                           label_names=args.label_names)
     original = {r.id: r.content for r in records}
     cleaned = clean_records(records, drop_empty)
     return raw_count, cleaned, sum(r.content != original[r.id] for r in cleaned)
@@ -91,8 +94,7 @@ def main():
     for name in DATA_FILES:
         if name not in missing:
             raw_counts[name], cleaned[name], changed[name] = clean_file(
-                os.path.join(args.raw_dir, name), drop_empty=name in TRAIN_FILES,
-                skip_bad_records=args.skip_bad_records)
+                os.path.join(args.raw_dir, name), drop_empty=name in TRAIN_FILES, args=args)
     held_out_texts = {r.content for name in EVAL_FILES for r in cleaned.get(name, ()) if r.content}
     print(f"{'file':<26}{'in':>8}{'out':>8}{'dropped':>9}{'changed':>9}{'deduped':>9}")
     for name in DATA_FILES:

@@ -193,12 +193,13 @@ def _known_label(name, where):
 
 
 def add_label_names_arg(parser):
-    """--label_names of train.py and test.py: names of integer labels, for name_label_ids."""
+    """--label_names of clean_data.py, train.py and test.py: names of integer labels, for
+    name_label_ids."""
     parser.add_argument("--label_names", type=lambda text: text.split(","),
                         metavar="NAME0,NAME1,...",
                         help="names of a data file's integer labels 0, 1, ... in the file's own "
                              "order, for public copies that number the labels (default: the "
-                             "labels.json beside the file)%(default).0s")
+                             "labels.json beside the file)")
 
 
 def _problem(item, seen_ids, require_label):

@@ -76,3 +76,21 @@ def test_a_bad_labels_json_is_named(tmp_path, labels_json, problem):
     (tmp_path / "labels.json").write_text(labels_json, encoding="utf-8")
     with pytest.raises(UserError, match=problem):
         read_records(str(path))
+
+
+def test_clean_data_names_integer_labels_as_its_error_says(tmp_path):
+    # The error tells the user to pass --label_names: clean_data.py must take it.
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    records = json.loads((FIXTURE_RAW / "usual_train.txt").read_text("utf-8"))
+    numbered = [{**r, "label": COPY_ORDER.index(r["label"])} for r in records]
+    (raw / "usual_train.txt").write_text(json.dumps(numbered, ensure_ascii=False), "utf-8")
+    out = tmp_path / "clean"
+    assert_clean_error(run_main("clean_data.py", "--raw_dir", raw, "--out_dir", out),
+                       "--label_names")
+    result = run_main("clean_data.py", "--raw_dir", raw, "--out_dir", out,
+                      "--label_names", ",".join(COPY_ORDER))
+    assert result.returncode == 0, result.stderr
+    cleaned = json.loads((out / "usual_train.txt").read_text("utf-8"))
+    named = {r["id"]: r["label"] for r in records}
+    assert cleaned and all(r["label"] == named[r["id"]] for r in cleaned)
