@@ -367,6 +367,14 @@ def test_export_without_a_checkpoint(tmp_path):
     assert_clean_error(run_main("export.py", "--model_dir", tmp_path), "no checkpoint here")
 
 
+def test_export_with_a_check_file_that_is_not_there(checkpoint, tmp_path):
+    # Only the default eval file falls back to the repo's fixture: a named one is a typo.
+    before = sorted(checkpoint.rglob("*"))
+    result = run_main("export.py", "--model_dir", checkpoint, "--check_file", tmp_path / "typo")
+    assert_clean_error(result, f"--check_file {tmp_path / 'typo'}: no such file")
+    assert sorted(checkpoint.rglob("*")) == before  # nothing exported unchecked
+
+
 def test_two_processes_label_disjoint_shares_merged_in_input_order(checkpoint, capsys, tmp_path):
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(f"{i} {post}" for i, post in enumerate(POSTS * 2)) + "\n",
