@@ -197,13 +197,24 @@ class OnnxPredictor:
             raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
         self.pad_id = config.get("pad_token_id") or 0
         self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
-        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-        self.tokenizer.no_padding()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_threads()
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.tokenizer = self._load(Tokenizer.from_file, Path(model_dir) / "tokenizer.json",
+                                    "the checkpoint's tokenizer, saved by train.py")
+        self.tokenizer.no_padding()
+        self.session = self._load(lambda file: onnxruntime.InferenceSession(
+            file, options, providers=["CPUExecutionProvider"]), path,
+            f"write it again with `python export.py --model_dir {model_dir}`")
+
+    @staticmethod
+    def _load(reader, path, advice):
+        """reader(path), or one line naming a missing or damaged file (tokenizers and
+        onnxruntime raise their own kinds of errors)."""
+        try:
+            return reader(str(path))
+        except Exception as err:
+            raise UserError(f"{path}: unreadable ({first_line(err)}); {advice}") from None
 
     @staticmethod
     def _read_json(path):

@@ -363,6 +363,19 @@ def test_failed_export_leaves_the_previous_export_as_it_was(exported, second_che
     assert sorted(tmp_path.rglob("*")) == files_before  # no temporary folder left behind
 
 
+@pytest.mark.parametrize("damaged", ["onnx/model.onnx", "tokenizer.json"])
+def test_a_damaged_export_or_tokenizer_gets_one_line(exported, tmp_path, damaged):
+    import shutil
+
+    folder = shutil.copytree(exported, tmp_path / "ckpt")
+    if damaged == "tokenizer.json":
+        (folder / damaged).unlink()
+    else:  # cut short, as by a full disk
+        (folder / damaged).write_bytes((folder / damaged).read_bytes()[:1000])
+    with pytest.raises(UserError, match=f"{folder / damaged}: unreadable"):
+        load_predictor(folder, backend="onnx")
+
+
 def test_export_without_a_checkpoint(tmp_path):
     assert_clean_error(run_main("export.py", "--model_dir", tmp_path), "no checkpoint here")
 
