@@ -105,8 +105,8 @@ def summary(result):
              ("official_macro_f1", "official_macro_f1"))}
 
 
-def evaluate(args, data_file, name, records, predictor, offsets, source):
-    """Print and write one data file's report."""
+def evaluate(args, data_file, name, records, skipped, predictor, offsets, source):
+    """Print and write one data file's report (skipped: the file's unusable records)."""
     import pandas as pd
 
     from ewect.config import LABEL2ID
@@ -121,7 +121,9 @@ def evaluate(args, data_file, name, records, predictor, offsets, source):
 
     models = " + ".join(args.model_dir)
     precision = "int8" if args.int8 else predictor.precision
-    print(f"{data_file}: {len(records)} posts, model {models} ({args.backend}, {precision})")
+    print(f"{data_file}: {len(records)} posts" +
+          (f" ({skipped} unusable record(s) skipped)" if skipped else "") +
+          f", model {models} ({args.backend}, {precision})")
     print(f"accuracy {result['acc']:.4f}  macro-F1 {result['macro_f1']:.4f} (scikit-learn: mean "
           f"of per-class F1)  official macro-F1 {result['official_macro_f1']:.4f} (F1 of "
           "macro-P and macro-R)")
@@ -145,6 +147,7 @@ def evaluate(args, data_file, name, records, predictor, offsets, source):
     with open(out + ".metrics.json", "w", encoding="utf-8") as f:
         json.dump({"data_file": data_file, "model_dir": models, "backend": args.backend,
                    "int8": args.int8, "precision": precision, "posts": len(records),
+                   "skipped_records": skipped,
                    **summary(result),
                    "decision": decision, "confusion": confusion.tolist()}, f, indent=2)
     plot_confusion(confusion, out + ".confusion.png",
@@ -154,7 +157,7 @@ def evaluate(args, data_file, name, records, predictor, offsets, source):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ewect.data import clean_records, read_records
+    from ewect.data import clean_records, load_items, read_records
     from ewect.decision import choose_offsets
     from ewect.prediction import load_predictor
 
@@ -164,16 +167,24 @@ def main(argv=None):
     records = [clean_records(read_records(path, skip_bad_records=args.skip_bad_records,
                                           label_names=args.label_names),
                              drop_empty=False) for path in args.data_file]
+    # --skip_bad_records: the scores cover fewer records than the file has, and must say so
+    skipped = [len(load_items(path, require_label=True)) - len(file_records)
+               for path, file_records in zip(args.data_file, records)]
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise UserError(f"--output_dir {args.output_dir}: a file, not a folder")
+    try:  # before the model loads: a bad folder costs nothing
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output_dir {args.output_dir}: cannot create it ({err.strerror})"
+                        ) from None
     offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8,
                                precision=args.precision)
-    os.makedirs(args.output_dir, exist_ok=True)
-    for index, (data_file, name, file_records) in enumerate(zip(args.data_file, names, records)):
+    for index, (data_file, name, file_records, file_skipped) in enumerate(
+            zip(args.data_file, names, records, skipped)):
         if index:
             print()
-        evaluate(args, data_file, name, file_records, predictor, offsets, source)
+        evaluate(args, data_file, name, file_records, file_skipped, predictor, offsets, source)
 
 
 if __name__ == "__main__":

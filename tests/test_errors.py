@@ -115,6 +115,24 @@ def test_test_script_with_a_file_as_output_dir(trained, tmp_path, clean_dir):
     assert_clean_error(run_main("test.py", "--model_dir", tmp_path / "no_model", "--data_file",
                                 clean_dir / "usual_test_labeled.txt", "--output_dir", taken),
                        f"--output_dir {taken}: a file, not a folder")
+    inside = taken / "out"  # a folder under a file
+    assert_clean_error(run_main("test.py", "--model_dir", tmp_path / "no_model", "--data_file",
+                                clean_dir / "usual_test_labeled.txt", "--output_dir", inside),
+                       f"--output_dir {inside}: cannot create it")
+
+
+def test_test_script_says_how_many_records_it_skipped(trained, tmp_path, clean_dir):
+    # Scores over fewer records than the file has must not read as the whole file's.
+    records = json.loads((clean_dir / "usual_test_labeled.txt").read_text("utf-8"))
+    records[1]["id"] = records[0]["id"]  # a repeated id: unusable
+    path = tmp_path / "dirty.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), "utf-8")
+    result = run_main("test.py", "--model_dir", trained / "best", "--data_file", path,
+                      "--output_dir", tmp_path / "out", "--device", "cpu", "--skip_bad_records")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "dirty.metrics.json").read_text("utf-8"))
+    assert (metrics["posts"], metrics["skipped_records"]) == (len(records) - 1, 1)
+    assert f"{len(records) - 1} posts (1 unusable record(s) skipped)" in result.stdout
 
 
 def test_inference_with_hostile_file(trained, tmp_path):
