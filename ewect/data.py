@@ -71,7 +71,8 @@ def load_excel(path, columns):
     except Exception as err:  # pandas and openpyxl raise many kinds for a file they cannot parse
         raise UserError(f"{path}: not a readable Excel file ({first_line(err)})") from None
     frame.columns = table_header(path, [str(name) for name in frame.columns], columns)
-    return frame.to_dict("records")
+    # a row with no cell filled is no record, as a blank line of a CSV file is none
+    return frame[(frame != "").any(axis=1)].to_dict("records")
 
 
 def table_header(path, header, columns):

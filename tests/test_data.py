@@ -282,3 +282,15 @@ def test_a_huge_post_in_a_table_is_read_whole(tmp_path, name):
     sep = "," if name.endswith(".csv") else "\t"
     path = write(tmp_path, f"id{sep}content\n1{sep}{huge}\n2{sep}气死了\n", name)
     assert list(read_posts(path)) == [("1", huge), ("2", "气死了")]
+
+
+@pytest.mark.parametrize("extension", ["csv", "xlsx"])
+def test_a_blank_row_of_a_table_is_no_post(tmp_path, extension):
+    import pandas as pd
+
+    path = tmp_path / f"posts.{extension}"
+    if extension == "csv":
+        path.write_text("content\n好开心\n\n气死了\n", encoding="utf-8")
+    else:
+        pd.DataFrame({"content": ["好开心", None, "气死了"]}).to_excel(path, index=False)
+    assert list(read_posts(str(path))) == [(1, "好开心"), (2, "气死了")]
