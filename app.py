@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ewect.config import BEST_DIR, LABELS
 from ewect.decision import add_decision_arg
-from ewect.errors import UserError, run_cli, script_help
+from ewect.errors import UserError, positive_int, run_cli, script_help
 from ewect.prediction import add_precision_arg
 
 EXAMPLES = [  # one post per label, in LABELS order
@@ -54,17 +54,25 @@ def parse_args():
     add_precision_arg(p, has_int8=False)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on; 0.0.0.0 opens the demo to the local network")
-    p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--port", type=port_number, default=7860, help="port to serve on")
     p.add_argument("--share", action="store_true",
                    help="also make a public gradio.live link (anyone with it can use the demo)")
     return p.parse_args()
 
 
+def port_number(text):
+    """argparse type: a TCP port, 1 to 65535."""
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1 to 65535)")
+    return port
+
+
 def read_file_posts(path):
     """[(id, text)] of an uploaded file, read as inference.py reads files: one post per line, an
     SMP2020-EWECT JSON array, JSON Lines, or CSV, TSV or Excel with a `content` column (and an
-    optional `id`). Reading stops past MAX_FILE_POSTS posts: such a file is refused, and read no
-    further."""
+    optional `id`). A file of more than MAX_FILE_POSTS posts is refused; line-based files are
+    read no further, JSON arrays and Excel files are read whole (within MAX_FILE_SIZE)."""
     from ewect.data import read_posts
 
     posts = list(itertools.islice(read_posts(path), MAX_FILE_POSTS + 1))
@@ -109,6 +117,10 @@ def build_demo(predictor, offsets=None):
         for previous in Path(downloads.name).iterdir():
             shutil.rmtree(previous)
         texts = [clean_text(text) for _, text in posts]
+        emptied = sum(not text for text in texts)
+        if emptied:  # as for a typed post: their labels say nothing about them
+            gr.Warning(f"{emptied} of {len(texts)} posts were empty after cleaning (only links, "
+                       "mentions or spaces); they are labelled, but from no text.")
         probs = []
         for start in range(0, len(texts), PROGRESS_EVERY):
             progress((start, len(texts)), desc="Labelling", unit="posts")
@@ -119,7 +131,7 @@ def build_demo(predictor, offsets=None):
         for column, label in enumerate(predictor.labels):
             table[label] = probs[:, column].astype(float).round(4)
         out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
-        table.to_csv(out, index=False)
+        table.to_csv(out, index=False, encoding="utf-8-sig")  # the BOM: Excel reads it as UTF-8
         return table, str(out)
 
     # Gradio's copies of uploads and downloads are deleted after an hour, and at exit.

@@ -14,7 +14,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_main, run_script
 from ewect.cleaning import clean_text
 from ewect.config import LABELS
 
@@ -93,6 +93,11 @@ def test_missing_checkpoint_stops_before_serving(tmp_path):
                                   free_port()), "no checkpoint here")
 
 
+def test_a_port_out_of_range_is_one_error_line(tmp_path):
+    result = run_main("app.py", "--model_dir", tmp_path, "--port", 70000)
+    assert result.returncode == 2 and "70000 is not a port (1 to 65535)" in result.stderr
+
+
 def test_taken_port_is_one_error_line(model_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -130,6 +135,8 @@ def test_file_over_http(client, expected_labels, tmp_path, name, content, ids):
                                      api_name="/classify_file")
     shown = pd.DataFrame(table["data"], columns=table["headers"])
     downloaded = pd.read_csv(csv_path, dtype={"id": str})
+    with open(csv_path, "rb") as f:  # the BOM that makes Excel read the Chinese as UTF-8
+        assert f.read(3) == b"\xef\xbb\xbf"
     for frame in shown, downloaded:
         assert list(frame.columns) == ["id", "text", "label", *LABELS]
         assert list(frame["id"].astype(str)) == [str(i) for i in ids]
