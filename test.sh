@@ -1,6 +1,6 @@
 #!/bin/sh
 # Evaluate the best checkpoint (workspace/wb/best) on the cleaned usual_test, cleaning the data
-# first if a raw test file has no cleaned copy yet.
+# first when a raw test file has no cleaned copy, or is newer than it (so are the cleaning rules).
 #
 #   sh test.sh
 #   sh test.sh --dataset virus                  # workspace/wb_virus/best on virus_test
@@ -12,7 +12,9 @@ REPO=$(cd "$(dirname "$0")" && pwd)
 
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
 for NAME in usual_test_labeled.txt virus_test_labeled.txt; do
-    if [ -f "$RAW/$NAME" ] && [ ! -f "$REPO/data/clean/$NAME" ]; then
+    CLEAN=$REPO/data/clean/$NAME  # missing, or older than its file or the rules
+    if [ -f "$RAW/$NAME" ] && ! { [ "$CLEAN" -nt "$RAW/$NAME" ] &&
+                                  [ "$CLEAN" -nt "$REPO/ewect/cleaning.py" ]; }; then
         python "$REPO/clean_data.py"
         break
     fi

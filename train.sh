@@ -1,5 +1,6 @@
 #!/bin/sh
-# Fine-tune with the published recipe (train.py's defaults), cleaning the data first if needed.
+# Fine-tune with the published recipe (train.py's defaults), cleaning the data first when a raw
+# file has no cleaned copy, or a newer one than its copy (so do the cleaning rules).
 #
 #   sh train.sh                                   # one GPU, or the CPU
 #   sh train.sh --dataset virus                   # the virus track (both: the two together)
@@ -14,8 +15,10 @@ REPO=$(cd "$(dirname "$0")" && pwd)
 SCRIPT=${EWECT_TRAINING_SCRIPT:-train.py}  # pretrain.sh runs pretrain.py through this file
 
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
-for FILE in "$RAW"/usual_*.txt "$RAW"/virus_*.txt; do  # a raw file without its cleaned copy
-    if [ -f "$FILE" ] && [ ! -f "$REPO/data/clean/$(basename "$FILE")" ]; then
+for FILE in "$RAW"/usual_*.txt "$RAW"/virus_*.txt; do
+    CLEAN=$REPO/data/clean/$(basename "$FILE")  # missing, or older than its file or the rules
+    if [ -f "$FILE" ] && ! { [ "$CLEAN" -nt "$FILE" ] &&
+                             [ "$CLEAN" -nt "$REPO/ewect/cleaning.py" ]; }; then
         python "$REPO/clean_data.py"  # cleans all six
         break
     fi

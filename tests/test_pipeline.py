@@ -3,8 +3,10 @@ import csv
 import json
 import os
 import re
+import time
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
@@ -213,3 +215,35 @@ def test_test_script_applies_decision_offsets_and_reports_plain_argmax(trained, 
                                   accuracy_score([r["gold"] for r in rows], argmax))
             else:
                 assert preds == argmax and metrics["decision"] is None
+
+
+@pytest.mark.parametrize("wrapper, raw_file", [("train.sh", "usual_train.txt"),
+                                               ("test.sh", "usual_test_labeled.txt")])
+def test_wrappers_clean_again_when_the_data_or_the_rules_changed(tmp_path, wrapper, raw_file):
+    # A copy of the repo's layout with stubs: only when the wrapper runs clean_data.py matters.
+    import shutil
+    import subprocess
+
+    shutil.copy(ROOT / wrapper, tmp_path)
+    for script in ("clean_data.py", "train.py", "test.py"):
+        (tmp_path / script).write_text(f"print('{script}')\n")
+    for folder, name in (("data/raw", raw_file), ("data/clean", raw_file),
+                         ("ewect", "cleaning.py")):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / name).write_text("x")
+
+    def cleaned_with(**ages):  # seconds ago each file was last written
+        for path, age in ages.items():
+            stamp = time.time() - age
+            os.utime(tmp_path / path, (stamp, stamp))
+        result = subprocess.run(["sh", str(tmp_path / wrapper)], capture_output=True, text=True,
+                                env=dict(os.environ, NGPU="0", EWECT_RAW_DIR=""), timeout=60)
+        assert result.returncode == 0, result.stderr
+        return "clean_data.py" in result.stdout
+
+    raw, clean, rules = f"data/raw/{raw_file}", f"data/clean/{raw_file}", "ewect/cleaning.py"
+    assert not cleaned_with(**{raw: 300, rules: 300, clean: 100})  # up to date
+    assert cleaned_with(**{raw: 50, rules: 300, clean: 100})       # the raw file replaced
+    assert cleaned_with(**{raw: 300, rules: 50, clean: 100})       # the cleaning rules changed
+    (tmp_path / clean).unlink()
+    assert cleaned_with(**{raw: 300, rules: 300})                  # never cleaned
