@@ -42,6 +42,18 @@ fi
 
 say() { echo "== $*"; }
 
+# train.py's arguments are checked now, not after the pretraining they would wait for
+python - "$REPO" "$@" <<'PY' || { [ $? = 3 ] && exit 0; exit 2; }
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.argv[0] = "train.py"  # argparse's name for it in the usage and error lines
+import train
+try:
+    train.parse_args(sys.argv[2:])
+except SystemExit as stop:  # argparse's error (status 2), or its --help, shown (status 0)
+    sys.exit(3 if stop.code == 0 else 2)
+PY
+
 # Finished steps are skipped, so OUT must not hold a run of another recipe: its scores would be
 # printed as this one's.
 SETTINGS="layers $LAYERS, hidden $HIDDEN, pretraining $PRETRAIN_EPOCHS epochs at $PRETRAIN_LR, \

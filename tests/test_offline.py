@@ -141,6 +141,20 @@ def test_offline_command_refuses_a_finished_step_of_other_flags(offline_run):
     assert f"{out / 'run' / 'wb'} was made by another command" in result.stderr
 
 
+@pytest.mark.parametrize("flags, status", [(["--best", "--no_such_flag"], 2),
+                                           (["--best", "--help"], 0)])
+def test_offline_command_checks_train_flags_before_pretraining(tmp_path, flags, status):
+    # A mistyped flag for train.py was refused only after the pretraining (hours with --best).
+    env = dict(os.environ, EWECT_RAW_DIR=str(FIXTURE_RAW), OUT=str(tmp_path / "run"),
+               CLEAN_DIR=str(tmp_path / "clean"))
+    result = subprocess.run(["sh", str(ROOT / "train_offline.sh"), *flags], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert ("unrecognized arguments: --no_such_flag" in result.stderr) == (status == 2)
+    assert ("usage: train.py" in result.stdout) == (status == 0)
+    assert not (tmp_path / "run" / "mlm").exists() and not (tmp_path / "clean").exists()
+
+
 def test_offline_model_carries_its_built_vocabulary(offline_run):
     from ewect.mlm import read_corpus, split_held_out
 
