@@ -229,6 +229,31 @@ def read_json(path):
         return json.load(f)
 
 
+def write_json(path, value):
+    """Written aside, then renamed: a study killed while writing never leaves half a file that
+    the next run would take as finished, or fail on."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def refuse_another_command(out, command):
+    """Stop when OUT was started by another command (OUT/command): its finished or half-finished
+    run, found by folder name, would pass for this command's (say, after --lr changed). Folders
+    from before the file was kept are taken as they are."""
+    path = os.path.join(out, "command")
+    made_by = Path(path).read_text("utf-8").strip() if os.path.isfile(path) else None
+    if made_by not in (None, shlex.join(command)):
+        raise UserError(f"{out} was made by another command ({made_by}); use another "
+                        f"--work_dir, or delete {out} to redo it")
+
+
+def record_command(out, command):
+    """OUT/command, for refuse_another_command: written as a run starts."""
+    os.makedirs(out, exist_ok=True)
+    Path(os.path.join(out, "command")).write_text(shlex.join(command) + "\n", "utf-8")
+
+
 def mean_std(values):
     """'mean ± sample std' over seeds, to 4 places; one value as it is."""
     if len(values) == 1:

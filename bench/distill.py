@@ -53,14 +53,15 @@ TIMINGS times and the fastest counts. That backend's usual_test macro-F1 is scor
 labels the command wrote.
 
 A finished training, test or timing in --work_dir is not run again, and an unfinished training
-resumes from its last epoch (train.py --resume): an interrupted study continues where it stopped (teachers or --plain_a runs trained again need a new --work_dir). The teachers
-label the training posts once per set of posts, not once per run: one distilled run's
+resumes from its last epoch (train.py --resume): an interrupted study continues where it stopped
+(teachers or --plain_a runs trained again need a new --work_dir). A run folder started by another
+train.py command (OUT/command), say with another --lr, is refused, not taken as this one's. The
+teachers label the training posts once per set of posts, not once per run: one distilled run's
 OUTPUT_DIR/teacher.pt is copied into the next run's folder (train.py checks it was made by the
 same teachers on the same posts, and labels again if not). Per-run logs are in WORK_DIR/logs/,
 the numbers in WORK_DIR/results.json (bench/frontier.py --from_results plots them).
 """
 import argparse
-import json
 import math
 import os
 import shlex
@@ -73,7 +74,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench.common import (DEFAULT_DATA_DIR, cpu_name, describe_machine, read_json,  # noqa: E402
-                          run_repo_script, training_finished)
+                          record_command, refuse_another_command, run_repo_script,
+                          training_finished, write_json)
 from bench.recipes import TEST_FILES, data_flags, table_row, test, train_minutes  # noqa: E402
 from ewect.config import LABEL2ID, REPO_ROOT  # noqa: E402
 from ewect.data import read_records  # noqa: E402
@@ -179,6 +181,10 @@ def fine_tune(name, flags, seed, args):
     its best/. A distilled run starts with the teachers' soft labels of the last distilled run on
     the same posts, when there was one (WORK_DIR/teacher_labels/)."""
     out = os.path.join(args.work_dir, name)
+    command = ["train.py", *flags, *data_flags("usual", args), "--lr", str(args.lr),
+               "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu",
+               "--output_dir", out]
+    refuse_another_command(out, command)
     if training_finished(out):
         return os.path.join(out, "best")
     labels = os.path.join(out, TEACHER_FILE)
@@ -191,9 +197,8 @@ def fine_tune(name, flags, seed, args):
             shutil.copyfile(shared, labels)
     # a run stopped midway goes on from its last finished epoch rather than from the start
     start = "--resume" if os.path.isdir(os.path.join(out, "last")) else "--overwrite_output_dir"
-    run_repo_script(name, ["train.py", *flags, *data_flags("usual", args), "--lr", str(args.lr),
-                           "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu",
-                           "--output_dir", out, start], args.work_dir)
+    record_command(out, command)
+    run_repo_script(name, [*command, start], args.work_dir)
     if shared:
         os.makedirs(os.path.dirname(shared), exist_ok=True)
         shutil.copyfile(labels, shared)
@@ -304,8 +309,7 @@ def speed(key, model_dirs, backend, args):
         return read_json(path)
     result = time_inference(key, model_dirs, backend, os.path.join(args.clean_dir, SPEED_FILE),
                             args.work_dir, os.path.join(args.clean_dir, CHECK_FILE))
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_json(path, result)
     return result
 
 
@@ -380,8 +384,7 @@ def main():
     results = {"args": vars(args), "cpu": cpu_name(), "seeds": seeds, "setting": list(setting),
                "grid": [{"temperature": t, "alpha": a, "eval_macro_f1": f1}
                         for (t, a), f1 in grid.items()], "lines": lines}
-    with open(os.path.join(args.work_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.work_dir, "results.json"), results)
     print_tables(results, args)
     print(f"\nwrote {os.path.join(args.work_dir, 'results.json')}")
 

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import distill, tfidf_baseline  # noqa: E402
 from bench.common import (DEFAULT_DATA_DIR, command_line, cpu_name, load_posts,  # noqa: E402
-                          read_json)
+                          read_json, write_json)
 from ewect.config import REPO_ROOT  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
@@ -114,8 +114,7 @@ def measured(cache, key, measure):
     """cache[key], measured (and the cache file rewritten) only when it is not there."""
     if key not in cache["points"]:
         cache["points"][key] = measure()
-        with open(cache["path"], "w", encoding="utf-8") as f:
-            json.dump(cache["points"], f, indent=2)
+        write_json(cache["path"], cache["points"])
     return cache["points"][key]
 
 

@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,  # noqa: E402
-                          mean_std, run_repo_script, tested_in_fp32, training_finished)
+                          mean_std, read_json, record_command, refuse_another_command,
+                          run_repo_script, tested_in_fp32, training_finished)
 from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT  # noqa: E402
 from ewect.decision import DECISION_FILE, decide, load_offsets  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
@@ -77,21 +78,29 @@ def parse_args():
 
 
 def train_minutes(out):
-    """Wall minutes of a finished train.py run, from its log's first and last timestamps."""
+    """Wall minutes of a finished train.py run, from its log's timestamps: each start (an
+    "arguments:" line; a resumed run has several) to its last line, summed, so the hours a run
+    sat stopped before --resume are not counted."""
+    sessions = []
     with open(os.path.join(out, "train.log"), encoding="utf-8") as f:
-        stamps = [line[:19] for line in f if line[:4].isdigit()]
-    first, last = (pd.Timestamp(stamp) for stamp in (stamps[0], stamps[-1]))
-    return (last - first).total_seconds() / 60
+        for line in f:
+            if line[:4].isdigit():
+                if " INFO arguments: " in line or not sessions:
+                    sessions.append([])
+                sessions[-1].append(pd.Timestamp(line[:19]))
+    return sum((s[-1] - s[0]).total_seconds() for s in sessions) / 60
 
 
 def fine_tune(name, flags, args):
     """train.py into WORK_DIR/NAME (kept if it finished before); returns its best/."""
     out = os.path.join(args.work_dir, name)
+    command = ["train.py", *flags, "--lr", str(args.lr), "--epochs", str(args.epochs),
+               "--device", "cpu", "--tune_bias", "--output_dir", out]
+    refuse_another_command(out, command)
     if not training_finished(out):
-        run_repo_script(name.replace("/", "_"), [
-            "train.py", *flags, "--lr", str(args.lr), "--epochs", str(args.epochs),
-            "--device", "cpu", "--tune_bias", "--output_dir", out, "--overwrite_output_dir"],
-            args.work_dir)
+        record_command(out, command)
+        run_repo_script(name.replace("/", "_"), [*command, "--overwrite_output_dir"],
+                        args.work_dir)
     return os.path.join(out, "best")
 
 
@@ -101,7 +110,9 @@ def test(name, model_dirs, args, offsets=None):
     file's probabilities (the models' own): by argmax, or with the given decision offsets."""
     out = os.path.join(args.work_dir, name, "test")
     stems = [os.path.join(out, test_file.replace(".txt", "")) for test_file in TEST_FILES]
-    if not all(tested_in_fp32(stem + ".metrics.json") for stem in stems):
+    if not all(tested_in_fp32(stem + ".metrics.json") and  # and of these very models
+               read_json(stem + ".metrics.json")["model_dir"] == " + ".join(model_dirs)
+               for stem in stems):
         run_repo_script(f"{name.replace('/', '_')}_test", [
             "test.py", "--model_dir", *model_dirs, "--device", "cpu", "--decision", "none",
             *TEST_PRECISION,

@@ -1,14 +1,18 @@
 """bench/distill.py and bench/frontier.py: the distillation setting is chosen on the eval file,
-a timed inference.py run is scored from its own output, and the frontier keeps exactly the points
-that no faster-and-better point beats."""
+a timed inference.py run is scored from its own output, the frontier keeps exactly the points
+that no faster-and-better point beats, and a study reuses only what the same command and models
+made."""
+import argparse
 import json
+import os
 
 import numpy as np
 import pytest
 
-from bench import distill, frontier
+from bench import distill, frontier, recipes
 from ewect.config import LABEL2ID
 from ewect.data import read_records
+from ewect.errors import UserError
 from ewect.metrics import classification_scores
 from ewect.prediction import load_predictor
 
@@ -69,3 +73,40 @@ def test_a_study_run_stopped_midway_resumes_and_a_new_one_starts_clean(tmp_path,
     [argv] = commands
     assert ("--resume" in argv) == stopped_midway
     assert ("--overwrite_output_dir" in argv) == (not stopped_midway)
+    args.lr = 1e-4  # the same folder, another recipe: neither finished nor resumed as this one
+    with pytest.raises(UserError, match="a_plain_seed42 was made by another command"):
+        distill.fine_tune("a_plain_seed42", ["--model_name", "m"], 42, args)
+    assert len(commands) == 1
+
+
+def test_training_minutes_leave_out_the_time_a_run_sat_stopped(tmp_path):
+    (tmp_path / "train.log").write_text(
+        "2026-11-30 01:00:00,000 INFO arguments: {}\n"
+        "2026-11-30 01:30:00,000 INFO epoch 1: ...\n"
+        "2026-11-30 08:00:00,000 INFO arguments: {}\n"  # resumed hours later
+        "2026-11-30 08:30:00,000 INFO done: best eval macro-F1 ...\n")
+    assert recipes.train_minutes(str(tmp_path)) == 60
+
+
+def test_test_results_of_other_models_are_not_taken_as_these(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_test_py(name, argv, work_dir):  # writes what test.py writes, for argv's models
+        ran.append(argv)
+        out = argv[argv.index("--output_dir") + 1]
+        models = argv[argv.index("--model_dir") + 1:argv.index("--device")]
+        os.makedirs(out, exist_ok=True)
+        for test_file in recipes.TEST_FILES:
+            stem = os.path.join(out, test_file.replace(".txt", ""))
+            with open(stem + ".metrics.json", "w") as f:
+                json.dump({"precision": "fp32", "model_dir": " + ".join(models)}, f)
+            with open(stem + ".predictions.csv", "w") as f:
+                f.write("gold," + ",".join(f"p_{label}" for label in LABEL2ID) + "\n")
+                f.write("happy," + ",".join(["1"] + ["0"] * 5) + "\n")
+
+    monkeypatch.setattr(recipes, "run_repo_script", fake_test_py)
+    args = argparse.Namespace(work_dir=str(tmp_path), clean_dir=str(tmp_path))
+    recipes.test("teachers", ["/old/a"], args)
+    recipes.test("teachers", ["/old/a"], args)  # the same models: kept
+    recipes.test("teachers", ["/new/a", "/new/b"], args)  # others: tested again
+    assert len(ran) == 2
