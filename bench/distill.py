@@ -277,27 +277,36 @@ def time_inference(name, model_dirs, backend, input_file, work_dir, check_file):
         run_repo_script(f"export_{name}", ["export.py", "--model_dir", *model_dirs,
                                            "--check_file", check_file], work_dir)
     output = os.path.join(work_dir, "speed", f"{name}.{backend}.tsv")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
     command = ["inference.py", "--model_dir", *map(repo_path, model_dirs), "--input_file",
                repo_path(input_file), "--output", repo_path(output), "--device", "cpu",
                "--decision", "none", *BACKENDS[backend]]
+    return {"model_dirs": list(model_dirs), "backend": backend,
+            **time_command(f"{name}_{backend}", command, output, input_file, work_dir)}
+
+
+def time_command(name, command, output, input_file, work_dir):
+    """{posts, seconds, timings, posts_per_s, macro_f1, command} of a labelling command (a repo
+    script and its arguments) that writes `id<TAB>label...` lines to output: wall seconds of the
+    whole command, the fastest of TIMINGS runs; macro-F1 from the labels it wrote against the
+    labelled input_file's own."""
+    os.makedirs(os.path.dirname(output), exist_ok=True)
     timings = []
     for attempt in range(1, TIMINGS + 1):
         for path in (output, output + ".run.json"):  # inference.py never writes over a run
             if os.path.exists(path):
                 os.remove(path)
         start = time.perf_counter()
-        run_repo_script(f"speed_{name}_{backend}_{attempt}", command, work_dir)
+        run_repo_script(f"speed_{name}_{attempt}", command, work_dir)
         timings.append(time.perf_counter() - start)
     with open(output, encoding="utf-8") as f:
-        predicted = [LABEL2ID[line.split("\t")[1]] for line in f]
+        predicted = [LABEL2ID[line.rstrip("\n").split("\t")[1]] for line in f]
     gold = [LABEL2ID[r.label] for r in read_records(input_file)]
     if len(predicted) != len(gold):
         raise UserError(f"{output}: {len(predicted)} rows for the {len(gold)} posts of "
                         f"{input_file}")
     seconds = min(timings)
-    return {"model_dirs": list(model_dirs), "backend": backend, "posts": len(gold),
-            "seconds": seconds, "timings": timings, "posts_per_s": len(gold) / seconds,
+    return {"posts": len(gold), "seconds": seconds, "timings": timings,
+            "posts_per_s": len(gold) / seconds,
             "macro_f1": classification_scores(gold, predicted)["macro_f1"],
             "command": "python " + shlex.join(command)}
 

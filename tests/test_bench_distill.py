@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from bench import distill, frontier, recipes
+from bench import distill, frontier, recipes, tfidf_baseline
+from conftest import FIXTURE_RAW
 from ewect.config import LABEL2ID
 from ewect.data import read_records
 from ewect.errors import UserError
@@ -38,6 +39,20 @@ def test_the_distillation_setting_is_the_one_with_the_best_eval_macro_f1(tmp_pat
     (temperature, alpha), scores = distill.best_setting(grid)
     assert (temperature, alpha) == (2.0, 0.9)
     assert scores == {(1.0, 0.5): 0.61, (2.0, 0.9): 0.64, (4.0, 0.5): 0.62}
+
+
+def test_the_tfidf_baseline_is_timed_by_a_whole_command_of_its_own(clean_dir, tmp_path,
+                                                                    monkeypatch):
+    # Timed in process it had no Python start and no load, and beat the models on speed unfairly.
+    monkeypatch.setattr(distill, "TIMINGS", 1)
+    args = argparse.Namespace(data_dir=str(FIXTURE_RAW), work_dir=str(tmp_path),
+                              clean_dir=str(clean_dir))
+    point = frontier.tfidf_point({"path": str(tmp_path / "cache.json"), "points": {}}, args)
+    fitted = tfidf_baseline.tfidf_scores(str(FIXTURE_RAW), "usual_train.txt",
+                                         ["usual_test_labeled.txt"])["usual_test_labeled.txt"]
+    assert point["command"].startswith("python bench/tfidf_baseline.py --load ")
+    assert point["macro_f1"] == pytest.approx(fitted["macro_f1"])  # its own labels, scored
+    assert point["posts"] == len(read_records(str(clean_dir / "usual_test_labeled.txt")))
 
 
 def test_a_timed_inference_run_is_scored_from_its_own_labels(trained, clean_dir, tmp_path,
