@@ -312,9 +312,12 @@ def time_command(name, command, output, input_file, work_dir):
 
 
 def speed(key, model_dirs, backend, args):
-    """time_inference of a line's model, kept in WORK_DIR/speed/KEY.BACKEND.json."""
+    """time_inference of a line's model, kept in WORK_DIR/speed/KEY.BACKEND.json (and timed
+    again for other models, or for weights written since)."""
     path = os.path.join(args.work_dir, "speed", f"{key}.{backend}.json")
-    if os.path.isfile(path) and read_json(path)["model_dirs"] == list(model_dirs):
+    weights = [os.path.join(d, "model.safetensors") for d in model_dirs]
+    if (os.path.isfile(path) and read_json(path)["model_dirs"] == list(model_dirs)
+            and os.path.getmtime(path) > max(map(os.path.getmtime, weights))):
         return read_json(path)
     result = time_inference(key, model_dirs, backend, os.path.join(args.clean_dir, SPEED_FILE),
                             args.work_dir, os.path.join(args.clean_dir, CHECK_FILE))
