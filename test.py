@@ -169,6 +169,7 @@ def main(argv=None):
                              drop_empty=False) for path in args.data_file]
     # --skip_bad_records: the scores cover fewer records than the file has, and must say so
     skipped = [len(load_items(path, require_label=True)) - len(file_records)
+               if args.skip_bad_records else 0
                for path, file_records in zip(args.data_file, records)]
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise UserError(f"--output_dir {args.output_dir}: a file, not a folder")
