@@ -10,6 +10,8 @@
 set -e
 REPO=$(cd "$(dirname "$0")" && pwd)
 
+case " $* " in *" -h "*|*" --help "*) exec python "$REPO/test.py" --help ;; esac  # no cleaning
+
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
 for NAME in usual_test_labeled.txt virus_test_labeled.txt; do
     CLEAN=$REPO/data/clean/$NAME  # missing, or older than its file or the rules

@@ -14,6 +14,8 @@ set -e
 REPO=$(cd "$(dirname "$0")" && pwd)
 SCRIPT=${EWECT_TRAINING_SCRIPT:-train.py}  # pretrain.sh runs pretrain.py through this file
 
+case " $* " in *" -h "*|*" --help "*) exec python "$REPO/$SCRIPT" --help ;; esac  # no cleaning
+
 RAW=${EWECT_RAW_DIR:-$REPO/data/raw}
 for FILE in "$RAW"/usual_*.txt "$RAW"/virus_*.txt; do
     CLEAN=$REPO/data/clean/$(basename "$FILE")  # missing, or older than its file or the rules

@@ -232,17 +232,19 @@ def test_wrappers_clean_again_when_the_data_or_the_rules_changed(tmp_path, wrapp
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / name).write_text("x")
 
-    def cleaned_with(**ages):  # seconds ago each file was last written
+    def cleaned_with(*args, **ages):  # seconds ago each file was last written
         for path, age in ages.items():
             stamp = time.time() - age
             os.utime(tmp_path / path, (stamp, stamp))
-        result = subprocess.run(["sh", str(tmp_path / wrapper)], capture_output=True, text=True,
-                                env=dict(os.environ, NGPU="0", EWECT_RAW_DIR=""), timeout=60)
+        result = subprocess.run(["sh", str(tmp_path / wrapper), *args], capture_output=True,
+                                text=True, env=dict(os.environ, NGPU="0", EWECT_RAW_DIR=""),
+                                timeout=60)
         assert result.returncode == 0, result.stderr
         return "clean_data.py" in result.stdout
 
     raw, clean, rules = f"data/raw/{raw_file}", f"data/clean/{raw_file}", "ewect/cleaning.py"
     assert not cleaned_with(**{raw: 300, rules: 300, clean: 100})  # up to date
+    assert not cleaned_with("--help", **{raw: 50, rules: 300, clean: 100})  # help: no cleaning
     assert cleaned_with(**{raw: 50, rules: 300, clean: 100})       # the raw file replaced
     assert cleaned_with(**{raw: 300, rules: 50, clean: 100})       # the cleaning rules changed
     (tmp_path / clean).unlink()
