@@ -229,14 +229,6 @@ def read_json(path):
         return json.load(f)
 
 
-def write_json(path, value):
-    """Written aside, then renamed: a study killed while writing never leaves half a file that
-    the next run would take as finished, or fail on."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def refuse_another_command(out, command):
     """Stop when OUT was started by another command (OUT/command): its finished or half-finished
     run, found by folder name, would pass for this command's (say, after --lr changed). Folders

@@ -75,11 +75,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench.common import (DEFAULT_DATA_DIR, cpu_name, describe_machine, read_json,  # noqa: E402
                           record_command, refuse_another_command, run_repo_script,
-                          training_finished, write_json)
+                          training_finished)
 from bench.recipes import TEST_FILES, data_flags, table_row, test, train_minutes  # noqa: E402
 from ewect.config import LABEL2ID, REPO_ROOT  # noqa: E402
 from ewect.data import read_records  # noqa: E402
 from ewect.distill import TEACHER_FILE  # noqa: E402
+from ewect.training import write_json  # noqa: E402
 from ewect.errors import UserError, positive_int, run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
 from ewect.prediction import ONNX_DIR, ONNX_FILES  # noqa: E402

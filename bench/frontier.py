@@ -36,10 +36,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 from bench import distill, tfidf_baseline  # noqa: E402
-from bench.common import (DEFAULT_DATA_DIR, command_line, cpu_name, read_json,  # noqa: E402
-                          write_json)
+from bench.common import DEFAULT_DATA_DIR, command_line, cpu_name, read_json  # noqa: E402
 from ewect.config import REPO_ROOT  # noqa: E402
 from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.training import write_json  # noqa: E402
 
 TFIDF = "char TF-IDF"
 MARKERS = {"torch_fp32": "o", "torch_int8": "s", "onnx_int8": "^", "sklearn": "D"}

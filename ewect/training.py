@@ -367,8 +367,11 @@ def save_training_state(model, tokenizer, folder, device, is_main, state):
 
 
 def write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
+    """Written aside, then renamed: a kill while writing never leaves half a file that a later
+    run would take as finished, or fail on."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def rng_state(device):
