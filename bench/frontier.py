@@ -3,7 +3,7 @@
 the frontier (points no faster-and-better point beats) marked, in docs/frontier.png and .md.
 
     M=workspace/mini_seed
-    python bench/frontier.py --from_results workspace/distill/results.json \
+    python bench/frontier.py --from_results workspace/distill/results.json --results_label 4-layer \
         --model 2-layer=workspace/wb/best --model 4-layer_x2=${M}42/best,${M}43/best
 
     # a smoke run on the test fixture, after bench/distill.py's (its docstring): 2 minutes
@@ -63,6 +63,9 @@ def parse_args():
                    choices=list(distill.BACKENDS), help="the backends each --model is timed on")
     p.add_argument("--from_results", metavar="FILE",
                    help="bench/distill.py's results.json: its lines' measurements are added")
+    p.add_argument("--results_label", default="student a",
+                   help="what the picture calls --from_results' student a (its other lines are "
+                        "named after it), e.g. 4-layer")
     p.add_argument("--no_tfidf", action="store_true", help="leave the TF-IDF baseline out")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
     p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "frontier"),
@@ -124,7 +127,7 @@ def tfidf_point(cache, args):
     return measured(cache, key, measure)
 
 
-def results_points(path):
+def results_points(path, label):
     """(points, a sentence naming the students) of bench/distill.py's results: each line's
     first model, per backend timed."""
     results = read_json(path)
@@ -142,14 +145,18 @@ def results_points(path):
                 f"{', '.join(named)}; KD: distilled at T {results['setting'][0]:g}, alpha "
                 f"{results['setting'][1]:g}. Each line's point is its first run (seed "
                 f"{results['seeds'][0]}; the teachers: their ensemble), not the mean over seeds.")
-    return [{"name": LINE_NAMES.get(key, key), **s} for key, line in results["lines"].items()
+    names = line_names(label, args["student_layers"])
+    return [{"name": names.get(key, key), **s} for key, line in results["lines"].items()
             for s in line["speed"].values()], students
 
 
-# bench/distill.py's lines as the picture names them (its table's keys are shorter)
-LINE_NAMES = {"teachers": "teacher ensemble", "a_plain": "student a", "a_kd": "student a, KD",
-              "b_plain": "student b", "b_kd": "student b, KD", "c_plain": "student c",
-              "c_kd": "student c, KD", "unlabelled": "student a, KD + unlabelled"}
+def line_names(label, layers):
+    """bench/distill.py's lines as the picture names them, after student a's --results_label
+    (its table's keys are shorter)."""
+    return {"teachers": f"{label} x3 (teachers)", "a_plain": label, "a_kd": f"{label}, KD",
+            "b_plain": f"{label} cut to {layers}", "b_kd": f"{label} cut to {layers}, KD",
+            "c_plain": "student c", "c_kd": "student c, KD",
+            "unlabelled": f"{label}, KD + unlabelled"}
 
 
 def mark_frontier(points):
@@ -261,7 +268,7 @@ def main():
                    for name, folders in args.model for backend in args.backends]
     students = ""
     if args.from_results:
-        more, students = results_points(args.from_results)
+        more, students = results_points(args.from_results, args.results_label)
         points += more
     if not args.no_tfidf:
         points.append(tfidf_point(cache, args))
