@@ -34,7 +34,7 @@ from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, describe_machine, requ
 import ewect.cleaning as cleaning  # noqa: E402
 from ewect.config import LABEL2ID, MAX_LENGTH  # noqa: E402
 from ewect.data import clean_records, read_records  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 
 VARIANTS = ("unbounded", "bounded", "bounded_keep_punctuation")
 TRAIN, EVAL, TEST = "usual_train.txt", "usual_eval_labeled.txt", "usual_test_labeled.txt"
@@ -42,7 +42,7 @@ TRAIN, EVAL, TEST = "usual_train.txt", "usual_eval_labeled.txt", "usual_test_lab
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the raw files")
     p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese vocab.txt")
     p.add_argument("--output_dir", default="workspace/cleaning_ablation",

@@ -28,14 +28,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/x.py` puts only bench/ on the path
 
 from app import EXAMPLES  # noqa: E402  (needs the path above; imports neither torch nor gradio)
-from ewect.errors import UserError, positive_int, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, positive_int, run_cli  # noqa: E402
 
 HOST = "127.0.0.1"
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model_dir", nargs="+", required=True,
                    help="checkpoint folder(s) for app.py, as its --model_dir")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],

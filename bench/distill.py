@@ -81,7 +81,7 @@ from ewect.config import LABEL2ID, REPO_ROOT  # noqa: E402
 from ewect.data import read_records  # noqa: E402
 from ewect.distill import TEACHER_FILE  # noqa: E402
 from ewect.training import write_json  # noqa: E402
-from ewect.errors import UserError, positive_int, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, positive_int, run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
 from ewect.prediction import ONNX_DIR, ONNX_FILES  # noqa: E402
 
@@ -102,7 +102,7 @@ UNLABELLED_FILE = "virus_train.txt"  # the unlabelled row's extra posts: the oth
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--teachers", nargs="+", required=True, metavar="DIR",
                    help="the teacher ensemble: train.py best/ folders (e.g. three seeds of the "
                         "4-layer self-pretrained model)")

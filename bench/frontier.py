@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from bench import distill, tfidf_baseline  # noqa: E402
 from bench.common import DEFAULT_DATA_DIR, command_line, cpu_name, read_json  # noqa: E402
 from ewect.config import REPO_ROOT  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from ewect.training import write_json  # noqa: E402
 
 TFIDF = "char TF-IDF"
@@ -55,7 +55,7 @@ def model_arg(text):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", type=model_arg, action="append", default=[],
                    metavar="NAME=DIR[,DIR...]",
                    help="a model to time (several folders: their ensemble); repeat for more")

@@ -45,7 +45,7 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
                           reset_peak_memory, result)
 from ewect.config import ID2LABEL, MAX_LENGTH, PRECISIONS  # noqa: E402
 from ewect.data import encode, pad_multiple, padded_width, sorted_batches  # noqa: E402
-from ewect.errors import run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
 from ewect.modeling import (AMP_DTYPES, build_model, load_checkpoint,  # noqa: E402
                             prediction_precision, resolve_device)
@@ -54,7 +54,7 @@ from ewect.prediction import predict_logits, quantize_int8  # noqa: E402
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--model_dir", default=None,

@@ -35,7 +35,7 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,  # noqa: E
                           run_repo_script, tested_in_fp32, training_finished)
 from bench.tfidf_baseline import tfidf_scores  # noqa: E402
 from ewect.config import PRECISIONS, PRETRAIN_CORPUS  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 
 TEST_FILES = ("usual_test_labeled.txt", "virus_test_labeled.txt")
 ARMS = {"a": "random init", "b": "self-pretrained, token masking",
@@ -44,7 +44,7 @@ ARMS = {"a": "random init", "b": "self-pretrained, token masking",
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
     p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese WordPiece vocab.txt")
     p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "ablation"),

@@ -39,7 +39,7 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset,  #
 from bench.train_speed import spread, time_steps  # noqa: E402
 from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import length_grouped_batches  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from ewect.mlm import MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss  # noqa: E402
 from ewect.modeling import autocast_dtype, resolve_device  # noqa: E402
 from ewect.training import decay_groups, make_optimizer  # noqa: E402
@@ -49,7 +49,7 @@ LR, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0  # the rate does not change th
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--num_layers", type=int, default=12, help="BERT layers (12: bert-base)")

@@ -36,7 +36,7 @@ from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,  #
                           run_repo_script, tested_in_fp32, training_finished)
 from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT  # noqa: E402
 from ewect.decision import DECISION_FILE, decide, load_offsets  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from ewect.metrics import classification_scores  # noqa: E402
 
 TEST_FILES = DATASETS["both"]["test"]  # every row is tested on both tracks
@@ -59,7 +59,7 @@ FOLDS = 5
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model_name", required=True,
                    help="the model every row fine-tunes: a pretrained folder (e.g. pretrain.py's "
                         "best/)")

@@ -38,7 +38,7 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
                           reset_peak_memory, result)
 from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import Collator, encode, length_grouped_batches, pad_multiple  # noqa: E402
-from ewect.errors import UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from ewect.modeling import build_model, choose_precision, resolve_device  # noqa: E402
 from ewect.training import (RunningSums, decay_groups, make_grad_scaler,  # noqa: E402
                             make_optimizer)
@@ -52,7 +52,7 @@ WEIGHT_DECAY = 0.01  # train.py's default
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--num_layers", type=int, default=12, help="BERT layers (12: bert-base)")

@@ -339,6 +339,19 @@ def test_help_says_what_the_script_does_and_how_to_run_it(script):
     assert "(default: None)" not in shown  # a flag with no default says so in its own words
 
 
+BENCH_SCRIPTS = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "bench").glob("*.py")
+                       if "def parse_args" in path.read_text("utf-8"))
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_bench_help_shows_no_default_it_does_not_have(script):
+    out = io.StringIO()
+    with (mock.patch.object(sys, "argv", [script, "--help"]), contextlib.redirect_stdout(out),
+          pytest.raises(SystemExit)):
+        script_module(script).parse_args()
+    assert "(default: None)" not in out.getvalue()  # required flags said "(default: None)"
+
+
 @pytest.mark.parametrize("script", USER_SCRIPTS)
 def test_help_examples_take_their_flags(script):
     """The commands of a script's docstring, which its --help shows, are checked as the docs'."""
