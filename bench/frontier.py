@@ -178,6 +178,7 @@ def place_labels(ax, points):
     """Each point's name at the first offset where it stays inside the axes and covers no point
     and no name placed before (frontier points first); a name moved off its point gets a thin
     line to it. A name with no such place is left out: the table lists every point."""
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     renderer = ax.figure.canvas.get_renderer()
@@ -191,7 +192,10 @@ def place_labels(ax, points):
                 textcoords="offset points", ha="left" if dx > 0 else "right", fontsize=8,
                 fontweight="bold" if p["frontier"] else "normal",
                 arrowprops=dict(arrowstyle="-", color="grey", lw=0.5) if abs(dy) > 14 else None)
-            box = label.get_window_extent(renderer)
+            # the text's own box: an annotation's box takes in its line to the point, which
+            # always covers the point itself
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)
             if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and not any(
                     box.overlaps(other) for other in taken):
                 taken.append(box)

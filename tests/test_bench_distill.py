@@ -29,6 +29,22 @@ def test_the_frontier_holds_the_points_no_other_is_as_fast_and_as_accurate_as():
     assert {p["name"] for p in points if p["frontier"]} == {"big", "small", "tie", "fastest"}
 
 
+
+def test_crowded_points_are_named_further_off_with_a_line_to_them():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [dict(point(f"model {i}", 100 + i, 0.5 + 0.0002 * i), frontier=False)
+              for i in range(8)]  # too close for eight names beside them
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    ax.set_xscale("log")
+    ax.set(xlim=(50, 400), ylim=(0.49, 0.51))
+    frontier.place_labels(ax, points)
+    assert sorted(text.get_text() for text in ax.texts) == [f"model {i}" for i in range(8)]
+    assert any(text.arrow_patch for text in ax.texts)
+    plt.close(fig)
+
 def test_the_distillation_setting_is_the_one_with_the_best_eval_macro_f1(tmp_path):
     grid = {}
     for (temperature, alpha), f1 in {(1.0, 0.5): 0.61, (2.0, 0.9): 0.64, (4.0, 0.5): 0.62}.items():
