@@ -38,8 +38,7 @@ from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_outp
 from ewect.data import (Collator, add_label_names_arg, clean_records, encode, pad_multiple,
                         read_records, split_for_step, step_batches)
 from ewect.decision import save_offsets, tune_offsets
-from ewect.distill import (check_teachers, distillation_loss, keep_layers, soft_targets,
-                           teacher_targets)
+from ewect.distill import distillation_loss, keep_layers, soft_targets, teacher_targets
 from ewect.errors import (UserError, non_negative_float, non_negative_int, positive_float,
                           positive_int, run_cli, script_help)
 from ewect.metrics import classification_scores, scores
@@ -64,6 +63,7 @@ ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_s
                   "train_file", "eval_file", "folds", "fold", "batch_size", "max_length", "seed",
                   "teacher", "unlabelled", "student_layers", "kd_alpha", "kd_temperature",
                   "class_weights", "rdrop", "adversarial", "adv_epsilon")
+KD_DEFAULTS = {"kd_alpha": 0.5, "kd_temperature": 2.0}  # given without --teacher: refused
 SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
 AUTO_WEIGHT_CAP = 3.0  # --class_weights auto: no class weighs more than this
 
@@ -143,11 +143,13 @@ def parse_args(argv=None):
                         "mean probabilities) that the model learns from besides the gold labels; "
                         "any size and vocabulary. Run once per training post before the first "
                         "step, kept as OUTPUT_DIR/teacher.pt")
-    p.add_argument("--kd_alpha", type=float, default=0.5,
+    p.add_argument("--kd_alpha", type=float,
                    help="with --teacher: the loss is alpha x T^2 x KL(teacher || model) at "
-                        "temperature T + (1 - alpha) x cross-entropy on the gold labels")
-    p.add_argument("--kd_temperature", type=positive_float, default=2.0,
-                   help="with --teacher: T, the softmax temperature of both in the KL term")
+                        f"temperature T + (1 - alpha) x cross-entropy on the gold labels "
+                        f"(default: {KD_DEFAULTS['kd_alpha']})")
+    p.add_argument("--kd_temperature", type=positive_float,
+                   help="with --teacher: T, the softmax temperature of both in the KL term "
+                        f"(default: {KD_DEFAULTS['kd_temperature']})")
     p.add_argument("--unlabelled", nargs="+", metavar="FILE",
                    help="with --teacher: more training posts without labels, learnt from the "
                         "teacher's soft labels alone (any file inference.py reads)")
@@ -158,8 +160,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.unlabelled and not args.teacher:
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
-    for flag in ("kd_alpha", "kd_temperature"):  # a distillation setting would be ignored
-        if not args.teacher and getattr(args, flag) != p.get_default(flag):
+    for flag, default in KD_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+        elif not args.teacher:  # a distillation setting would be ignored
             p.error(f"--{flag} needs --teacher: without one there is nothing to distil")
     if not 0 <= args.kd_alpha <= 1:
         p.error("--kd_alpha must be from 0 to 1")
@@ -358,21 +362,22 @@ def train(args, rank, world_size, device):
         eval_source = ", ".join(args.eval_file)
     if args.init_from:
         check_labels(args.init_from)
-    unlabelled = read_corpus(args.unlabelled, log=log.warning) if args.unlabelled else []
+    unlabelled = read_corpus(args.unlabelled, log=log.warning, flag="--unlabelled",
+                             use="training (through the teacher)") if args.unlabelled else []
     if unlabelled:  # an eval post learnt through the teacher would make eval scores optimistic
         known = {r.content for r in train_records + eval_records}
         kept = [text for text in unlabelled if text not in known]
-        log.info("unlabelled: %d of %d posts kept; the rest are training or eval posts",
-                 len(kept), len(unlabelled))
+        (log.info if kept else log.warning)(
+            "unlabelled: %d of %d posts kept; the rest are training or eval posts", len(kept),
+            len(unlabelled))
         unlabelled = kept
     posts = posts_fingerprint([(r.content, r.label) for r in train_records + eval_records],
                               unlabelled)
     refuse_changed_posts(state, posts)
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
-        check_teachers(args.teacher)
         teacher = soft_targets(teacher_targets(
             args.teacher, [r.content for r in train_records] + unlabelled, args.output_dir,
-            device, is_main, log.info), args.kd_temperature)
+            device, is_main, log, resume=bool(state)), args.kd_temperature)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)

@@ -22,8 +22,10 @@ TEACHER_FILE = "teacher.pt"
 
 
 def check_teachers(teacher_dirs):
-    """Each --teacher is a checkpoint of this repo's six labels, or a one-line error."""
+    """Each --teacher is a checkpoint folder of this repo's six labels, or a one-line error."""
     for folder in teacher_dirs:
+        if not os.path.isdir(os.path.expanduser(folder)):
+            raise UserError(f"--teacher {folder}: no such folder")
         try:
             check_labels(folder)
         except UserError as err:
@@ -37,20 +39,22 @@ def fingerprint(texts):
 
 def teacher_identity(folder):
     """A teacher as the saved targets know it: its path and its weight files' sizes and times,
-    so that a teacher trained again in the same folder is asked again."""
+    so that a teacher trained again in the same folder is asked again (a folder gone: its path)."""
     folder = os.path.abspath(os.path.expanduser(folder))
     weights = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors")
-                     or name.endswith(".bin") or name == "config.json")
+                     or name.endswith(".bin") or name == "config.json") if os.path.isdir(
+        folder) else []
     return [folder, *(f"{name}:{os.path.getsize(os.path.join(folder, name))}:"
                       f"{os.path.getmtime(os.path.join(folder, name))}" for name in weights)]
 
 
-def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
+def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, resume=False):
     """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts,
-    read from OUTPUT_DIR/teacher.pt when it holds them for these teachers and posts. Else each
-    process labels every world_size-th post on its device and the shares are gathered (with a
-    GPU each, a large --unlabelled corpus takes about 1/N of the time, and no process waits long
-    at a collective); rank 0 saves them."""
+    read from OUTPUT_DIR/teacher.pt when it holds them for these teachers and posts, or, on
+    --resume, for these posts whatever became of the teachers since (the run goes on learning
+    what it began with). Else each process labels every world_size-th post on its device and
+    the shares are gathered (with a GPU each, a large --unlabelled corpus takes about 1/N of the
+    time, and no process waits long at a collective); rank 0 saves them. `log` is a logger."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
@@ -59,19 +63,26 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log):
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    usable = {k: state.get(k) for k in wanted} == wanted
+    same_teachers = state.get("teachers") == wanted["teachers"]
+    usable = state.get("posts") == wanted["posts"] and (same_teachers or resume)
     if world > 1:  # all processes take the same branch, even if one could not read the file
         agreed = torch.tensor(int(usable), device=device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         usable = bool(agreed)
     if usable:
         if is_main:
-            log(f"teacher: its soft labels of the training posts are read from {path}")
+            log.info(f"teacher: its soft labels of the training posts are read from {path}")
+            if not same_teachers:
+                log.warning(f"teacher: {' '.join(teacher_dirs)} has changed since this run "
+                            "began (moved, copied or trained again); the run goes on with the "
+                            "soft labels it began with. Start a new run to learn from it as it "
+                            "is now")
         return state["log_probs"]
     from .prediction import load_predictor
 
+    check_teachers(teacher_dirs)
     if is_main:
-        log(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} model(s), "
+        log.info(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} model(s), "
             f"once for the whole run, {world} process(es) sharing them, into {path}")
     share = []
     for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once

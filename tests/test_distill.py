@@ -106,7 +106,7 @@ def test_unlabelled_posts_learn_from_the_teacher(trained, clean_dir, vocab, tmp_
                                virus_test, "--epochs", 1))
     assert teacher_calls == [posts_in(clean_dir) + 3]
     log = (out / "train.log").read_text()
-    assert "virus_test_labeled.txt looks like a test file" in log
+    assert "virus_test_labeled.txt looks like a test file: its text leaks into training" in log
     assert f"train: {teacher_calls[0]} posts" in log
 
 
@@ -124,6 +124,26 @@ def test_a_teacher_trained_again_is_asked_again(trained, clean_dir, vocab, tmp_p
     train.main([*args, "--overwrite_output_dir"])
     assert len(teacher_calls) == 2
 
+
+
+def test_a_resumed_run_keeps_the_soft_labels_it_began_with(trained, clean_dir, vocab, tmp_path,
+                                                           teacher_calls):
+    # Its teacher copied without its file times (or trained again), then moved away: the run
+    # goes on learning from the targets its first part learnt from, kept in teacher.pt.
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained / "best", teacher)
+    out = tmp_path / "student"
+    args = tiny_train_args(clean_dir, vocab, out, "--teacher", teacher)
+    train.main([*args, "--stop_after_steps", "2"])
+    model = teacher / "model.safetensors"
+    os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 10))
+    train.main([*args, "--stop_after_steps", "4", "--resume"])
+    shutil.rmtree(teacher)
+    train.main([*args, "--resume"])
+    assert teacher_calls == [posts_in(clean_dir)]
+    log = (out / "train.log").read_text()
+    assert log.count("has changed since this run began") == 2, log
+    assert (out / "best" / "model.safetensors").is_file()
 
 def test_overwriting_the_teachers_own_folder_is_refused(trained, clean_dir, vocab, tmp_path):
     run = tmp_path / "run"
@@ -174,7 +194,8 @@ def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_p
         two_way)
     tokenizer.save_pretrained(two_way)
     cases = [(["--teacher", two_way], "--teacher", "are not ('happy'"),
-             (["--teacher", tmp_path / "missing"], "--teacher", "missing"),
+             (["--teacher", tmp_path / "missing"], "--teacher", "missing: no such folder"),
+             (["--teacher", "someorg/teacher"], "--teacher someorg/teacher: no such folder"),
              (["--student_layers", 3], "--student_layers 3: the model has only 2 layers")]
     folder = pretrained_folder(tmp_path / "bert2", vocab, 2)
     for extra, *message in cases:
@@ -193,8 +214,10 @@ def test_unlabelled_posts_with_alpha_zero_are_refused(tmp_path):
     assert result.returncode == 2 and "--unlabelled with --kd_alpha 0" in result.stderr
 
 
-@pytest.mark.parametrize("flag", ["--kd_alpha", "--kd_temperature"])
-def test_a_distillation_setting_without_a_teacher_is_refused(tmp_path, flag):
-    # Without --teacher it would be ignored, and the run would be plain fine-tuning.
-    result = run_main("train.py", flag, "0.9", "--output_dir", tmp_path / "out")
+@pytest.mark.parametrize("flag, value", [("--kd_alpha", "0.9"), ("--kd_temperature", "3"),
+                                         ("--kd_alpha", "0.5"), ("--kd_temperature", "2")])
+def test_a_distillation_setting_without_a_teacher_is_refused(tmp_path, flag, value):
+    # Without --teacher it would be ignored, and the run would be plain fine-tuning: even
+    # when the value given is the one --teacher would take by default.
+    result = run_main("train.py", flag, value, "--output_dir", tmp_path / "out")
     assert result.returncode == 2 and f"{flag} needs --teacher" in result.stderr
