@@ -145,15 +145,15 @@ def results_points(path, label):
                 f"{', '.join(named)}; KD: distilled at T {results['setting'][0]:g}, alpha "
                 f"{results['setting'][1]:g}. Each line's point is its first run (seed "
                 f"{results['seeds'][0]}; the teachers: their ensemble), not the mean over seeds.")
-    names = line_names(label, args["student_layers"])
+    names = line_names(label, args["student_layers"], len(args["teachers"]))
     return [{"name": names.get(key, key), **s} for key, line in results["lines"].items()
             for s in line["speed"].values()], students
 
 
-def line_names(label, layers):
+def line_names(label, layers, teachers):
     """bench/distill.py's lines as the picture names them, after student a's --results_label
     (its table's keys are shorter)."""
-    return {"teachers": f"{label} x3 (teachers)", "a_plain": label, "a_kd": f"{label}, KD",
+    return {"teachers": f"{label} x{teachers} (teachers)", "a_plain": label, "a_kd": f"{label}, KD",
             "b_plain": f"{label} cut to {layers}", "b_kd": f"{label} cut to {layers}, KD",
             "c_plain": "student c", "c_kd": "student c, KD",
             "unlabelled": f"{label}, KD + unlabelled"}

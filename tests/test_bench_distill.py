@@ -45,6 +45,17 @@ def test_crowded_points_are_named_further_off_with_a_line_to_them():
     assert any(text.arrow_patch for text in ax.texts)
     plt.close(fig)
 
+
+def test_the_study_points_are_named_after_the_student_and_the_teachers_counted(tmp_path):
+    speed = {"onnx_int8": {"backend": "onnx_int8", "posts_per_s": 900, "macro_f1": 0.70}}
+    results = {"cpu": frontier.cpu_name(), "seeds": [42], "setting": [2.0, 0.5],
+               "args": {"student_a": "s", "teachers": ["t1", "t2"], "rows": ["a"],
+                        "student_layers": 2},
+               "lines": {"teachers": {"speed": speed}, "a_kd": {"speed": speed}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    points, _ = frontier.results_points(str(tmp_path / "results.json"), "tiny")
+    assert [p["name"] for p in points] == ["tiny x2 (teachers)", "tiny, KD"]
+
 def test_the_distillation_setting_is_the_one_with_the_best_eval_macro_f1(tmp_path):
     grid = {}
     for (temperature, alpha), f1 in {(1.0, 0.5): 0.61, (2.0, 0.9): 0.64, (4.0, 0.5): 0.62}.items():
