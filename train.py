@@ -38,7 +38,8 @@ from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_outp
 from ewect.data import (Collator, add_label_names_arg, clean_records, encode, pad_multiple,
                         read_records, split_for_step, step_batches)
 from ewect.decision import save_offsets, tune_offsets
-from ewect.distill import distillation_loss, keep_layers, soft_targets, teacher_targets
+from ewect.distill import (check_depth, distillation_loss, keep_layers, soft_targets,
+                           teacher_targets)
 from ewect.errors import (UserError, non_negative_float, non_negative_int, positive_float,
                           positive_int, run_cli, script_help)
 from ewect.metrics import classification_scores, scores
@@ -374,6 +375,8 @@ def train(args, rank, world_size, device):
     posts = posts_fingerprint([(r.content, r.label) for r in train_records + eval_records],
                               unlabelled)
     refuse_changed_posts(state, posts)
+    if args.student_layers and not (state or args.from_scratch):
+        check_depth(args.model_name, args.student_layers)
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
         teacher = soft_targets(teacher_targets(
             args.teacher, [r.content for r in train_records] + unlabelled, args.output_dir,

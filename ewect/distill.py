@@ -7,6 +7,7 @@ teacher_targets   the teachers' log-probabilities of every training post: comput
 soft_targets      the ensemble's probabilities at temperature T (mean of the members')
 distillation_loss alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
 keep_layers       --student_layers: K evenly spaced layers of the encoder, as DistilBERT starts
+                  (check_depth: K against the model's config, before any labelling)
 """
 import hashlib
 import os
@@ -120,6 +121,19 @@ def distillation_loss(logits, labels, targets, alpha, temperature, weights=None)
     divergence = F.kl_div(F.log_softmax(logits / temperature, dim=-1), targets,
                           reduction="sum")
     return alpha * temperature ** 2 * divergence + (1 - alpha) * cross_entropy
+
+
+def check_depth(model_name, count):
+    """--student_layers against a pretrained --model_name's depth, read from its config before a
+    teacher labels anything (keep_layers checks the model itself, however it was built)."""
+    from transformers import AutoConfig
+
+    try:
+        depth = AutoConfig.from_pretrained(os.path.expanduser(model_name)).num_hidden_layers
+    except (OSError, ValueError, AttributeError):
+        return  # no config here: building the model says what is wrong
+    if count > depth:
+        raise UserError(f"--student_layers {count}: the model has only {depth} layers")
 
 
 def keep_layers(model, count):

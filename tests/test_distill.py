@@ -196,7 +196,8 @@ def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_p
     cases = [(["--teacher", two_way], "--teacher", "are not ('happy'"),
              (["--teacher", tmp_path / "missing"], "--teacher", "missing: no such folder"),
              (["--teacher", "someorg/teacher"], "--teacher someorg/teacher: no such folder"),
-             (["--student_layers", 3], "--student_layers 3: the model has only 2 layers")]
+             (["--student_layers", 3, "--teacher", trained / "best"],
+              "--student_layers 3: the model has only 2 layers")]
     folder = pretrained_folder(tmp_path / "bert2", vocab, 2)
     for extra, *message in cases:
         out = tmp_path / "out"
@@ -205,6 +206,7 @@ def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_p
             args = ["--model_name", str(folder), *args[3:]]
         assert_clean_error(run_main("train.py", *args), *message)
         assert not (out / "last").exists()
+        assert not (out / "teacher.pt").exists()  # said before the teacher's labelling
 
 
 def test_unlabelled_posts_with_alpha_zero_are_refused(tmp_path):
