@@ -171,6 +171,9 @@ def parse_args(argv=None):
     if args.unlabelled and args.kd_alpha == 0:
         p.error("--unlabelled with --kd_alpha 0: its posts are learnt from the teacher alone, "
                 "which alpha 0 leaves out")
+    if args.from_scratch and (args.student_layers or 0) > args.num_layers:
+        p.error(f"--student_layers {args.student_layers}: the model has only {args.num_layers} "
+                "layers (--num_layers)")
     if args.from_scratch and args.init_from:
         p.error("--from_scratch and --init_from exclude each other: start from one or the other")
     if args.fold > args.folds:
@@ -287,8 +290,9 @@ def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_
     of `step_size` posts. The gradient is that of the mean loss over all step_size posts, however
     they are split across processes (DDP averages over them) and micro-batches. `options` (a dict,
     None: plain cross-entropy) holds the class weights, R-Drop's alpha, with FGM the word
-    embeddings and epsilon, and with a teacher kd = (alpha, temperature). Returns device tensors, not synced: the summed loss, the confusion
-    counts, and whether the step was skipped for a non-finite loss or gradient."""
+    embeddings and epsilon, and with a teacher kd = (alpha, temperature). Returns device
+    tensors, not synced: the summed loss, the confusion counts, and whether the step was skipped
+    for a non-finite loss or gradient."""
     options = options or {}
     weights, rdrop, fgm = options.get("weights"), options.get("rdrop", 0.0), options.get("fgm")
     kd = options.get("kd")
@@ -378,9 +382,10 @@ def train(args, rank, world_size, device):
     if args.student_layers and not (state or args.from_scratch):
         check_depth(args.model_name, args.student_layers)
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
-        teacher = soft_targets(teacher_targets(
+        log_probs, teachers = teacher_targets(
             args.teacher, [r.content for r in train_records] + unlabelled, args.output_dir,
-            device, is_main, log, resume=bool(state)), args.kd_temperature)
+            device, is_main, log, began_with=state and state.get("teachers"))
+        teacher = soft_targets(log_probs, args.kd_temperature)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
@@ -456,7 +461,7 @@ def train(args, rank, world_size, device):
         save_training_state(model, tokenizer, last_dir, device, is_main, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "progress": progress,
-            "args": vars(args), "posts": posts})
+            "args": vars(args), "posts": posts, "teachers": args.teacher and teachers})
 
     stop = StopRequest(log)
     running = RunningSums()

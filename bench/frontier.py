@@ -150,10 +150,11 @@ def results_points(path, label):
             for s in line["speed"].values()], students
 
 
-def line_names(label, layers, teachers):
+def line_names(label, layers, teacher_count):
     """bench/distill.py's lines as the picture names them, after student a's --results_label
     (its table's keys are shorter)."""
-    return {"teachers": f"{label} x{teachers} (teachers)", "a_plain": label, "a_kd": f"{label}, KD",
+    teachers = "(teacher)" if teacher_count == 1 else f"x{teacher_count} (teachers)"
+    return {"teachers": f"{label} {teachers}", "a_plain": label, "a_kd": f"{label}, KD",
             "b_plain": f"{label} cut to {layers}", "b_kd": f"{label} cut to {layers}, KD",
             "c_plain": "student c", "c_kd": "student c, KD",
             "unlabelled": f"{label}, KD + unlabelled"}

@@ -3,7 +3,8 @@ computed once per training post and kept beside the run, and a student cut from 
 
 teacher_targets   the teachers' log-probabilities of every training post: computed before the
                   first step (under torchrun each process labels a share), saved as
-                  OUTPUT_DIR/teacher.pt, read back on --resume, never computed twice
+                  OUTPUT_DIR/teacher.pt, read back on --resume (the ones the run began
+                  with, whatever became of the teachers), never computed twice
 soft_targets      the ensemble's probabilities at temperature T (mean of the members')
 distillation_loss alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
 keep_layers       --student_layers: K evenly spaced layers of the encoder, as DistilBERT starts
@@ -42,20 +43,22 @@ def teacher_identity(folder):
     """A teacher as the saved targets know it: its path and its weight files' sizes and times,
     so that a teacher trained again in the same folder is asked again (a folder gone: its path)."""
     folder = os.path.abspath(os.path.expanduser(folder))
-    weights = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors")
-                     or name.endswith(".bin") or name == "config.json") if os.path.isdir(
-        folder) else []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    weights = sorted(name for name in names if name.endswith((".safetensors", ".bin"))
+                     or name == "config.json")
     return [folder, *(f"{name}:{os.path.getsize(os.path.join(folder, name))}:"
                       f"{os.path.getmtime(os.path.join(folder, name))}" for name in weights)]
 
 
-def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, resume=False):
-    """(members, posts, labels) log-probabilities of the teachers on the cleaned training texts,
-    read from OUTPUT_DIR/teacher.pt when it holds them for these teachers and posts, or, on
-    --resume, for these posts whatever became of the teachers since (the run goes on learning
-    what it began with). Else each process labels every world_size-th post on its device and
-    the shares are gathered (with a GPU each, a large --unlabelled corpus takes about 1/N of the
-    time, and no process waits long at a collective); rank 0 saves them. `log` is a logger."""
+def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, began_with=None):
+    """(log-probabilities, identity): the teachers' (members, posts, labels) log-probabilities
+    of the cleaned training texts, and the teachers they came from, which the run keeps in its
+    training state. Read from OUTPUT_DIR/teacher.pt when it holds them for these posts and these
+    teachers, or, on --resume, the teachers the run began with (`began_with`), whatever became
+    of them since: the run learns to the end from the same targets. Else each process labels
+    every world_size-th post on its device and the shares are gathered (with a GPU each, a large
+    --unlabelled corpus takes about 1/N of the time, and no process waits long at a
+    collective); rank 0 saves them. `log` is a logger."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
@@ -64,27 +67,32 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, resum
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    same_teachers = state.get("teachers") == wanted["teachers"]
-    usable = state.get("posts") == wanted["posts"] and (same_teachers or resume)
+    kept = state.get("teachers")
+    usable = state.get("posts") == wanted["posts"] and kept in (wanted["teachers"], began_with)
     if world > 1:  # all processes take the same branch, even if one could not read the file
         agreed = torch.tensor(int(usable), device=device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         usable = bool(agreed)
     if usable:
         if is_main:
-            log.info(f"teacher: its soft labels of the training posts are read from {path}")
-            if not same_teachers:
-                log.warning(f"teacher: {' '.join(teacher_dirs)} has changed since this run "
-                            "began (moved, copied or trained again); the run goes on with the "
-                            "soft labels it began with. Start a new run to learn from it as it "
-                            "is now")
-        return state["log_probs"]
+            log.info("teacher: its soft labels of the training posts are read from %s", path)
+            changed = [folder for folder, now, then in zip(teacher_dirs, wanted["teachers"], kept)
+                       if now != then]
+            if changed:
+                log.warning("teacher: %s changed since this run began (moved, copied or trained "
+                            "again); the run goes on with the soft labels it began with. Start a "
+                            "new run to learn from the teacher as it is now", " ".join(changed))
+        return state["log_probs"], kept
+    if began_with and is_main:
+        log.warning("teacher: %s no longer holds the soft labels this run began with; the "
+                    "teachers label the posts again, and the rest of the run learns from what "
+                    "they say now", path)
     from .prediction import load_predictor
 
     check_teachers(teacher_dirs)
     if is_main:
-        log.info(f"teacher: labelling {len(texts)} training posts with {len(teacher_dirs)} model(s), "
-            f"once for the whole run, {world} process(es) sharing them, into {path}")
+        log.info("teacher: labelling %d training posts with %d model(s), once for the whole run, "
+                 "%d process(es) sharing them, into %s", len(texts), len(teacher_dirs), world, path)
     share = []
     for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
         probabilities = load_predictor(folder, device=device.type,
@@ -103,7 +111,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, resum
         os.replace(path + ".tmp", path)  # a kill while saving leaves no half a file
     if world > 1:
         dist.barrier()  # nobody reads teacher.pt (on --resume) before it is whole
-    return log_probs
+    return log_probs, wanted["teachers"]
 
 
 def soft_targets(log_probs, temperature):
@@ -128,8 +136,10 @@ def check_depth(model_name, count):
     teacher labels anything (keep_layers checks the model itself, however it was built)."""
     from transformers import AutoConfig
 
-    try:
-        depth = AutoConfig.from_pretrained(os.path.expanduser(model_name)).num_hidden_layers
+    folder = os.path.expanduser(model_name)
+    try:  # a hub name from the cache only: an unreachable hub would cost its retries twice
+        depth = AutoConfig.from_pretrained(
+            folder, local_files_only=not os.path.isdir(folder)).num_hidden_layers
     except (OSError, ValueError, AttributeError):
         return  # no config here: building the model says what is wrong
     if count > depth:

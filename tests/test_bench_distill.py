@@ -29,7 +29,6 @@ def test_the_frontier_holds_the_points_no_other_is_as_fast_and_as_accurate_as():
     assert {p["name"] for p in points if p["frontier"]} == {"big", "small", "tie", "fastest"}
 
 
-
 def test_crowded_points_are_named_further_off_with_a_line_to_them():
     import matplotlib
     matplotlib.use("Agg")

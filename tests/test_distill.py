@@ -125,7 +125,6 @@ def test_a_teacher_trained_again_is_asked_again(trained, clean_dir, vocab, tmp_p
     assert len(teacher_calls) == 2
 
 
-
 def test_a_resumed_run_keeps_the_soft_labels_it_began_with(trained, clean_dir, vocab, tmp_path,
                                                            teacher_calls):
     # Its teacher copied without its file times (or trained again), then moved away: the run
@@ -142,8 +141,25 @@ def test_a_resumed_run_keeps_the_soft_labels_it_began_with(trained, clean_dir, v
     train.main([*args, "--resume"])
     assert teacher_calls == [posts_in(clean_dir)]
     log = (out / "train.log").read_text()
-    assert log.count("has changed since this run began") == 2, log
+    assert log.count("changed since this run began") == 2, log
     assert (out / "best" / "model.safetensors").is_file()
+
+def test_a_resume_never_learns_from_the_labels_of_another_teacher(trained, clean_dir, vocab,
+                                                                  tmp_path, teacher_calls):
+    # teacher.pt written over by another command (another teacher, the same posts) between the
+    # stop and the resume: the run's own teacher labels the posts again, and the log says so.
+    out = tmp_path / "student"
+    args = tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best")
+    train.main([*args, "--stop_after_steps", "2"])
+    other, elsewhere = tmp_path / "other_teacher", tmp_path / "elsewhere"
+    shutil.copytree(trained / "best", other)
+    train.main(tiny_train_args(clean_dir, vocab, elsewhere, "--teacher", other,
+                               "--stop_after_steps", "1"))
+    shutil.copyfile(elsewhere / "teacher.pt", out / "teacher.pt")
+    train.main([*args, "--resume"])
+    assert teacher_calls == [posts_in(clean_dir)] * 3
+    assert "no longer holds the soft labels this run began with" in (out / "train.log").read_text()
+
 
 def test_overwriting_the_teachers_own_folder_is_refused(trained, clean_dir, vocab, tmp_path):
     run = tmp_path / "run"
@@ -208,6 +224,11 @@ def test_bad_teachers_and_students_get_one_line(trained, clean_dir, vocab, tmp_p
         assert not (out / "last").exists()
         assert not (out / "teacher.pt").exists()  # said before the teacher's labelling
 
+
+def test_more_student_layers_than_a_scratch_model_has_are_refused_at_once(tmp_path):
+    result = run_main("train.py", "--from_scratch", "--num_layers", 2, "--student_layers", 3,
+                      "--teacher", tmp_path, "--output_dir", tmp_path / "out")
+    assert result.returncode == 2 and "--student_layers 3: the model has only 2" in result.stderr
 
 def test_unlabelled_posts_with_alpha_zero_are_refused(tmp_path):
     # They would only dilute each step's mean loss: alpha 0 takes nothing from the teacher.
