@@ -125,40 +125,32 @@ def test_a_teacher_trained_again_is_asked_again(trained, clean_dir, vocab, tmp_p
     assert len(teacher_calls) == 2
 
 
-def test_a_resumed_run_keeps_the_soft_labels_it_began_with(trained, clean_dir, vocab, tmp_path,
-                                                           teacher_calls):
-    # Its teacher copied without its file times (or trained again), then moved away: the run
-    # goes on learning from the targets its first part learnt from, kept in teacher.pt.
+def test_a_resumed_run_learns_to_the_end_from_the_soft_labels_it_began_with(
+        trained, clean_dir, vocab, tmp_path, teacher_calls):
     teacher = tmp_path / "teacher"
     shutil.copytree(trained / "best", teacher)
     out = tmp_path / "student"
     args = tiny_train_args(clean_dir, vocab, out, "--teacher", teacher)
     train.main([*args, "--stop_after_steps", "2"])
+    # its teacher copied without its file times, or trained again: teacher.pt is read back
     model = teacher / "model.safetensors"
     os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 10))
     train.main([*args, "--stop_after_steps", "4", "--resume"])
+    assert teacher_calls == [posts_in(clean_dir)]
+    # teacher.pt written over by another command (another teacher, the same posts): never
+    # learnt from; the run's own teacher labels the posts again
+    saved = torch.load(out / "teacher.pt", weights_only=True)
+    torch.save({**saved, "teachers": [[str(tmp_path / "another_teacher")]]}, out / "teacher.pt")
+    train.main([*args, "--stop_after_steps", "6", "--resume"])
+    assert teacher_calls == [posts_in(clean_dir)] * 2
+    # its teacher moved away: teacher.pt is read back
     shutil.rmtree(teacher)
     train.main([*args, "--resume"])
-    assert teacher_calls == [posts_in(clean_dir)]
+    assert teacher_calls == [posts_in(clean_dir)] * 2
     log = (out / "train.log").read_text()
     assert log.count("changed since this run began") == 2, log
+    assert "no longer holds the soft labels this run began with" in log
     assert (out / "best" / "model.safetensors").is_file()
-
-def test_a_resume_never_learns_from_the_labels_of_another_teacher(trained, clean_dir, vocab,
-                                                                  tmp_path, teacher_calls):
-    # teacher.pt written over by another command (another teacher, the same posts) between the
-    # stop and the resume: the run's own teacher labels the posts again, and the log says so.
-    out = tmp_path / "student"
-    args = tiny_train_args(clean_dir, vocab, out, "--teacher", trained / "best")
-    train.main([*args, "--stop_after_steps", "2"])
-    other, elsewhere = tmp_path / "other_teacher", tmp_path / "elsewhere"
-    shutil.copytree(trained / "best", other)
-    train.main(tiny_train_args(clean_dir, vocab, elsewhere, "--teacher", other,
-                               "--stop_after_steps", "1"))
-    shutil.copyfile(elsewhere / "teacher.pt", out / "teacher.pt")
-    train.main([*args, "--resume"])
-    assert teacher_calls == [posts_in(clean_dir)] * 3
-    assert "no longer holds the soft labels this run began with" in (out / "train.log").read_text()
 
 
 def test_overwriting_the_teachers_own_folder_is_refused(trained, clean_dir, vocab, tmp_path):
