@@ -40,7 +40,8 @@ def test_hostile_strings_get_labels(tiny_model):
     assert_labels(tiny_model, HOSTILE)
 
 
-@settings(max_examples=150, deadline=None)
+# 60 random lists: the hand-picked HOSTILE strings above cover the known traps
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(st.characters(codec=None), max_size=300), min_size=1, max_size=4))
 def test_arbitrary_strings_get_labels(tiny_model, texts):
     assert_labels(tiny_model, texts)
