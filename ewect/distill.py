@@ -4,7 +4,8 @@ computed once per training post and kept beside the run, and a student cut from 
 teacher_targets   the teachers' log-probabilities of every training post: computed before the
                   first step (under torchrun each process labels a share), saved as
                   OUTPUT_DIR/teacher.pt, read back on --resume (the ones the run began
-                  with, whatever became of the teachers), never computed twice
+                  with, whatever became of the teachers; labelled again, with a warning, only
+                  when that file is gone, damaged or another teacher's)
 soft_targets      the ensemble's probabilities at temperature T (mean of the members')
 distillation_loss alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
 keep_layers       --student_layers: K evenly spaced layers of the encoder, as DistilBERT starts
