@@ -26,21 +26,22 @@ MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; the rest stay
 
 
-def read_corpus(paths, log=print, flag="--corpus", use="pretraining"):
+def read_corpus(paths, log=lambda message: print(f"warning: {message}"), flag="--corpus",
+                use="pretraining"):
     """Unique cleaned posts of all files, in order; posts that cleaning empties are dropped.
     Each file is read as inference.py reads one (ewect.data.read_posts): one post per line, an
     SMP2020-EWECT JSON array (labels ignored), JSON Lines, or a CSV, TSV or Excel file with a
-    `content` column. `flag` and `use` name the files' command-line flag and what they are for
-    in the messages."""
+    `content` column. Warnings go to `log` (a logger's warning); `flag` and `use` name the files'
+    command-line flag and what they are for in the messages."""
     texts = []
     for path in paths:
         if "test" in os.path.basename(path).lower():
-            log(f"warning: {path} looks like a test file: its text leaks into {use}, so "
+            log(f"{path} looks like a test file: its text leaks into {use}, so "
                 "scores on it will be optimistic")
         posts = [clean_text(text) for _, text in read_posts(path)]
         posts = [post for post in posts if post]
         if not posts:
-            log(f"warning: {path}: no usable text")
+            log(f"{path}: no usable text")
         texts += posts
     texts = list(dict.fromkeys(texts))  # exact duplicates out, first occurrence kept
     if not texts:
