@@ -27,8 +27,8 @@ backend.
 Rows (--rows): a, --student_a (the teachers' own starting model, so the teachers' size);
 b, --student_a cut to --student_layers evenly spaced layers (train.py --student_layers); c,
 --student_c (another pretrained model, e.g. the 2-layer, hidden-128 one). Each is fine-tuned
-plainly (the recipe: usual_train, best epoch by usual_eval macro-F1, --lr, --epochs) and distilled
-(the same plus --teacher), and the two are compared; --plain_a DIR ... reuses finished plain runs
+plainly (the recipe: usual_train, best epoch by usual_eval macro-F1, --lr (row c: --lr_c),
+--epochs) and distilled (the same plus --teacher), and the two are compared; --plain_a DIR ... reuses finished plain runs
 of a (the teachers themselves, when trained with this recipe) instead of training them again.
 unlabelled: a distilled with the other track's train texts (virus_train) added through
 --unlabelled, learnt from the teachers' soft labels alone, compared with a distilled.
@@ -123,6 +123,10 @@ def parse_args():
     p.add_argument("--alphas", nargs="+", type=float, default=[0.5, 0.9],
                    help="--kd_alpha values tried on usual_eval")
     p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate")
+    p.add_argument("--lr_c", type=float,
+                   help="row c's fine-tuning learning rate, plain and distilled (default: --lr): "
+                        "a model of another size may fine-tune best at another one; choose it "
+                        "for the plain run on usual_eval")
     p.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds (42, 43, ...)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
@@ -142,6 +146,7 @@ def parse_args():
     args.student_a, args.data_dir, args.work_dir = map(
         os.path.abspath, (args.student_a, args.data_dir, args.work_dir))
     args.student_c = args.student_c and os.path.abspath(args.student_c)
+    args.lr_c = args.lr_c or args.lr
     return args
 
 
@@ -177,12 +182,12 @@ def run_name(row, seed, setting=None):
     return f"{row}_kd_T{temperature:g}_alpha{alpha:g}_seed{seed}"
 
 
-def fine_tune(name, flags, seed, args):
-    """train.py into WORK_DIR/NAME with the study's recipe (kept if it finished before); returns
-    its best/. A distilled run starts with the teachers' soft labels of the last distilled run on
+def fine_tune(name, flags, seed, args, lr=None):
+    """train.py into WORK_DIR/NAME with the study's recipe, at lr (default --lr; kept if it
+    finished before); returns its best/. A distilled run starts with the teachers' soft labels of the last distilled run on
     the same posts, when there was one (WORK_DIR/teacher_labels/)."""
     out = os.path.join(args.work_dir, name)
-    command = ["train.py", *flags, *data_flags("usual", args), "--lr", str(args.lr),
+    command = ["train.py", *flags, *data_flags("usual", args), "--lr", str(lr or args.lr),
                "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu",
                "--output_dir", out]
     refuse_another_command(out, command)
@@ -249,7 +254,7 @@ def line_runs(row, distilled, setting, seeds, args):
         if distilled:
             flags += kd_flags(setting, args, unlabelled=row == "unlabelled")
         name = run_name(row, seed, setting if distilled else None)
-        best = fine_tune(name, flags, seed, args)
+        best = fine_tune(name, flags, seed, args, lr=args.lr_c if row == "c" else args.lr)
         runs.append({"model_dir": best, "minutes": minutes_of(best),
                      "scores": test(name, [best], args)})
     return runs
@@ -340,7 +345,8 @@ def print_tables(results, args):
     lines = results["lines"]
     print(f"\nteachers: {' '.join(map(repo_path, args.teachers))}; students: a "
           f"{repo_path(args.student_a)}, b its {args.student_layers}-layer cut, c "
-          f"{args.student_c and repo_path(args.student_c)}; lr {args.lr:g}, {args.epochs} "
+          f"{args.student_c and repo_path(args.student_c)}; lr {args.lr:g} (c: {args.lr_c:g}), "
+          f"{args.epochs} "
           f"epochs, seeds {results['seeds']}; distilled at T {setting[0]:g}, alpha "
           f"{setting[1]:g}; tests in fp32, argmax; mean ± sample std; change: macro-F1 points "
           "against the line named; minutes: train.py's wall time (the teachers' labelling of "

@@ -120,6 +120,20 @@ def test_a_study_run_stopped_midway_resumes_and_a_new_one_starts_clean(tmp_path,
     assert len(commands) == 1
 
 
+def test_row_c_fine_tunes_at_its_own_lr_and_the_others_at_lr(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(distill, "run_repo_script", lambda name, argv, work_dir:
+                        commands.append(argv))
+    monkeypatch.setattr(distill, "test", lambda name, model_dirs, args: {})
+    args = distill.argparse.Namespace(work_dir=str(tmp_path), clean_dir=str(tmp_path), lr=2e-4,
+                                      lr_c=5e-4, epochs=5, student_a="a", student_c="c",
+                                      student_layers=2, teachers=["t"], plain_a=[])
+    for row in "abc":
+        distill.line_runs(row, False, None, [42], args)
+    lrs = [argv[argv.index("--lr") + 1] for argv in commands]
+    assert lrs == ["0.0002", "0.0002", "0.0005"]
+
+
 def test_training_minutes_leave_out_the_time_a_run_sat_stopped(tmp_path):
     (tmp_path / "train.log").write_text(
         "2026-11-30 01:00:00,000 INFO arguments: {}\n"
