@@ -145,18 +145,23 @@ def results_points(path, label):
                 f"{', '.join(named)}; KD: distilled at T {results['setting'][0]:g}, alpha "
                 f"{results['setting'][1]:g}. Each line's point is its first run (seed "
                 f"{results['seeds'][0]}; the teachers: their ensemble), not the mean over seeds.")
-    names = line_names(label, args["student_layers"], len(args["teachers"]))
+    names = line_names(label, args["student_layers"], len(args["teachers"]),
+                       args.get("student_c"))
     return [{"name": names.get(key, key), **s} for key, line in results["lines"].items()
             for s in line["speed"].values()], students
 
 
-def line_names(label, layers, teacher_count):
+def line_names(label, layers, teacher_count, student_c=None):
     """bench/distill.py's lines as the picture names them, after student a's --results_label
-    (its table's keys are shorter)."""
+    and student c's shape (its table's keys are shorter)."""
     teachers = "(teacher)" if teacher_count == 1 else f"x{teacher_count} (teachers)"
+    c = "student c"  # named by its shape when its folder is on this machine
+    if student_c and os.path.isfile(os.path.join(student_c, "config.json")):
+        config = read_json(os.path.join(student_c, "config.json"))
+        c = f"{config['num_hidden_layers']}-layer, hidden {config['hidden_size']}"
     return {"teachers": f"{label} {teachers}", "a_plain": label, "a_kd": f"{label}, KD",
             "b_plain": f"{label} cut to {layers}", "b_kd": f"{label} cut to {layers}, KD",
-            "c_plain": "student c", "c_kd": "student c, KD",
+            "c_plain": c, "c_kd": f"{c}, KD",
             "unlabelled": f"{label}, KD + unlabelled"}
 
 
