@@ -28,8 +28,9 @@ Rows (--rows): a, --student_a (the teachers' own starting model, so the teachers
 b, --student_a cut to --student_layers evenly spaced layers (train.py --student_layers); c,
 --student_c (another pretrained model, e.g. the 2-layer, hidden-128 one). Each is fine-tuned
 plainly (the recipe: usual_train, best epoch by usual_eval macro-F1, --lr (row c: --lr_c),
---epochs) and distilled (the same plus --teacher), and the two are compared; --plain_a DIR ... reuses finished plain runs
-of a (the teachers themselves, when trained with this recipe) instead of training them again.
+--epochs) and distilled (the same plus --teacher), and the two are compared; --plain_a DIR ...
+reuses finished plain runs of a (the teachers themselves, when trained with this recipe) instead
+of training them again.
 unlabelled: a distilled with the other track's train texts (virus_train) added through
 --unlabelled, learnt from the teachers' soft labels alone, compared with a distilled.
 With the defaults and --plain_a, 23 train.py runs (the setting's grid 6, a 2, b and c 6 each,
@@ -184,8 +185,8 @@ def run_name(row, seed, setting=None):
 
 def fine_tune(name, flags, seed, args, lr=None):
     """train.py into WORK_DIR/NAME with the study's recipe, at lr (default --lr; kept if it
-    finished before); returns its best/. A distilled run starts with the teachers' soft labels of the last distilled run on
-    the same posts, when there was one (WORK_DIR/teacher_labels/)."""
+    finished before); returns its best/. A distilled run starts with the teachers' soft labels
+    of the last distilled run on the same posts, when there was one (WORK_DIR/teacher_labels/)."""
     out = os.path.join(args.work_dir, name)
     command = ["train.py", *flags, *data_flags("usual", args), "--lr", str(lr or args.lr),
                "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu",

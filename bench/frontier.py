@@ -4,6 +4,7 @@ the frontier (points no faster-and-better point beats) marked, in docs/frontier.
 
     M=workspace/mini_seed
     python bench/frontier.py --from_results workspace/distill/results.json --results_label 4-layer \
+        --results_label_c "2-layer, 40 epochs" \
         --model 2-layer=workspace/wb/best --model 4-layer_x2=${M}42/best,${M}43/best
 
     # a smoke run on the test fixture, after bench/distill.py's (its docstring): 2 minutes
@@ -66,6 +67,9 @@ def parse_args():
     p.add_argument("--results_label", default="student a",
                    help="what the picture calls --from_results' student a (its other lines are "
                         "named after it), e.g. 4-layer")
+    p.add_argument("--results_label_c", default="student c",
+                   help="what the picture calls --from_results' student c, e.g. '2-layer, 40 "
+                        "epochs'")
     p.add_argument("--no_tfidf", action="store_true", help="leave the TF-IDF baseline out")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
     p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "frontier"),
@@ -127,7 +131,7 @@ def tfidf_point(cache, args):
     return measured(cache, key, measure)
 
 
-def results_points(path, label):
+def results_points(path, label, label_c="student c"):
     """(points, a sentence naming the students) of bench/distill.py's results: each line's
     first model, per backend timed."""
     results = read_json(path)
@@ -145,23 +149,18 @@ def results_points(path, label):
                 f"{', '.join(named)}; KD: distilled at T {results['setting'][0]:g}, alpha "
                 f"{results['setting'][1]:g}. Each line's point is its first run (seed "
                 f"{results['seeds'][0]}; the teachers: their ensemble), not the mean over seeds.")
-    names = line_names(label, args["student_layers"], len(args["teachers"]),
-                       args.get("student_c"))
+    names = line_names(label, args["student_layers"], len(args["teachers"]), label_c)
     return [{"name": names.get(key, key), **s} for key, line in results["lines"].items()
             for s in line["speed"].values()], students
 
 
-def line_names(label, layers, teacher_count, student_c=None):
-    """bench/distill.py's lines as the picture names them, after student a's --results_label
-    and student c's shape (its table's keys are shorter)."""
+def line_names(label, layers, teacher_count, label_c):
+    """bench/distill.py's lines as the picture names them, after --results_label and
+    --results_label_c (its table's keys are shorter)."""
     teachers = "(teacher)" if teacher_count == 1 else f"x{teacher_count} (teachers)"
-    c = "student c"  # named by its shape when its folder is on this machine
-    if student_c and os.path.isfile(os.path.join(student_c, "config.json")):
-        config = read_json(os.path.join(student_c, "config.json"))
-        c = f"{config['num_hidden_layers']}-layer, hidden {config['hidden_size']}"
     return {"teachers": f"{label} {teachers}", "a_plain": label, "a_kd": f"{label}, KD",
             "b_plain": f"{label} cut to {layers}", "b_kd": f"{label} cut to {layers}, KD",
-            "c_plain": c, "c_kd": f"{c}, KD",
+            "c_plain": label_c, "c_kd": f"{label_c}, KD",
             "unlabelled": f"{label}, KD + unlabelled"}
 
 
@@ -278,7 +277,8 @@ def main():
                    for name, folders in args.model for backend in args.backends]
     students = ""
     if args.from_results:
-        more, students = results_points(args.from_results, args.results_label)
+        more, students = results_points(args.from_results, args.results_label,
+                                        args.results_label_c)
         points += more
     if not args.no_tfidf:
         points.append(tfidf_point(cache, args))

@@ -47,18 +47,14 @@ def test_crowded_points_are_named_further_off_with_a_line_to_them():
 
 def test_the_study_points_are_named_after_the_students_and_the_teachers_counted(tmp_path):
     speed = {"onnx_int8": {"backend": "onnx_int8", "posts_per_s": 900, "macro_f1": 0.70}}
-    student_c = tmp_path / "c"
-    student_c.mkdir()
-    (student_c / "config.json").write_text('{"num_hidden_layers": 2, "hidden_size": 128}')
     results = {"cpu": frontier.cpu_name(), "seeds": [42], "setting": [2.0, 0.5],
                "args": {"student_a": "s", "teachers": ["t1", "t2"], "rows": ["a", "c"],
-                        "student_layers": 2, "student_c": str(student_c)},
+                        "student_layers": 2, "student_c": "c"},
                "lines": {"teachers": {"speed": speed}, "a_kd": {"speed": speed},
                          "c_kd": {"speed": speed}}}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    points, _ = frontier.results_points(str(tmp_path / "results.json"), "tiny")
-    assert [p["name"] for p in points] == ["tiny x2 (teachers)", "tiny, KD",
-                                           "2-layer, hidden 128, KD"]
+    points, _ = frontier.results_points(str(tmp_path / "results.json"), "tiny", "small")
+    assert [p["name"] for p in points] == ["tiny x2 (teachers)", "tiny, KD", "small, KD"]
 
 def test_the_distillation_setting_is_the_one_with_the_best_eval_macro_f1(tmp_path):
     grid = {}
