@@ -347,8 +347,7 @@ def print_tables(results, args):
     print(f"\nteachers: {' '.join(map(repo_path, args.teachers))}; students: a "
           f"{repo_path(args.student_a)}, b its {args.student_layers}-layer cut, c "
           f"{args.student_c and repo_path(args.student_c)}; lr {args.lr:g} (c: {args.lr_c:g}), "
-          f"{args.epochs} "
-          f"epochs, seeds {results['seeds']}; distilled at T {setting[0]:g}, alpha "
+          f"{args.epochs} epochs, seeds {results['seeds']}; distilled at T {setting[0]:g}, alpha "
           f"{setting[1]:g}; tests in fp32, argmax; mean ± sample std; change: macro-F1 points "
           "against the line named; minutes: train.py's wall time (the teachers' labelling of "
           "the posts is in the first distilled run's; the teachers' line: their sum)\n")
