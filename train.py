@@ -47,10 +47,11 @@ from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
                             expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import check_max_length, predict_logits, softmax
-from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            clear_earlier_run, close_processes, describe_processes,
-                            linear_schedule, load_training_state, loader_workers,
-                            make_grad_scaler, make_optimizer, optimizer_step, posts_fingerprint,
+from ewect.training import (CudaGraphSteps, RunningSums, StopRequest, add_shared_args,
+                            all_reduce, apply_update, backward, clear_earlier_run, clip_gradients,
+                            close_processes, describe_processes, linear_schedule,
+                            load_training_state, loader_workers, make_grad_scaler,
+                            make_optimizer, posts_fingerprint,
                             prepare_output_dir, refuse_changed_posts, refuse_cpu_marathon,
                             refuse_shifted_resume, resume_from_state, save_training_state,
                             setup_logging, setup_processes, step_plan, stop_for_resume,
@@ -135,6 +136,10 @@ def parse_args(argv=None):
                    help="R-Drop (Liang et al. 2021): each post passes twice with different "
                         "dropout, plus ALPHA x their symmetric KL divergence (0: off); 2x the "
                         "compute per step")
+    p.add_argument("--cuda_graphs", action="store_true",
+                   help="replay each step's forward and backward from a CUDA graph (one per "
+                        "batch shape): the same kernels, launched in one call instead of one by "
+                        "one. One GPU, bf16 or fp32, no gradient accumulation, FGM or --compile")
     p.add_argument("--tune_bias", action="store_true",
                    help="after training, fit per-class logit offsets that maximise macro-F1 on "
                         "the eval posts and save them as best/decision.json (test.py, "
@@ -285,40 +290,66 @@ def confusion_counts(labels, logits):
 
 
 def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_norm,
-               world_size=1, options=None):
+               world_size=1, options=None, graphs=None):
     """One optimizer step over this process's micro-batches (`pieces`, on the device) of a step
     of `step_size` posts. The gradient is that of the mean loss over all step_size posts, however
     they are split across processes (DDP averages over them) and micro-batches. `options` (a dict,
     None: plain cross-entropy) holds the class weights, R-Drop's alpha, with FGM the word
-    embeddings and epsilon, and with a teacher kd = (alpha, temperature). Returns device
-    tensors, not synced: the summed loss, the confusion counts, and whether the step was skipped
-    for a non-finite loss or gradient."""
+    embeddings and epsilon, and with a teacher kd = (alpha, temperature). With `graphs` (a
+    CudaGraphSteps: --cuda_graphs) the forward and backward are replayed from a CUDA graph.
+    Returns device tensors, not synced: the summed loss, the confusion counts, and whether the
+    step was skipped for a non-finite loss or gradient."""
     options = options or {}
     weights, rdrop, fgm = options.get("weights"), options.get("rdrop", 0.0), options.get("fgm")
     kd = options.get("kd")
-    loss_sum, confusion = 0.0, 0
-    finite = torch.ones((), dtype=torch.bool, device=pieces[0]["labels"].device)
 
     def sync_unless(skip):  # DDP all-reduces the gradients in the step's last backward only
         return getattr(model, "no_sync", contextlib.nullcontext)() if skip else (
             contextlib.nullcontext())
 
-    for i, batch in enumerate(pieces):
-        last = i == len(pieces) - 1
-        with sync_unless(not last or fgm):
-            loss, logits = forward_loss(model, batch, precision, weights, rdrop, kd)
-            backward(loss * world_size / step_size, scaler)
-        if fgm:
-            embeddings, epsilon = fgm
-            with sync_unless(not last), fgm_attack(embeddings, epsilon):
-                adversarial_loss, _ = forward_loss(model, batch, precision, weights, rdrop, kd)
-                backward(adversarial_loss * world_size / step_size, scaler)
-            finite &= torch.isfinite(adversarial_loss)
-        finite &= torch.isfinite(loss)
-        loss_sum += loss.detach()
-        confusion += confusion_counts(batch["labels"], logits.detach())
-    skipped = optimizer_step(optimizer, scaler, max_grad_norm, finite)
+    def gradients(pieces):
+        loss_sum, confusion = 0.0, 0
+        finite = torch.ones((), dtype=torch.bool, device=pieces[0]["labels"].device)
+        for i, batch in enumerate(pieces):
+            last = i == len(pieces) - 1
+            with sync_unless(not last or fgm):
+                loss, logits = forward_loss(model, batch, precision, weights, rdrop, kd)
+                backward(loss * world_size / step_size, scaler)
+            if fgm:
+                embeddings, epsilon = fgm
+                with sync_unless(not last), fgm_attack(embeddings, epsilon):
+                    adversarial_loss, _ = forward_loss(model, batch, precision, weights, rdrop,
+                                                       kd)
+                    backward(adversarial_loss * world_size / step_size, scaler)
+                finite &= torch.isfinite(adversarial_loss)
+            finite &= torch.isfinite(loss)
+            loss_sum += loss.detach()
+            confusion += confusion_counts(batch["labels"], logits.detach())
+        return loss_sum, confusion, clip_gradients(optimizer, scaler, max_grad_norm, finite)
+
+    if graphs:
+        loss_sum, confusion, skipped = graphs(lambda batch: gradients([batch]), pieces[0])
+    else:
+        loss_sum, confusion, skipped = gradients(pieces)
+    apply_update(optimizer, scaler, skipped, keep_grads=graphs is not None)
     return loss_sum, confusion, skipped
+
+
+def cuda_graphs(args, device, world_size, accumulation, precision):
+    """With --cuda_graphs, a CudaGraphSteps, once this run is known to be one that can replay its
+    steps; else None."""
+    if not args.cuda_graphs:
+        return None
+    unfit = {"a GPU (--device cuda)": device.type != "cuda",
+             "one process, not torchrun": world_size > 1,
+             "one micro-batch per step (no smaller --per_device_batch_size)": accumulation > 1,
+             "bf16 or fp32 (fp16's loss scaling decides on the host)": precision == "fp16",
+             "no --adversarial fgm": args.adversarial != "none",
+             "no --compile": args.compile}
+    needs = [need for need, missing in unfit.items() if missing]
+    if needs:
+        raise UserError(f"--cuda_graphs needs {'; '.join(needs)}")
+    return CudaGraphSteps()
 
 
 def evaluate(model, ids, labels, args, rank, world_size, device, precision):
@@ -418,8 +449,9 @@ def train(args, rank, world_size, device):
         raise UserError(f"{', '.join(args.train_file)}: too few posts for a step of "
                         f"{args.batch_size}")
 
-    clear_earlier_run(args, is_main)  # every input read: the earlier run can go
     precision = choose_precision(args.precision, device)
+    graphs = cuda_graphs(args, device, world_size, accumulation, precision)
+    clear_earlier_run(args, is_main)  # every input read: the earlier run can go
     options = {"weights": class_weights(args.class_weights, train_labels[:len(train_records)],
                                         device),
                "rdrop": args.rdrop,
@@ -442,9 +474,9 @@ def train(args, rank, world_size, device):
                               lambda processes: epoch_batches(progress["epoch"], processes))
     scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
     log.info("train: %d posts, eval: %d posts; %d steps per epoch of %d posts = %d process(es) "
-             "x %d micro-batch(es) of up to %d; %s on %s", len(train_ids), len(eval_ids),
+             "x %d micro-batch(es) of up to %d; %s on %s%s", len(train_ids), len(eval_ids),
              steps_per_epoch, args.batch_size, world_size, accumulation, per_device, precision,
-             describe_processes(world_size, device))
+             describe_processes(world_size, device), ", CUDA graphs" if graphs else "")
     if state:
         log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
                  progress["step_in_epoch"])
@@ -484,7 +516,7 @@ def train(args, rank, world_size, device):
                           for piece in pieces]
                 loss_sum, confusion, skipped = train_step(
                     trained_model, pieces, len(batches[progress["step_in_epoch"]]), optimizer,
-                    scaler, precision, args.max_grad_norm, world_size, options)
+                    scaler, precision, args.max_grad_norm, world_size, options, graphs)
                 scheduler.step()
                 running.add(loss=torch.where(skipped, 0.0, loss_sum), confusion=confusion,
                             posts=torch.where(skipped, 0, sum(len(p["labels"]) for p in pieces)),

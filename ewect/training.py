@@ -133,7 +133,7 @@ def decay_groups(model, weight_decay):
 
 def make_optimizer(model, lr, weight_decay):
     """Fused AdamW (CPU and CUDA): one kernel for all parameters, and it can skip a step on the
-    device (optimizer_step), so no step waits for the GPU."""
+    device (apply_update), so no step waits for the GPU."""
     return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, fused=True)
 
 
@@ -187,16 +187,22 @@ def backward(loss, scaler):
     (scaler.scale(loss) if scaler else loss).backward()
 
 
-def optimizer_step(optimizer, scaler, max_grad_norm, finite):
-    """Clip the gradients and step, skipping the step when `finite` (a device tensor: the losses
-    of this step were finite) is false or a gradient is not; returns whether it was skipped, as
-    a device tensor. Nothing here waits for the GPU: the skip is decided on the device, the way
-    the grad scaler tells a fused optimizer (its found_inf), for fp16 by the scaler itself."""
+def clip_gradients(optimizer, scaler, max_grad_norm, finite):
+    """Clip the gradients (unscaled first under fp16); returns whether the step must be skipped,
+    as a device tensor: `finite` (the losses of this step were finite) is false or a gradient is
+    not. Nothing here waits for the GPU."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    skipped = ~(finite & torch.isfinite(norm))
+    return ~(finite & torch.isfinite(norm))
+
+
+def apply_update(optimizer, scaler, skipped, keep_grads=False):
+    """The optimizer's step, skipped on the device when `skipped` is true, the way the grad
+    scaler tells a fused optimizer (its found_inf; for fp16 the scaler does it itself), then the
+    gradients zeroed: set to None, or with keep_grads zeroed where they are (CUDA graphs write
+    them there)."""
     if scaler:  # it found the same inf/NaN gradients in unscale_ and skips the step itself
         scaler.step(optimizer)
         scaler.update()
@@ -204,8 +210,57 @@ def optimizer_step(optimizer, scaler, max_grad_norm, finite):
         optimizer.found_inf = skipped.float()
         optimizer.step()
         del optimizer.found_inf
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not keep_grads)
+
+
+def optimizer_step(optimizer, scaler, max_grad_norm, finite):
+    """Clip, step and zero the gradients; returns whether the step was skipped (a device
+    tensor)."""
+    skipped = clip_gradients(optimizer, scaler, max_grad_norm, finite)
+    apply_update(optimizer, scaler, skipped)
     return skipped
+
+
+class CudaGraphSteps:
+    """Each step's forward and backward replayed from a CUDA graph, one graph per batch shape (on
+    a GPU batches are padded to a multiple of 8 tokens: a few dozen shapes at most). Run eagerly,
+    a bert-base step launches about a thousand small kernels one at a time, and a fast GPU runs
+    them sooner than the host launches them; a replay launches the same kernels in one call.
+    A shape's first step runs eagerly, on a side stream (the warm-up a capture needs); its second
+    is captured, then replayed, as are all later ones. The optimizer's step stays outside
+    (apply_update with keep_grads: fused AdamW is a few kernels, and the schedule's learning rate
+    stays a number), so the gradients stay where the graphs write them."""
+
+    def __init__(self):
+        self.graphs, self.seen = {}, set()
+        self.pool = torch.cuda.graph_pool_handle()  # shared: the graphs never run at once
+        self.side = torch.cuda.Stream()
+
+    def __call__(self, compute, batch):
+        """compute(batch)'s tuple of device tensors, run or replayed on this batch (a dict of
+        device tensors). A replay's outputs are overwritten by the next step of that shape."""
+        shape = tuple((name, tuple(tensor.shape)) for name, tensor in batch.items())
+        if shape in self.graphs:
+            graph, inputs, outputs = self.graphs[shape]
+            for name, tensor in batch.items():
+                inputs[name].copy_(tensor)
+            graph.replay()
+            return outputs
+        if shape in self.seen:
+            inputs = {name: tensor.clone() for name, tensor in batch.items()}
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the DataLoader's pin-memory thread goes on calling CUDA meanwhile
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                outputs = compute(inputs)
+            self.graphs[shape] = graph, inputs, outputs
+            graph.replay()  # capturing ran nothing: this is the step
+            return outputs
+        self.seen.add(shape)
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            outputs = compute(batch)
+        torch.cuda.current_stream().wait_stream(self.side)
+        return outputs
 
 
 def rescale_peak_lr(optimizer, scheduler, factor):

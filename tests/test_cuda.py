@@ -4,6 +4,7 @@ GPU check's dry run, which sets EWECT_CUDA_TESTS_DEVICE=cpu and runs them on the
 no sync check) so that their code is proven before a GPU's rare minutes are spent on it. Tiny
 models on the fixture, as in the CPU suite."""
 import contextlib
+import copy
 import json
 import os
 
@@ -19,7 +20,7 @@ from ewect.config import LABEL2ID
 from ewect.data import Collator, encode, read_records
 from ewect.modeling import build_model
 from ewect.prediction import load_predictor
-from ewect.training import make_grad_scaler, make_optimizer
+from ewect.training import CudaGraphSteps, make_grad_scaler, make_optimizer
 
 DEVICE = torch.device(os.environ.get("EWECT_CUDA_TESTS_DEVICE", "cuda:0"))
 ON_GPU = DEVICE.type == "cuda"
@@ -92,13 +93,43 @@ def test_a_non_finite_loss_skips_the_step(model_and_batch, monkeypatch, precisio
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_resume_on_cuda_is_exact(clean_dir, vocab, tmp_path):
-    train.main(cuda_args(clean_dir, vocab, tmp_path / "whole"))
+def test_cuda_graphs_train_as_eager_steps_do(model_and_batch):
+    # Two batch shapes, each run eagerly, then captured, then replayed, in a mixed order; R-Drop,
+    # class weights and a teacher's soft labels inside the graph. Replays launch the same kernels
+    # with the same dropout draws, so losses and weights match the eager run's.
+    model, batch = model_and_batch
+    batch["teacher"] = torch.softmax(torch.randn(16, 6, device=DEVICE), -1)
+    half = {name: tensor[:8] for name, tensor in batch.items()}
+    order = [batch, half, batch, batch, half, half, batch]
+    options = {"weights": torch.linspace(0.5, 2.0, 6, device=DEVICE), "rdrop": 1.0,
+               "kd": (0.5, 2.0)}
+
+    def run(graphs):
+        torch.manual_seed(1)
+        trained = copy.deepcopy(model)
+        optimizer = make_optimizer(trained, 1e-3, 0.01)
+        losses = [train.train_step(trained, [b], len(b["labels"]), optimizer, None, "bf16", 1.0,
+                                   options=options, graphs=graphs)[0].clone() for b in order]
+        return torch.stack(losses), trained.state_dict()
+
+    graphs = CudaGraphSteps()
+    (eager_losses, eager), (graph_losses, graphed) = run(None), run(graphs)
+    assert len(graphs.graphs) == 2  # both shapes captured, and replayed after
+    assert torch.allclose(graph_losses, eager_losses, rtol=1e-5), (graph_losses, eager_losses)
+    assert all(torch.allclose(graphed[k], eager[k], atol=1e-6) for k in eager)
+
+
+@pytest.mark.parametrize("graphs", [False, True] if ON_GPU else [False])
+def test_resume_on_cuda_is_exact(clean_dir, vocab, tmp_path, graphs):
+    # with --cuda_graphs the resumed run runs eagerly steps that the whole run replayed
+    extra = ["--cuda_graphs"] if graphs else []
+    train.main(cuda_args(clean_dir, vocab, tmp_path / "whole", *extra))
     out = tmp_path / "resumed"
-    train.main(cuda_args(clean_dir, vocab, out, "--stop_after_steps", 3))
-    train.main(cuda_args(clean_dir, vocab, out, "--resume"))
+    train.main(cuda_args(clean_dir, vocab, out, "--stop_after_steps", 3, *extra))
+    train.main(cuda_args(clean_dir, vocab, out, "--resume", *extra))
     a, b = weights(out / "last"), weights(tmp_path / "whole" / "last")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert ("CUDA graphs" in (out / "train.log").read_text()) == graphs
 
 
 def test_a_gpu_run_resumes_on_the_cpu_and_fp16_keeps_loss_scaling(clean_dir, vocab, tmp_path):

@@ -206,6 +206,18 @@ def test_a_failed_overwrite_keeps_the_earlier_run(clean_dir, vocab, trained, tmp
     assert "INFO done: " in (out / "train.log").read_text()  # what the wrappers look for
 
 
+def test_cuda_graphs_where_a_run_cannot_replay_are_refused_before_anything_is_lost(
+        clean_dir, vocab, trained, tmp_path):
+    out = tmp_path / "wb"
+    shutil.copytree(trained, out)
+    args = tiny_train_args(clean_dir, vocab, out, "--overwrite_output_dir", "--cuda_graphs",
+                           "--per_device_batch_size", 4)
+    with pytest.raises(UserError, match=r"--cuda_graphs needs a GPU \(--device cuda\); one "
+                                        r"micro-batch per step"):
+        train.main(args)
+    assert_same_weights(out / "best", trained / "best")
+
+
 def test_resume_refuses_changed_posts_and_loss(clean_dir, vocab, tmp_path):
     # Only the files' names were compared: posts edited in place were trained on from mid-epoch.
     data = tmp_path / "data"
