@@ -9,6 +9,7 @@ machine, the same posts (usual_train, cleaned) and the same starting weights, in
     longest post, on a GPU rounded up to a multiple of 8 (ewect.data.Collator), fused AdamW, bf16
     autocast where the GPU has it, running loss and confusion matrix kept on the device:
     train.py's train_step.
+(a') on a GPU, the same with each step replayed from a CUDA graph: train.py --cuda_graphs.
 (b) baseline, the published repo's style: a Dataset that tokenizes and pads every post to 140
     on access, DataLoader(shuffle=True), fp32 on CPU / fp16 autocast + GradScaler on GPU,
     loss.item() and scikit-learn accuracy and macro-F1 on every batch.
@@ -40,8 +41,8 @@ from ewect.config import MAX_LENGTH  # noqa: E402
 from ewect.data import Collator, encode, length_grouped_batches, pad_multiple  # noqa: E402
 from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from ewect.modeling import build_model, choose_precision, resolve_device  # noqa: E402
-from ewect.training import (RunningSums, decay_groups, make_grad_scaler,  # noqa: E402
-                            make_optimizer)
+from ewect.training import (CudaGraphSteps, RunningSums, decay_groups,  # noqa: E402
+                            make_grad_scaler, make_optimizer)
 from train import train_step  # noqa: E402  (what is measured is train.py's own step)
 
 MAX_GRAD_NORM = 1.0  # train.py's default
@@ -116,17 +117,18 @@ def baseline_loader(texts, labels, tokenizer, batch_size, seed):
                       shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def project_step_fn(model, device):
+def project_step_fn(model, device, cuda_graphs=False):
     """train.py's step; the running sums stay on the device, so nothing waits for the GPU."""
     precision = choose_precision("auto", device)
     optimizer = make_optimizer(model, LR, WEIGHT_DECAY)
     scaler = make_grad_scaler(precision, device)
+    graphs = CudaGraphSteps() if cuda_graphs else None
     running = RunningSums()
 
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss_sum, confusion, skipped = train_step(model, [batch], len(batch["labels"]), optimizer,
-                                                  scaler, precision, MAX_GRAD_NORM)
+                                                  scaler, precision, MAX_GRAD_NORM, graphs=graphs)
         running.add(loss=loss_sum, confusion=confusion, skipped=skipped.long())
     return step
 
@@ -215,12 +217,15 @@ def main():
     reset_peak_memory(device)  # trims the heap, so the floor printed is the one the paths start on
     print(f"process RSS before the paths: {current_rss_mib():.0f} MiB")
 
-    rows = [
-        run_path("(a) project", template,
-                 lambda full_epoch=False: project_loader(
-                     ids, labels, tokenizer, project_batches(ids, args, full_epoch), device),
-                 project_step_fn, args, device),
-    ]
+    def project_loader_fn(full_epoch=False):
+        return project_loader(ids, labels, tokenizer, project_batches(ids, args, full_epoch),
+                              device)
+
+    rows = [run_path("(a) project", template, project_loader_fn, project_step_fn, args, device)]
+    if device.type == "cuda" and precision != "fp16":  # what --cuda_graphs takes
+        rows.append(run_path("(a') project, CUDA graphs", template, project_loader_fn,
+                             lambda model, device: project_step_fn(model, device, True), args,
+                             device))
     with published_attention():
         rows.append(run_path("(b) baseline", template,
                              lambda full_epoch=False: baseline_loader(texts, labels, tokenizer,
@@ -229,11 +234,13 @@ def main():
     print()
     print_table(rows, "samples")
     print()
-    print_ratio("speed-up (a)/(b), samples/s", rows[0], rows[1])
+    print_ratio("speed-up (a)/(b), samples/s", rows[0], rows[-1])
+    if len(rows) == 3:
+        print_ratio("speed-up (a')/(b), samples/s", rows[1], rows[-1])
     # Shows whether the timed batches were typical of an epoch (see --batch_order).
     epoch_tokens = sum(len(x) for x in ids)
     print(f"real tokens per sample: timed (a) {rows[0]['real_tokens'] / rows[0]['items']:.1f}, "
-          f"(b) {rows[1]['real_tokens'] / rows[1]['items']:.1f}; "
+          f"(b) {rows[-1]['real_tokens'] / rows[-1]['items']:.1f}; "
           f"whole epoch {epoch_tokens / len(ids):.1f}")
     if device.type != "cuda":
         if args.epoch_time:
