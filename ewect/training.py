@@ -229,7 +229,9 @@ class CudaGraphSteps:
     A shape's first step runs eagerly, on a side stream (the warm-up a capture needs); its second
     is captured, then replayed, as are all later ones. The optimizer's step stays outside
     (apply_update with keep_grads: fused AdamW is a few kernels, and the schedule's learning rate
-    stays a number), so the gradients stay where the graphs write them."""
+    stays a number), so the gradients stay where the graphs write them. What compute() closes
+    over (the step's size, the loss's options) is fixed in a graph when it is captured: it must
+    not change between steps of one shape."""
 
     def __init__(self):
         self.graphs, self.seen = {}, set()
@@ -238,7 +240,8 @@ class CudaGraphSteps:
 
     def __call__(self, compute, batch):
         """compute(batch)'s tuple of device tensors, run or replayed on this batch (a dict of
-        device tensors). A replay's outputs are overwritten by the next step of that shape."""
+        device tensors). Use them before the next call: the graphs share one memory pool, so any
+        later replay may overwrite them."""
         shape = tuple((name, tuple(tensor.shape)) for name, tensor in batch.items())
         if shape in self.graphs:
             graph, inputs, outputs = self.graphs[shape]
@@ -249,9 +252,12 @@ class CudaGraphSteps:
         if shape in self.seen:
             inputs = {name: tensor.clone() for name, tensor in batch.items()}
             graph = torch.cuda.CUDAGraph()
-            # thread_local: the DataLoader's pin-memory thread goes on calling CUDA meanwhile
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                outputs = compute(inputs)
+            try:  # thread_local: the DataLoader's pin-memory thread goes on calling CUDA
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                    outputs = compute(inputs)
+            except Exception as err:
+                raise UserError(f"--cuda_graphs: capturing a step failed ({first_line(err)}); "
+                                "train without --cuda_graphs") from err
             self.graphs[shape] = graph, inputs, outputs
             graph.replay()  # capturing ran nothing: this is the step
             return outputs
