@@ -137,9 +137,10 @@ def parse_args(argv=None):
                         "dropout, plus ALPHA x their symmetric KL divergence (0: off); 2x the "
                         "compute per step")
     p.add_argument("--cuda_graphs", action="store_true",
-                   help="replay each step's forward and backward from a CUDA graph (one per "
-                        "batch shape): the same kernels, launched in one call instead of one by "
-                        "one. One GPU, bf16 or fp32, no gradient accumulation, FGM or --compile")
+                   help="experimental, not yet run on a GPU (docs/gpu.md): replay each step's "
+                        "forward and backward from a CUDA graph (one per batch shape), the same "
+                        "kernels launched in one call instead of one by one. One GPU, bf16 or "
+                        "fp32, no gradient accumulation, FGM or --compile")
     p.add_argument("--tune_bias", action="store_true",
                    help="after training, fit per-class logit offsets that maximise macro-F1 on "
                         "the eval posts and save them as best/decision.json (test.py, "
