@@ -256,5 +256,6 @@ def report(rows, ids, args, device):
         for row in rows:
             print(f"{row['name']}: {row['epoch_seconds']:.1f} s per epoch of usual_train")
 
+
 if __name__ == "__main__":
     run_cli(main)

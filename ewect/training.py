@@ -224,8 +224,8 @@ def optimizer_step(optimizer, scaler, max_grad_norm, finite):
 class CudaGraphSteps:
     """Each step's forward and backward replayed from a CUDA graph, one graph per batch shape (on
     a GPU batches are padded to a multiple of 8 tokens: a few dozen shapes at most). Run eagerly,
-    a bert-base step launches about a thousand small kernels one at a time, and a fast GPU runs
-    them sooner than the host launches them; a replay launches the same kernels in one call.
+    a bert-base step launches about a thousand small kernels one at a time, and a fast GPU most
+    likely waits on the host launching them; a replay launches the same kernels in one call.
     A shape's first step runs eagerly, on a side stream (the warm-up a capture needs); its second
     is captured, then replayed, as are all later ones. The optimizer's step stays outside
     (apply_update with keep_grads: fused AdamW is a few kernels, and the schedule's learning rate
