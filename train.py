@@ -360,7 +360,7 @@ def evaluate(model, ids, labels, args, rank, world_size, device, precision):
     logits = predict_logits(model, [ids[i] for i in mine], args.eval_batch_size, device,
                             AMP_DTYPES[precision])
     model.train()
-    golds = torch.tensor([labels[i] for i in mine])
+    golds = torch.tensor([labels[i] for i in mine], dtype=torch.long)  # long even if empty
     loss = all_reduce(F.cross_entropy(logits, golds, reduction="sum").to(device))
     confusion = all_reduce(confusion_counts(golds, logits).to(device))
     result = scores(confusion.view(len(LABELS), -1).cpu().numpy())
@@ -413,15 +413,15 @@ def train(args, rank, world_size, device):
     refuse_changed_posts(state, posts)
     if args.student_layers and not (state or args.from_scratch):
         check_depth(args.model_name, args.student_layers)
+    precision = choose_precision(args.precision, device)
     if args.teacher:  # before the seed: the teacher's run leaves the student's init unchanged
         log_probs, teachers = teacher_targets(
             args.teacher, [r.content for r in train_records] + unlabelled, args.output_dir,
-            device, is_main, log, began_with=state and state.get("teachers"))
+            device, precision, is_main, log, began_with=state and state.get("teachers"))
         teacher = soft_targets(log_probs, args.kd_temperature)
     torch.manual_seed(args.seed)
     if state:
         model, tokenizer = load_checkpoint(last_dir, device)
-        model.train()
     else:
         vocab = scratch_vocab(args, [r.content for r in train_records] + unlabelled, log.info)
         model, tokenizer = build_model(args.model_name, args.dropout, args.from_scratch,
@@ -429,7 +429,9 @@ def train(args, rank, world_size, device):
         if args.student_layers:
             log.info("student: layers %s of %s kept", keep_layers(model, args.student_layers),
                      args.model_name)
-        model.to(device)
+    # from_pretrained and load_checkpoint return a model in eval mode: without this, the first
+    # epoch of a run from pretrained weights would train without dropout.
+    model.to(device).train()
     refuse_cpu_marathon(args.device, device, model)
     check_max_length(model, args.max_length)
     train_ids, train_labels = tokenize(train_records, tokenizer, args.max_length)
@@ -450,7 +452,6 @@ def train(args, rank, world_size, device):
         raise UserError(f"{', '.join(args.train_file)}: too few posts for a step of "
                         f"{args.batch_size}")
 
-    precision = choose_precision(args.precision, device)
     graphs = cuda_graphs(args, device, world_size, accumulation, precision)
     clear_earlier_run(args, is_main)  # every input read: the earlier run can go
     options = {"weights": class_weights(args.class_weights, train_labels[:len(train_records)],

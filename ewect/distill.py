@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .modeling import check_labels
+from .prediction import weights_identity
 
 TEACHER_FILE = "teacher.pt"
 
@@ -40,18 +41,8 @@ def fingerprint(texts):
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
 
-def teacher_identity(folder):
-    """A teacher as the saved targets know it: its path and its weight files' sizes and times,
-    so that a teacher trained again in the same folder is asked again (a folder gone: its path)."""
-    folder = os.path.abspath(os.path.expanduser(folder))
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    weights = sorted(name for name in names if name.endswith((".safetensors", ".bin"))
-                     or name == "config.json")
-    return [folder, *(f"{name}:{os.path.getsize(os.path.join(folder, name))}:"
-                      f"{os.path.getmtime(os.path.join(folder, name))}" for name in weights)]
-
-
-def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, began_with=None):
+def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main, log,
+                    began_with=None):
     """(log-probabilities, identity): the teachers' (members, posts, labels) log-probabilities
     of the cleaned training texts, and the teachers they came from, which the run keeps in its
     training state. Read from OUTPUT_DIR/teacher.pt when it holds them for these posts and these
@@ -59,9 +50,11 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, began
     of them since: the run learns to the end from the same targets. Else each process labels
     every world_size-th post on its device and the shares are gathered (with a GPU each, a large
     --unlabelled corpus takes about 1/N of the time, and no process waits long at a
-    collective); rank 0 saves them. `log` is a logger."""
+    collective); rank 0 saves them. The teachers compute in the run's `precision` (fp32 on any
+    CPU: prediction's own default would be bf16 on some, and the targets would depend on the
+    machine). `log` is a logger."""
     path = os.path.join(output_dir, TEACHER_FILE)
-    wanted = {"teachers": [teacher_identity(t) for t in teacher_dirs],
+    wanted = {"teachers": [weights_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,8 +89,8 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, is_main, log, began
                  "%d process(es) sharing them, into %s", len(texts), len(teacher_dirs), world, path)
     share = []
     for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
-        probabilities = load_predictor(folder, device=device.type,
-                                       local_rank=device.index or 0).predict(texts[rank::world])
+        probabilities = load_predictor(folder, device=device.type, local_rank=device.index or 0,
+                                       precision=precision).predict(texts[rank::world])
         share.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
     shares = [torch.stack(share)]
     if world > 1:

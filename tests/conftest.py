@@ -123,6 +123,29 @@ def tiny_train_args(clean_dir, vocab, output_dir, *extra):
             "--output_dir", str(output_dir), *map(str, extra)]
 
 
+def pretrained_folder(path, vocab, layers=2, dtype=None):
+    """A tiny saved masked-LM BERT, like a downloaded bert-base-chinese (in `dtype`, if given)."""
+    import torch
+    from transformers import BertForMaskedLM, BertTokenizer
+
+    from ewect.modeling import bert_config
+
+    tokenizer = BertTokenizer(vocab)
+    torch.manual_seed(0)
+    BertForMaskedLM(bert_config(len(tokenizer), layers, 32)).to(dtype).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def from_folder_args(clean_dir, vocab, out, folder, *extra):
+    """tiny_train_args that fine-tune the pretrained `folder` at the default lr."""
+    args = tiny_train_args(clean_dir, vocab, out, *extra)
+    del args[:3]  # --from_scratch --vocab VOCAB: a pretrained model instead
+    lr = args.index("--lr")
+    del args[lr:lr + 2]  # the fine-tuning default, 1e-5, which rounds away in bf16 weights
+    return ["--model_name", str(folder), *args]
+
+
 @pytest.fixture(scope="session")
 def trained(clean_dir, vocab, tmp_path_factory):
     """Output folder of one tiny training run (in-process, to save the start-up time)."""

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer
+from transformers import BertForSequenceClassification, BertTokenizer
 
 import train
-from conftest import assert_clean_error, run_main, tiny_train_args
+from conftest import assert_clean_error, pretrained_folder, run_main, tiny_train_args
 from ewect.distill import keep_layers
 from ewect.modeling import bert_config, build_model
 from ewect.prediction import TorchPredictor
@@ -160,14 +160,6 @@ def test_overwriting_the_teachers_own_folder_is_refused(trained, clean_dir, voca
                                                    run / "best", "--overwrite_output_dir"))
     assert result.returncode == 2 and "error:" in result.stderr
     assert (run / "best" / "model.safetensors").is_file()
-
-
-def pretrained_folder(path, vocab, layers):
-    tokenizer = BertTokenizer(vocab)
-    torch.manual_seed(0)
-    BertForMaskedLM(bert_config(len(tokenizer), layers, 32)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_student_layers_keep_exactly_the_chosen_layers(vocab, tmp_path):

@@ -1,4 +1,6 @@
 """torchrun with 2 CPU processes (gloo): the same recipe as one process, one checkpoint."""
+import json
+
 import torch
 from safetensors.torch import load_file
 
@@ -12,9 +14,14 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
     # 8-post steps as one process does, so (dropout off) they end with the same weights; class
     # weights, R-Drop's doubled batch and a teacher's soft labels keep that so.
     # One unlabelled post makes the posts odd: the processes label uneven shares of them.
+    # One eval post: the second process evaluates none.
     (tmp_path / "more.txt").write_text("今天的天气让我心情很好\n", encoding="utf-8")
+    eval_posts = json.loads((clean_dir / "usual_eval_labeled.txt").read_text(encoding="utf-8"))
+    (tmp_path / "eval.txt").write_text(json.dumps(eval_posts[:1], ensure_ascii=False),
+                                       encoding="utf-8")
     options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5,
-               "--teacher", trained / "best", "--unlabelled", tmp_path / "more.txt"]
+               "--teacher", trained / "best", "--unlabelled", tmp_path / "more.txt",
+               "--eval_file", tmp_path / "eval.txt"]
     args = tiny_train_args(clean_dir, vocab, tmp_path / "two", *options)
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, timeout=240)
@@ -31,6 +38,9 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
               for n in ("two", "one")]
     assert labels[0].shape[1] % 2 == 1 and torch.allclose(*labels, atol=1e-4)
     load_checkpoint(tmp_path / "two" / "best")
+    scores = [json.loads((tmp_path / n / "best" / "eval_results.json").read_text())
+              for n in ("two", "one")]
+    assert scores[0] == scores[1]
 
 
 def test_fgm_under_two_processes(clean_dir, vocab, tmp_path):

@@ -14,9 +14,9 @@ from transformers import AutoModelForMaskedLM, pipeline
 
 import pretrain
 import train
-from conftest import ROOT, assert_clean_error, run_main, run_script, tiny_train_args
+from conftest import (ROOT, assert_clean_error, from_folder_args, run_main, run_script,
+                      tiny_train_args)
 from ewect.errors import UserError
-from test_training import from_folder_args
 
 
 def tiny_pretrain_args(clean_dir, vocab, output_dir, *extra):

@@ -6,30 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import BertForMaskedLM, BertTokenizer
+from transformers import BertTokenizer
 
 import train
-from conftest import tiny_train_args
+from conftest import from_folder_args, pretrained_folder, tiny_train_args
 from ewect.errors import UserError
 from ewect.modeling import bert_config, build_model, choose_precision
 from ewect.training import make_optimizer
-
-
-def pretrained_folder(path, vocab, dtype):
-    """A tiny saved masked-LM BERT, like a downloaded bert-base-chinese, in the given dtype."""
-    tokenizer = BertTokenizer(vocab)
-    torch.manual_seed(0)
-    BertForMaskedLM(bert_config(len(tokenizer), 2, 32)).to(dtype).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def from_folder_args(clean_dir, vocab, out, folder, *extra):
-    args = tiny_train_args(clean_dir, vocab, out, *extra)
-    del args[:3]  # --from_scratch --vocab VOCAB: a pretrained model instead
-    lr = args.index("--lr")
-    del args[lr:lr + 2]  # the fine-tuning default, 1e-5, which rounds away in bf16 weights
-    return ["--model_name", str(folder), *args]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -37,7 +20,7 @@ def test_fine_tunes_a_pretrained_folder_of_any_dtype_in_fp32(clean_dir, vocab, t
                                                              monkeypatch, dtype):
     # Given as ~/..., as users type it.
     monkeypatch.setenv("HOME", str(tmp_path))
-    pretrained_folder(tmp_path / "bert", vocab, dtype)
+    pretrained_folder(tmp_path / "bert", vocab, dtype=dtype)
     out = tmp_path / "wb"
     train.main(from_folder_args(clean_dir, vocab, out, "~/bert", "--stop_after_steps", 4))
     before = load_file(str(tmp_path / "bert" / "model.safetensors"))
