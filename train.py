@@ -47,8 +47,8 @@ from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, autocast, build_model, check_labels, choose_precision,
                             expanded_mask, load_checkpoint, save_checkpoint)
 from ewect.prediction import check_max_length, predict_logits, softmax
-from ewect.training import (CudaGraphSteps, RunningSums, StopRequest, add_shared_args,
-                            all_reduce, apply_update, backward, clear_earlier_run, clip_gradients,
+from ewect.training import (CaptureFailed, CudaGraphSteps, RunningSums, StopRequest,
+                            add_shared_args, all_reduce, apply_update, backward, clear_earlier_run, clip_gradients,
                             close_processes, describe_processes, linear_schedule,
                             load_training_state, loader_workers, make_grad_scaler,
                             make_optimizer, posts_fingerprint,
@@ -329,7 +329,8 @@ def train_step(model, pieces, step_size, optimizer, scaler, precision, max_grad_
         return loss_sum, confusion, clip_gradients(optimizer, scaler, max_grad_norm, finite)
 
     if graphs:
-        loss_sum, confusion, skipped = graphs(lambda batch: gradients([batch]), pieces[0])
+        loss_sum, confusion, skipped = graphs(lambda batch: gradients([batch]), pieces[0],
+                                                 model.training)
     else:
         loss_sum, confusion, skipped = gradients(pieces)
     apply_update(optimizer, scaler, skipped, keep_grads=graphs is not None)
@@ -516,9 +517,15 @@ def train(args, rank, world_size, device):
             for pieces in bar:
                 pieces = [{k: v.to(device, non_blocking=True) for k, v in piece.items()}
                           for piece in pieces]
-                loss_sum, confusion, skipped = train_step(
-                    trained_model, pieces, len(batches[progress["step_in_epoch"]]), optimizer,
-                    scaler, precision, args.max_grad_norm, world_size, options, graphs)
+                try:
+                    loss_sum, confusion, skipped = train_step(
+                        trained_model, pieces, len(batches[progress["step_in_epoch"]]),
+                        optimizer, scaler, precision, args.max_grad_norm, world_size, options,
+                        graphs)
+                except CaptureFailed as err:  # the step changed nothing: last/ is sound
+                    save_last()
+                    raise UserError(f"{err}; saved {last_dir}: continue with --resume, "
+                                    "without --cuda_graphs") from err
                 scheduler.step()
                 running.add(loss=torch.where(skipped, 0.0, loss_sum), confusion=confusion,
                             posts=torch.where(skipped, 0, sum(len(p["labels"]) for p in pieces)),
@@ -544,6 +551,9 @@ def train(args, rank, world_size, device):
                                     last_dir)
                     return False
             bar.close()
+            if graphs:  # proof that the graphs were used, not only built
+                log.info("CUDA graphs: %d captured, %d steps replayed so far", len(graphs.graphs),
+                         graphs.replays)
 
             result = evaluate(model, eval_ids, eval_labels, args, rank, world_size, device,
                               precision)

@@ -18,8 +18,8 @@
 # PROOF pattern): a stage that skipped is not a pass.
 #   environment    torch, CUDA and the GPU's name; on the GPU, CUDA must be available
 #   cuda_tests     python -m pytest -m cuda --fail-on-skip (tests/test_cuda.py): bf16/fp16 steps,
-#                  no host sync, skipped non-finite steps, CUDA graphs against eager steps,
-#                  exact resume, GPU->CPU resume, --compile, CUDA vs CPU predictions,
+#                  no host sync, skipped non-finite steps, CUDA graphs against eager steps (a
+#                  graph per mode of the model), exact resume, GPU->CPU resume, --compile, CUDA vs CPU predictions,
 #                  torchrun (NCCL with two GPUs or more; with one, two processes share it over
 #                  gloo), masked-LM pretraining. Fails unless a test ran and none skipped. The
 #                  dry run runs them on the CPU (bf16 only; CUDA graphs need a GPU; --compile
@@ -30,8 +30,12 @@
 #                  to 140, fp16, a sync and scikit-learn every step)
 #   predict_speed  bench/predict_speed.py over usual_test
 #   epoch          one epoch of train.py on the real usual_train, bert-base shape (wall time)
-#   epoch_graphs   the same with --cuda_graphs (the dry run: without, CUDA graphs being a GPU's)
-#   test           test.py on usual_test with that checkpoint (wall time)
+#   epoch_graphs   the same with --cuda_graphs (the dry run: without, CUDA graphs being a GPU's);
+#                  passes only if its log counts replayed steps
+#   graphs_match   the two epochs' eval loss and macro-F1 within 0.02 of each other: replays
+#                  launch the eager step's kernels with the same dropout draws, so the two runs
+#                  differ by rounding alone (a bound chosen before any GPU run, not measured)
+#   test           test.py on usual_test with the epoch stage's checkpoint (wall time)
 # Logs and gpu_check.json (per stage: status, device, seconds, last lines; rewritten as each
 # stage ends)
 # go to $OUT when it is set, else to workspace/gpu_check. The summary is printed last; the exit
@@ -41,8 +45,12 @@ cd "$(dirname "$0")/.."
 MODE=gpu
 case ${1:-} in --prepare|--dry-run) MODE=$1; shift ;; esac
 ONLY=" $* "  # stage names given after the mode: run only those (say, to rerun a failed one)
-case $ONLY in *" test "*) case $ONLY in *" epoch "*) ;; *) ONLY="$ONLY epoch " ;; esac ;; esac
-# (test.py tests the checkpoint that the epoch stage trains)
+needs() {  # needs A B: a rerun of stage A runs stage B too, whose output A reads
+    case $ONLY in *" $1 "*) case $ONLY in *" $2 "*) ;; *) ONLY="$ONLY$2 " ;; esac ;; esac
+}
+needs test epoch  # test.py tests the checkpoint that the epoch stage trains
+needs graphs_match epoch
+needs graphs_match epoch_graphs
 PYTHON=$(command -v python3 || command -v python)  # the GPU image has only python3
 
 # vocab_file RAW_DIR OUT: GPU_CHECK_VOCAB (say, bert-base-chinese's vocab.txt) when it is set,
@@ -82,6 +90,7 @@ if [ "$MODE" = "--dry-run" ]; then
     export EWECT_CUDA_TESTS_DEVICE=${EWECT_CUDA_TESTS_DEVICE:-cpu}
     CUDA_TESTS="--deselect tests/test_cuda.py::test_compile
         --deselect tests/test_cuda.py::test_cuda_graphs_train_as_eager_steps_do
+        --deselect tests/test_cuda.py::test_cuda_graphs_are_captured_anew_in_the_other_mode
         --deselect tests/test_cuda.py::test_resume_with_cuda_graphs_is_exact
         --deselect tests/test_cuda.py::test_torchrun_with_two_processes"
     RAW=tests/fixtures/raw
@@ -92,6 +101,7 @@ if [ "$MODE" = "--dry-run" ]; then
     PREDICT_SPEED="--limit 40 --batch_size 8"
     EPOCH="--batch_size 8 --lr 1e-3"
     GRAPHS=""
+    GRAPHS_PROOF="done: best eval macro-F1"
     HAS_CUDA="cuda (True|False)"
     TRAIN_PROOF="speed-up \\(a\\)/\\(b\\)"
 else
@@ -105,6 +115,7 @@ else
     PREDICT_SPEED=""
     EPOCH=""
     GRAPHS="--cuda_graphs"
+    GRAPHS_PROOF="CUDA graphs: [0-9]+ captured, [1-9][0-9]* steps replayed"
     HAS_CUDA="cuda True"
     TRAIN_PROOF="s per epoch of usual_train"  # --epoch_time ran to its end
 fi
@@ -157,7 +168,7 @@ transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_c
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 run_stage cuda_tests 170 " passed" "$PYTHON" -m pytest -q -m cuda --fail-on-skip \
     tests/test_cuda.py $CUDA_TESTS
-run_stage train_speed 160 "$TRAIN_PROOF" "$PYTHON" bench/train_speed.py \
+run_stage train_speed 150 "$TRAIN_PROOF" "$PYTHON" bench/train_speed.py \
     --device $DEVICE --data_dir $RAW --vocab "$VOCAB" $SIZE $TRAIN_SPEED
 run_stage predict_speed 40 "speed-up" "$PYTHON" bench/predict_speed.py --device $DEVICE \
     --data_dir $RAW --vocab "$VOCAB" $SIZE $PREDICT_SPEED
@@ -166,14 +177,21 @@ EPOCH_OF_TRAIN_PY=("$PYTHON" train.py --from_scratch --vocab "$VOCAB" $SIZE --ep
     --device $DEVICE --train_file "$WORK/clean/usual_train.txt" \
     --eval_file "$WORK/clean/usual_eval_labeled.txt" $EPOCH)
 run_stage epoch 70 "done: best eval macro-F1" "${EPOCH_OF_TRAIN_PY[@]}" --output_dir "$WORK/epoch"
-run_stage epoch_graphs 60 "done: best eval macro-F1" "${EPOCH_OF_TRAIN_PY[@]}" \
+run_stage epoch_graphs 60 "$GRAPHS_PROOF" "${EPOCH_OF_TRAIN_PY[@]}" \
     --output_dir "$WORK/epoch_graphs" $GRAPHS
+run_stage graphs_match 10 "within 0.02" "$PYTHON" -c 'import json, sys
+eager, graphed = (json.load(open(f"{run}/best/eval_results.json")) for run in sys.argv[1:])
+print(*(f"{name}: eager {eager[name]:.4f}, graphed {graphed[name]:.4f}"
+        for name in ("eval_loss", "eval_macro_f1")), sep="\n")
+if max(abs(eager[n] - graphed[n]) for n in ("eval_loss", "eval_macro_f1")) > 0.02:
+    sys.exit("the graphed epoch ended more than 0.02 away from the eager one")
+print("the graphed epoch ended within 0.02 of the eager one")' "$WORK/epoch" "$WORK/epoch_graphs"
 run_stage test 30 "macro-F1" "$PYTHON" test.py --model_dir "$WORK/epoch/best" --device $DEVICE \
     --data_file "$WORK/clean/usual_test_labeled.txt" --output_dir "$WORK/test"
 
 if [ ${#STAGES[@]} = 0 ]; then
     echo "error: no stage named${ONLY% }; the stages: environment cuda_tests train_speed" \
-        "predict_speed epoch epoch_graphs test" >&2
+        "predict_speed epoch epoch_graphs graphs_match test" >&2
     exit 2
 fi
 echo

@@ -221,6 +221,10 @@ def optimizer_step(optimizer, scaler, max_grad_norm, finite):
     return skipped
 
 
+class CaptureFailed(UserError):
+    """A step could not be captured as a CUDA graph; the run can go on without graphs."""
+
+
 class CudaGraphSteps:
     """Each step's forward and backward replayed from a CUDA graph, one graph per batch shape (on
     a GPU batches are padded to a multiple of 8 tokens: a few dozen shapes at most). Run eagerly,
@@ -231,23 +235,26 @@ class CudaGraphSteps:
     (apply_update with keep_grads: fused AdamW is a few kernels, and the schedule's learning rate
     stays a number), so the gradients stay where the graphs write them. What compute() closes
     over (the step's size, the loss's options) is fixed in a graph when it is captured: it must
-    not change between steps of one shape."""
+    not change between steps of one shape. So is the model's mode (a graph captured in eval mode
+    records no dropout), which is why it is part of a graph's key."""
 
     def __init__(self):
         self.graphs, self.seen = {}, set()
+        self.replays = 0  # for the log: a run whose graphs never replay gains nothing
         self.pool = torch.cuda.graph_pool_handle()  # shared: the graphs never run at once
         self.side = torch.cuda.Stream()
 
-    def __call__(self, compute, batch):
+    def __call__(self, compute, batch, training):
         """compute(batch)'s tuple of device tensors, run or replayed on this batch (a dict of
-        device tensors). Use them before the next call: the graphs share one memory pool, so any
-        later replay may overwrite them."""
-        shape = tuple((name, tuple(tensor.shape)) for name, tensor in batch.items())
+        device tensors) for a model in training mode or not. Use them before the next call: the
+        graphs share one memory pool, so any later replay may overwrite them."""
+        shape = (training, *((name, tuple(tensor.shape)) for name, tensor in batch.items()))
         if shape in self.graphs:
             graph, inputs, outputs = self.graphs[shape]
             for name, tensor in batch.items():
                 inputs[name].copy_(tensor)
             graph.replay()
+            self.replays += 1
             return outputs
         if shape in self.seen:
             inputs = {name: tensor.clone() for name, tensor in batch.items()}
@@ -256,10 +263,11 @@ class CudaGraphSteps:
                 with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     outputs = compute(inputs)
             except Exception as err:
-                raise UserError(f"--cuda_graphs: capturing a step failed ({first_line(err)}); "
-                                "train without --cuda_graphs") from err
+                raise CaptureFailed(f"--cuda_graphs: capturing a step failed "
+                                    f"({first_line(err)})") from err
             self.graphs[shape] = graph, inputs, outputs
             graph.replay()  # capturing ran nothing: this is the step
+            self.replays += 1
             return outputs
         self.seen.add(shape)
         self.side.wait_stream(torch.cuda.current_stream())

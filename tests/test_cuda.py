@@ -19,7 +19,7 @@ from conftest import run_script, tiny_train_args
 from ewect.cleaning import clean_text
 from ewect.config import LABEL2ID
 from ewect.data import Collator, encode, read_records
-from ewect.modeling import build_model
+from ewect.modeling import build_model, expanded_mask
 from ewect.prediction import load_predictor
 from ewect.training import CudaGraphSteps, make_grad_scaler, make_optimizer
 
@@ -221,6 +221,31 @@ def test_cuda_graphs_train_as_eager_steps_do(model_and_batch):
     assert len(graphs.graphs) == 2  # both shapes captured, and replayed after
     assert torch.allclose(graph_losses, eager_losses, rtol=1e-5), (graph_losses, eager_losses)
     assert all(torch.allclose(graphed[k], eager[k], atol=1e-6) for k in eager)
+
+
+def test_cuda_graphs_are_captured_anew_in_the_other_mode(model_and_batch):
+    # A graph captured in eval mode records no dropout: replayed for a model in training mode,
+    # it would train without dropout for the rest of the run.
+    model, batch = model_and_batch
+    mask = expanded_mask(batch["attention_mask"])
+
+    def logits(inputs):
+        with torch.no_grad():
+            return (model(input_ids=inputs["input_ids"], attention_mask=mask).logits,)
+
+    cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        graphs = CudaGraphSteps()
+        runs = {}
+        for training in (False, True):  # each: run eagerly, captured, replayed
+            model.train(training)
+            runs[training] = [graphs(logits, batch, model.training)[0].clone() for _ in range(3)]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
+    assert len(graphs.graphs) == 2 and graphs.replays == 4
+    assert torch.equal(runs[False][1], runs[False][2])
+    assert not torch.equal(runs[True][1], runs[True][2])  # new dropout draws at each replay
 
 
 def test_resume_with_cuda_graphs_is_exact(clean_dir, vocab, tmp_path):

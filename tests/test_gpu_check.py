@@ -23,7 +23,7 @@ def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
     result, summary = gpu_check(tmp_path, vocab)
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(summary) == ["environment", "cuda_tests", "train_speed", "predict_speed", "epoch",
-                             "epoch_graphs", "test"]
+                             "epoch_graphs", "graphs_match", "test"]
     assert {name: s["status"] for name, s in summary.items()} == dict.fromkeys(summary, "ok"), (
         result.stdout)
     # a dry run's results can never pass for the GPU's

@@ -13,6 +13,7 @@ import pretrain
 import train
 from conftest import ROOT, tiny_train_args
 from ewect.errors import UserError
+from ewect.training import CaptureFailed
 from ewect.modeling import build_model, load_checkpoint, restore_interrupted_save
 
 
@@ -241,3 +242,27 @@ def test_a_resume_with_other_settings_says_which(clean_dir, vocab, tmp_path):
                                "--stop_after_steps", 4))
     log = (out / "train.log").read_text(encoding="utf-8")
     assert "changed since the run began: --epochs 2 -> 3" in log
+
+
+def test_a_failed_cuda_graph_capture_saves_last_for_a_resume(clean_dir, vocab, trained, tmp_path,
+                                                             monkeypatch):
+    # On the CPU a stand-in for CudaGraphSteps: steps run eagerly, the third capture fails.
+    class CaptureFailsAtStep3:
+        graphs, replays, steps = {}, 0, 0
+
+        def __call__(self, compute, batch, training):
+            self.steps += 1
+            if self.steps == 3:
+                raise CaptureFailed("--cuda_graphs: capturing a step failed (stand-in)")
+            return compute(batch)
+
+    monkeypatch.setattr(train, "cuda_graphs", lambda *args: CaptureFailsAtStep3())
+    out = tmp_path / "wb"
+    with pytest.raises(UserError, match=r"capturing a step failed \(stand-in\); saved .*last: "
+                                        "continue with --resume, without --cuda_graphs"):
+        train.main(tiny_train_args(clean_dir, vocab, out))
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert state["progress"]["global_step"] == 2
+    monkeypatch.undo()
+    train.main(tiny_train_args(clean_dir, vocab, out, "--resume"))
+    assert_same_weights(out / "last", trained / "last")  # nothing lost
