@@ -22,14 +22,18 @@ Output, one row per post in input order: TSV (id, label, its probability, cleane
 --json one JSON object per post (id, text as cleaned, label, probabilities). With --output FILE
 every chunk is written whole and synced, so a killed run leaves only complete rows, and --resume
 skips the posts already there. OUTPUT.run.json records the settings that decide which rows go
-where (input file, its size and time, --format, --json, --chunk_size, processes) until the run is
-done; --resume with other settings, or of a finished output, is refused.
+where and what they say (input file, its size and time, --format, --json, --chunk_size,
+processes; the model folders and their weight files, --backend, --int8, the precision in use and
+the decision offsets) until the run is done; --resume with other settings, or of a finished
+output, is refused.
 Several --model_dir make an ensemble: the mean of their probabilities. The label is the argmax
 of the probabilities, or with decision offsets (ewect/decision.py) the argmax of log p + offset:
 a single --model_dir's decision.json (train.py --tune_bias) is applied unless --decision none, and
 --decision FILE gives offsets explicitly (an ensemble's, say). The probabilities stay the model's.
 Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_RANK; on a CPU
-they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order.
+they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order
+once every process of this launch has marked its part done (an earlier launch's marks are not
+taken for them).
 """
 import argparse
 import glob
@@ -46,7 +50,7 @@ from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
 from ewect.data import read_posts
 from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
-from ewect.prediction import BACKENDS, add_precision_arg
+from ewect.prediction import BACKENDS, add_precision_arg, load_predictor, weights_identity
 
 FORMATS = ("auto", "lines", "json", "jsonl", "csv", "tsv", "xlsx")
 
@@ -137,13 +141,27 @@ def record_path(output):
     return f"{output}.run.json"
 
 
-def run_settings(args, world_size):
-    """What decides which rows are in OUTPUT (or in which OUTPUT.partK): a resume needs the same."""
+def run_settings(args, world_size, precision, offsets):
+    """What decides which rows are in OUTPUT (or in which OUTPUT.partK) and what they say: a
+    resume needs the same. `precision`: the one the predictor computes in (--precision auto may
+    pick another on another machine); `offsets`: the decision offsets in use, or None."""
     stat = os.stat(args.input_file)
     return {"input_file": os.path.abspath(args.input_file), "input_bytes": stat.st_size,
             "input_modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
             "format": args.format, "json": args.json, "chunk_size": args.chunk_size,
-            "processes": world_size}
+            "processes": world_size, "models": [weights_identity(d) for d in args.model_dir],
+            "backend": args.backend, "int8": args.int8, "precision": precision,
+            "decision_offsets": None if offsets is None else [float(o) for o in offsets]}
+
+
+def describe_change(key, then, now):
+    """One setting that differs between a run and its --resume, for the refusal."""
+    if key != "models":
+        return f"{key}: {then} then, {now} now"
+    folders = [" ".join(model[0] for model in models) for models in (then, now)]
+    if folders[0] != folders[1]:
+        return f"--model_dir: {folders[0]} then, {folders[1]} now"
+    return f"--model_dir {folders[1]}: its weights were trained or exported again since"
 
 
 def launch_id(world_size):
@@ -167,15 +185,19 @@ def launch_id(world_size):
     return f"torchrun {parent} started at {started} on {socket.gethostname()}"
 
 
-def write_record(args, world_size, rank):
-    """OUTPUT.run.json, written before any row (by each process, the same text, atomically)."""
-    record = record_path(args.output)
-    with open(f"{record}.{rank}", "w", encoding="utf-8") as f:
-        json.dump({**run_settings(args, world_size), "launch": launch_id(world_size)}, f,
-                  indent=1)
+def write_atomically(path, text, rank):
+    """The whole text or nothing, even when every process writes the same file at once."""
+    with open(f"{path}.{rank}", "w", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(f"{record}.{rank}", record)
+    os.replace(f"{path}.{rank}", path)
+
+
+def write_record(output, settings, world_size, rank):
+    """OUTPUT.run.json, written before any row (by each process, the same text)."""
+    write_atomically(record_path(output), json.dumps(
+        {**settings, "launch": launch_id(world_size)}, indent=1), rank)
 
 
 def begun_by_this_launch(record, world_size):
@@ -189,39 +211,51 @@ def begun_by_this_launch(record, world_size):
     return launch_id(world_size) is not None and then.get("launch") == launch_id(world_size)
 
 
+def leftovers(output):
+    """(files an earlier run left, its parts among them, how to start over)."""
+    parts = sorted(glob.glob(glob.escape(output) + ".part*"))
+    earlier = [path for path in (output, record_path(output)) if os.path.exists(path)] + parts
+    start_over = "delete " + " and ".join(dict.fromkeys(
+        f"{output}.part*" if path in parts else path for path in earlier)) + " to start over"
+    return earlier, parts, start_over
+
+
 def check_earlier_run(args, world_size):
-    """A new run never writes over what an earlier one left; --resume goes on with it only with
-    the settings it was begun with. Leftover parts are never ignored: resumed or refused."""
+    """A new run never writes over what an earlier one left; --resume goes on with it only when
+    it recorded its settings (returned, for refuse_other_settings once the model is loaded).
+    Leftover parts are never ignored: resumed or refused."""
     output, record = args.output, record_path(args.output)
     folder = os.path.dirname(output) or "."
     if not os.path.isdir(folder):
         raise UserError(f"{output}: no folder {folder}")
-    parts = sorted(glob.glob(glob.escape(output) + ".part*"))
-    earlier = [path for path in (output, record) if os.path.exists(path)] + parts
-    start_over = "delete " + " and ".join(dict.fromkeys(
-        f"{output}.part*" if path in parts else path for path in earlier)) + " to start over"
+    earlier, parts, start_over = leftovers(output)
     if not args.resume:
         if earlier and not begun_by_this_launch(record, world_size):
             raise UserError(f"{earlier[0]} exists; pass --resume to go on with it, or "
                             f"{start_over}")
-        return
+        return None
     if os.path.exists(record):
         try:
-            then = json.loads(Path(record).read_text(encoding="utf-8"))
+            return json.loads(Path(record).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{record}: cannot read ({first_line(err)}); {start_over}") from None
-        now = run_settings(args, world_size)
-        changed = [f"{key}: {then.get(key)} then, {value} now" for key, value in now.items()
-                   if then.get(key) != value]
-        if changed:
-            raise UserError(f"{output} was begun with other settings ({'; '.join(changed)}); "
-                            f"resume with the same ones, or {start_over}")
-    elif parts:
+    if parts:
         raise UserError(f"{parts[0]}: part of a run of several processes whose settings were not "
                         f"recorded; {start_over}")
-    elif os.path.exists(output):  # resuming would skip as many posts, of any input, as it has rows
+    if os.path.exists(output):  # resuming would skip as many posts, of any input, as it has rows
         raise UserError(f"{output}: finished (or not written by inference.py): without "
                         f"{os.path.basename(record)} there is nothing to resume; {start_over}")
+    return None
+
+
+def refuse_other_settings(output, then, now):
+    """--resume: the settings recorded when OUTPUT was begun (`then`) must be today's. A setting
+    that an older version did not record is taken as unchanged."""
+    changed = [describe_change(key, then[key], value) for key, value in now.items()
+               if key in then and then[key] != value]
+    if changed:
+        raise UserError(f"{output} was begun with other settings ({'; '.join(changed)}); resume "
+                        f"with the same ones, or {leftovers(output)[2]}")
 
 
 def chunks(items, size):
@@ -234,9 +268,10 @@ def process_group():
     return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
-def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
+def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, settings=None):
     """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
-    several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk."""
+    several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk. With --output,
+    `settings` (run_settings) go into OUTPUT.run.json first."""
     from tqdm import tqdm
 
     from ewect.cleaning import clean_text
@@ -246,7 +281,7 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
             if index % world_size == rank for post in chunk)
     skip = rows_done(output) if args.resume and output else 0
     if args.output:
-        write_record(args, world_size, rank)
+        write_record(args.output, settings, world_size, rank)
     writer = RowWriter(output, append=skip > 0)
     progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
                     disable=None if rank == 0 else True)  # None: no bar unless a terminal
@@ -263,12 +298,26 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1):
         writer.close()
 
 
+def mark_done(output, rank, world_size):
+    """OUTPUT.partK.done, naming this launch: a mark an earlier launch left (killed before its
+    merge) is not this launch's, so rank 0 does not merge before a slow process has finished."""
+    write_atomically(f"{output}.part{rank}.done", launch_id(world_size), rank)
+
+
+def marked_done(part, launch):
+    try:
+        return Path(part + ".done").read_text(encoding="utf-8") == launch
+    except OSError:
+        return False
+
+
 def merge_parts(output, world_size, chunk_size):
-    """Rank 0, once every process has marked its part done: interleave the parts' chunks back
-    into input order in OUTPUT (written whole, then renamed into place), and remove the parts
-    and the run's record."""
+    """Rank 0, once every process of this launch has marked its part done: interleave the
+    parts' chunks back into input order in OUTPUT (written whole, then renamed into place), and
+    remove the parts and the run's record."""
     parts = [f"{output}.part{rank}" for rank in range(world_size)]
-    while not all(os.path.exists(part + ".done") for part in parts):
+    launch = launch_id(world_size)
+    while not all(marked_done(part, launch) for part in parts):
         time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
     files = [open(part, encoding="utf-8") for part in parts]
     with open(output + ".tmp", "w", encoding="utf-8") as merged:
@@ -311,25 +360,28 @@ def main(argv=None):
     rank, world_size, local_rank = process_group()
     if world_size > 1 and not (args.input_file and args.output):
         raise UserError("several processes (torchrun) need --input_file and --output")
+    if world_size > 1 and launch_id(world_size) is None:
+        raise UserError("several processes need torchrun, which names each launch "
+                        "(TORCHELASTIC_RUN_ID): rank 0 merges only the parts of its own launch")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
-    if args.output:
-        check_earlier_run(args, world_size)
-    if world_size > 1:  # a done mark left by a killed run would let rank 0 merge too early
-        Path(f"{args.output}.part{rank}.done").unlink(missing_ok=True)
-    from ewect.prediction import load_predictor
-
+    began_with = check_earlier_run(args, world_size) if args.output else None
     offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
                                args.precision)
+    settings = None
+    if args.output:  # once the model is loaded: only then is the precision in use known
+        settings = run_settings(args, world_size, predictor.precision, offsets)
+        if began_with:
+            refuse_other_settings(args.output, began_with, settings)
     if source and rank == 0:
         print(f"labels decided with the offsets in {source} (--decision none: plain argmax)",
               file=sys.stderr)
     if posts is None:
         label_one(args, predictor, offsets)
         return
-    label_file(args, posts, predictor, offsets, rank, world_size)
+    label_file(args, posts, predictor, offsets, rank, world_size, settings)
     if world_size > 1:
-        Path(f"{args.output}.part{rank}.done").touch()
+        mark_done(args.output, rank, world_size)
         if rank == 0:
             merge_parts(args.output, world_size, args.chunk_size)
     elif args.output:

@@ -2,7 +2,10 @@
 import ast
 import json
 import os
+import shutil
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 import inference
 from conftest import ROOT, assert_clean_error, run_main, run_script
 from ewect.config import LABELS
+from ewect.decision import save_offsets
 from ewect.errors import UserError
 from ewect.modeling import build_model, save_checkpoint
 from ewect.prediction import load_predictor
@@ -136,6 +140,21 @@ def test_csv_without_content_column_is_refused(checkpoint, tmp_path):
         inference.main(["--model_dir", str(checkpoint), "--input_file", str(posts)])
 
 
+def kill_in_the_second_chunk(write_chunk):
+    """A stand-in for RowWriter.write: the first chunk written whole, then a kill while writing
+    the first row of the second (part of it written)."""
+    chunks_written = []
+
+    def write(writer, lines):
+        if chunks_written:
+            writer.file.write(lines[0][:7])
+            writer.file.flush()
+            raise KeyboardInterrupt
+        chunks_written.append(write_chunk(writer, lines))
+
+    return write
+
+
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tmp_path, as_json,
                                                          monkeypatch):
@@ -145,16 +164,8 @@ def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tm
     common = ["--input_file", posts, "--chunk_size", "4", *as_json]
     label(checkpoint, capsys, *common, "--output", whole)
     assert len(whole.read_text(encoding="utf-8").splitlines()) == 3 * len(POSTS)
-    write_chunk, chunks_written = inference.RowWriter.write, []
-
-    def killed_in_the_second_chunk(writer, lines):  # four whole rows, then a torn fifth
-        if chunks_written:
-            writer.file.write(lines[0][:7])
-            writer.file.flush()
-            raise KeyboardInterrupt
-        chunks_written.append(write_chunk(writer, lines))
-
-    monkeypatch.setattr(inference.RowWriter, "write", killed_in_the_second_chunk)
+    monkeypatch.setattr(inference.RowWriter, "write", kill_in_the_second_chunk(
+        inference.RowWriter.write))
     with pytest.raises(KeyboardInterrupt):
         label(checkpoint, capsys, *common, "--output", part)
     monkeypatch.undo()
@@ -174,15 +185,16 @@ def test_resume_of_a_two_process_run_needs_its_settings(checkpoint, tmp_path, mo
               "--chunk_size", 3]
     assert run_main("inference.py", *common, "--output", single).returncode == 0
 
-    def run(rank, world_size, *extra):
-        """inference.py as process `rank` of `world_size` under torchrun."""
+    def run(rank, world_size, *extra, launch="launch-2"):
+        """inference.py as process `rank` of `world_size` of a torchrun launch."""
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", launch)
         return run_main("inference.py", *common, "--output", out, *extra)
 
     # A 2-process run killed mid-way: process 1 wrote two rows and part of a third, process 0
     # none yet (of the 5 chunks of 3 posts, process 1 labels the 2nd and the 4th).
-    assert run(1, 2).returncode == 0
+    assert run(1, 2, launch="launch-1").returncode == 0
     part1 = tmp_path / "out.tsv.part1"
     rows = part1.read_text(encoding="utf-8").splitlines(keepends=True)
     part1.write_text("".join(rows[:2]) + rows[2][:4], encoding="utf-8")
@@ -204,6 +216,74 @@ def test_resume_of_a_two_process_run_needs_its_settings(checkpoint, tmp_path, mo
         str(i) for i in range(1, 2 * len(POSTS) + 1)]  # every post once, in input order
     assert labelled == single.read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
+
+
+def test_the_merge_waits_for_the_parts_of_its_own_launch(checkpoint, tmp_path, monkeypatch):
+    # A launch killed before its merge leaves process 1's finished part and its done mark. The
+    # next launch's process 0 must merge once process 1 of its own launch is done, however late
+    # that one starts, not at once on the earlier launch's mark.
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS * 2) + "\n", encoding="utf-8")
+    single, out = tmp_path / "single.tsv", tmp_path / "out.tsv"
+    common = ["--model_dir", checkpoint, "--device", "cpu", "--input_file", posts,
+              "--chunk_size", 3]
+    assert run_main("inference.py", *common, "--output", single).returncode == 0
+    launch = {"RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "launch-1"}
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    assert run_main("inference.py", *common, "--output", out).returncode == 0  # then killed
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+    first = subprocess.Popen([sys.executable, "inference.py", *map(str, common), "--output",
+                              str(out), "--resume"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=dict(os.environ, RANK="0"))
+    done = tmp_path / "out.tsv.part0.done"
+    for _ in range(600):  # process 0 labels its part (it starts torch: seconds)
+        if done.exists() or first.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # it looks for the parts' marks every 0.5 s
+    assert first.poll() is None, first.communicate()[0]  # waiting for process 1
+    assert run_main("inference.py", *common, "--output", out, "--resume").returncode == 0
+    assert first.wait(timeout=60) == 0, first.communicate()[0]
+    assert out.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
+
+
+@pytest.mark.parametrize("change", ["model_dir", "weights", "backend", "int8", "precision",
+                                    "decision"])
+def test_resume_with_another_model_or_way_of_labelling_is_refused(exported, second_checkpoint,
+                                                                   tmp_path, monkeypatch, change):
+    # A resumed run whose rows would come from another model, or another computation of it, would
+    # mix two models' labels in one file.
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)  # with its ONNX export, file times kept
+    posts, out = tmp_path / "posts.txt", tmp_path / "out.tsv"
+    posts.write_text("\n".join(POSTS * 2) + "\n", encoding="utf-8")
+    common = ["--device", "cpu", "--input_file", posts, "--chunk_size", 4, "--output", out]
+    monkeypatch.setattr(inference.RowWriter, "write", kill_in_the_second_chunk(
+        inference.RowWriter.write))
+    with pytest.raises(KeyboardInterrupt):
+        inference.main([*map(str, common), "--model_dir", str(model), "--precision", "fp32"])
+    monkeypatch.undo()
+    labelled = out.read_text(encoding="utf-8")
+    save_offsets(tmp_path, [0.5, 0, 0, 0, 0, 0], "a test")
+    if change == "weights":  # the same folder, its model trained again
+        weights = model / "model.safetensors"
+        os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 60))
+    resumed = {"model_dir": ["--model_dir", second_checkpoint, "--precision", "fp32"],
+               "weights": ["--model_dir", model, "--precision", "fp32"],
+               "backend": ["--model_dir", model, "--backend", "onnx"],
+               "int8": ["--model_dir", model, "--int8"],
+               "precision": ["--model_dir", model, "--precision", "bf16"],
+               "decision": ["--model_dir", model, "--precision", "fp32", "--decision",
+                            tmp_path / "decision.json"]}[change]
+    said = {"model_dir": f"--model_dir: {model} then, {second_checkpoint} now",
+            "weights": f"--model_dir {model}: its weights were trained or exported again",
+            "backend": "backend: torch then, onnx now", "int8": "int8: False then, True now",
+            "precision": "precision: fp32 then, bf16 now",
+            "decision": "decision_offsets: None then, [0.5, 0.0, 0.0, 0.0, 0.0, 0.0] now"}[change]
+    assert_clean_error(run_main("inference.py", *common, *resumed, "--resume"), said)
+    assert out.read_text(encoding="utf-8") == labelled
 
 
 # (TORCHELASTIC_RUN_ID, torchrun's process id) of four launches: with a rendezvous, torchrun names
@@ -252,6 +332,19 @@ def test_several_machines_with_a_fixed_port_are_asked_for_a_run_id(checkpoint, t
         monkeypatch.setenv(name, value)
     assert_clean_error(run_main("inference.py", "--model_dir", checkpoint, "--input_file", posts,
                                 "--output", tmp_path / "out.tsv"), "pass --rdzv_id")
+
+
+def test_several_processes_not_started_by_torchrun_are_refused(checkpoint, tmp_path,
+                                                                monkeypatch):
+    # Without a launch's name, rank 0 could not tell this launch's parts from a killed one's.
+    posts = tmp_path / "posts.txt"
+    posts.write_text("好\n", encoding="utf-8")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert_clean_error(run_main("inference.py", "--model_dir", checkpoint, "--input_file", posts,
+                                "--output", tmp_path / "out.tsv"), "need torchrun")
+    assert list(tmp_path.iterdir()) == [posts]
 
 
 def test_resume_of_a_finished_output_is_refused(checkpoint, tmp_path):
