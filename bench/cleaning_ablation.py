@@ -1,8 +1,8 @@
 """What the cleaning choices (bounded mentions, folded punctuation) cost or gain: the same small
 model, trained from scratch with each cleaning variant, scored on usual_eval and usual_test over several seeds.
 
-    python bench/cleaning_ablation.py --lock /tmp/ewect-cpu.lock   # 3 variants x 3 seeds, ~30 min, 2 cores
-    python bench/cleaning_ablation.py --variants bounded --seeds 1 --epochs 1   # a quick look
+    python -m bench.cleaning_ablation --lock /tmp/ewect-cpu.lock   # 3 variants x 3 seeds, ~30 min, 2 cores
+    python -m bench.cleaning_ablation --variants bounded --seeds 1 --epochs 1   # a quick look
 
 Variants (ewect/cleaning.py is `bounded`):
   unbounded                 the old mention rule: @[\\w-]+ takes the whole run of word characters
@@ -28,13 +28,11 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, describe_machine, require_vocab  # noqa: E402
-import ewect.cleaning as cleaning  # noqa: E402
-from ewect.config import LABEL2ID, MAX_LENGTH  # noqa: E402
-from ewect.data import clean_records, read_records  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, describe_machine, require_vocab
+import ewect.cleaning as cleaning
+from ewect.config import LABEL2ID, MAX_LENGTH
+from ewect.data import clean_records, read_records
+from ewect.errors import HelpFormatter, UserError, run_cli
 
 VARIANTS = ("unbounded", "bounded", "bounded_keep_punctuation")
 TRAIN, EVAL, TEST = "usual_train.txt", "usual_eval_labeled.txt", "usual_test_labeled.txt"
@@ -117,10 +115,10 @@ def launch(args, variant, seed):
     """Run one (variant, seed) in a subprocess unless its result.json is already there."""
     path = os.path.join(run_dir(args, variant, seed), "result.json")
     if not os.path.isfile(path):
-        command = [sys.executable, os.path.abspath(__file__), "--one_run", "--variants", variant,
-                   "--seeds", str(seed), "--data_dir", args.data_dir, "--vocab", args.vocab,
-                   "--output_dir", args.output_dir, "--epochs", str(args.epochs),
-                   "--max_length", str(args.max_length)]
+        command = [sys.executable, "-m", "bench.cleaning_ablation", "--one_run",
+                   "--variants", variant, "--seeds", str(seed), "--data_dir", args.data_dir,
+                   "--vocab", args.vocab, "--output_dir", args.output_dir,
+                   "--epochs", str(args.epochs), "--max_length", str(args.max_length)]
         if args.lock:
             command = ["flock", args.lock] + command
         print(f"--- {variant}, seed {seed}", flush=True)

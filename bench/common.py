@@ -22,13 +22,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python bench/x.py` puts only bench/ on the path
-    sys.path.insert(0, str(REPO_ROOT))
+from ewect.config import LABEL2ID, MAX_LENGTH
+from ewect.data import clean_records, read_records
+from ewect.errors import UserError
 
-from ewect.config import LABEL2ID, MAX_LENGTH  # noqa: E402
-from ewect.data import clean_records, read_records  # noqa: E402  (needs the path above)
-from ewect.errors import UserError  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The six raw files: EWECT_RAW_DIR, else data/raw where README has users put them, else the copy
 # beside the repo on the machines these benchmarks were measured on (as is the vocabulary).
@@ -169,6 +167,11 @@ def describe_machine(device):
 
 
 def command_line():
+    """The command that ran this process, as typed at the repo root: `python -m bench.NAME ...`
+    for a benchmark (whose sys.argv[0] is then its file's full path)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == REPO_ROOT / "bench" and script.suffix == ".py":
+        return "python " + shlex.join(["-m", f"bench.{script.stem}", *sys.argv[1:]])
     return "python " + shlex.join(sys.argv)
 
 
@@ -196,9 +199,10 @@ def print_ratio(label, fast, slow):
 
 
 def run_repo_script(name, command, work_dir):
-    """Run one of the repo's scripts (command: its file and arguments) from the repo root, its
-    output in WORK_DIR/logs/NAME.log; the command is printed first, as the recipe."""
-    print("$", shlex.join(command), flush=True)
+    """Run one of the repo's scripts (command: what follows `python`: its file, or -m and a
+    bench module, and arguments) from the repo root, its output in WORK_DIR/logs/NAME.log; the
+    command is printed first, as the recipe."""
+    print("$ python", shlex.join(command), flush=True)
     os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
     log_path = os.path.join(work_dir, "logs", name + ".log")
     with open(log_path, "w", encoding="utf-8") as log:

@@ -1,7 +1,7 @@
 """The web demo under load: one-post latency with N clients at once, and the server's memory.
 
-    python bench/demo_load.py --model_dir workspace/demo_model/last --clients 8 --requests 25
-    python bench/demo_load.py --model_dir workspace/demo_model/last --file_posts 5000   # + a file
+    python -m bench.demo_load --model_dir workspace/demo_model/last --clients 8 --requests 25
+    python -m bench.demo_load --model_dir workspace/demo_model/last --file_posts 5000   # + a file
 
 Starts app.py on a free port of 127.0.0.1 (the only address this script ever contacts) with
 --model_dir, waits until it serves, then runs --clients threads, each its own gradio_client
@@ -24,12 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from app import EXAMPLES  # imports neither torch nor gradio
+from ewect.errors import HelpFormatter, UserError, positive_int, run_cli
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # `python bench/x.py` puts only bench/ on the path
-
-from app import EXAMPLES  # noqa: E402  (needs the path above; imports neither torch nor gradio)
-from ewect.errors import HelpFormatter, UserError, positive_int, run_cli  # noqa: E402
-
 HOST = "127.0.0.1"
 
 
@@ -168,7 +166,7 @@ def main():
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-    print(f"`python bench/demo_load.py {' '.join(sys.argv[1:])}`\n")
+    print(f"`python -m bench.demo_load {' '.join(sys.argv[1:])}`\n")
     print("| clients | requests | file posts (files labelled) | p50 s | p99 s | requests/s "
           "| errors | app RSS before MiB | after MiB | peak MiB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -3,7 +3,7 @@
 ± sample std over seeds, and the speed of the whole `inference.py --input_file` command per
 backend.
 
-    python bench/distill.py --teachers workspace/mini_seed42/best workspace/mini_seed43/best \
+    python -m bench.distill --teachers workspace/mini_seed42/best workspace/mini_seed43/best \
         workspace/mini_seed44/best --plain_a workspace/mini_seed42/best \
         workspace/mini_seed43/best workspace/mini_seed44/best \
         --student_a workspace/mlm4_27/best --student_c workspace/mlm40/best    # the whole study
@@ -19,7 +19,7 @@ backend.
     for seed in 42 43 44; do python train.py --model_name $T/mlm32/best --lr 2e-4 --epochs 1 \
         --device cpu --train_file $C/usual_train.txt --eval_file $C/usual_eval_labeled.txt \
         --seed $seed --output_dir $T/t$seed; done
-    python bench/distill.py --teachers $T/t42/best $T/t43/best $T/t44/best \
+    python -m bench.distill --teachers $T/t42/best $T/t43/best $T/t44/best \
         --plain_a $T/t42/best $T/t43/best --student_a $T/mlm32/best --student_c $T/mlm64/best \
         --data_dir tests/fixtures/raw --epochs 1 --seeds 2 --temperatures 1 4 --alphas 0.5 \
         --work_dir $T/distill
@@ -67,24 +67,21 @@ import math
 import os
 import shlex
 import shutil
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from bench.common import (DEFAULT_DATA_DIR, cpu_name, describe_machine, read_json,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, cpu_name, describe_machine, read_json,
                           record_command, refuse_another_command, run_repo_script,
                           training_finished)
-from bench.recipes import TEST_FILES, data_flags, table_row, test, train_minutes  # noqa: E402
-from ewect.config import LABEL2ID, REPO_ROOT  # noqa: E402
-from ewect.data import read_records  # noqa: E402
-from ewect.distill import TEACHER_FILE  # noqa: E402
-from ewect.training import write_json  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, positive_int, run_cli  # noqa: E402
-from ewect.metrics import classification_scores  # noqa: E402
-from ewect.prediction import ONNX_DIR, ONNX_FILES  # noqa: E402
+from bench.recipes import TEST_FILES, data_flags, table_row, test, train_minutes
+from ewect.config import LABEL2ID, REPO_ROOT
+from ewect.data import read_records
+from ewect.distill import TEACHER_FILE
+from ewect.training import write_json
+from ewect.errors import HelpFormatter, UserError, positive_int, run_cli
+from ewect.metrics import classification_scores
+from ewect.prediction import ONNX_DIR, ONNX_FILES
 
 ROWS = ("a", "b", "c", "unlabelled")
 # The table's lines: (key, --rows row, distilled, the line its macro-F1 change is measured against)

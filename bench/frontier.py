@@ -3,13 +3,13 @@
 the frontier (points no faster-and-better point beats) marked, in docs/frontier.png and .md.
 
     M=workspace/mini_seed
-    python bench/frontier.py --from_results workspace/distill/results.json --results_label 4-layer \
+    python -m bench.frontier --from_results workspace/distill/results.json --results_label 4-layer \
         --results_label_c "2-layer, 40 epochs" \
         --model 2-layer=workspace/wb/best --model 4-layer_x2=${M}42/best,${M}43/best
 
     # a smoke run on the test fixture, after bench/distill.py's (its docstring): 2 minutes
     T=workspace/tiny
-    python bench/frontier.py --from_results $T/distill/results.json --model tiny=$T/t42/best \
+    python -m bench.frontier --from_results $T/distill/results.json --model tiny=$T/t42/best \
         --model tiny_x2=$T/t42/best,$T/t43/best --data_dir tests/fixtures/raw \
         --work_dir $T/frontier --png $T/frontier.png --md $T/frontier.md
 
@@ -19,10 +19,10 @@ WORK_DIR/clean/usual_test_labeled.txt --output FILE --device cpu --decision none
 backend's flags, the wall time of the whole command (Python's start, the imports and the model's
 load included), the fastest of distill.TIMINGS runs; its macro-F1 is scored from the labels the
 command wrote. --from_results adds bench/distill.py's lines, measured there the same way.
-The char TF-IDF baseline is fitted on usual_train once (bench/tfidf_baseline.py --save
-WORK_DIR/tfidf.pkl) and timed the same way, by its whole labelling command:
-`bench/tfidf_baseline.py --load WORK_DIR/tfidf.pkl --input_file ... --output FILE` (Python's
-start, the imports and the pickle's load included).
+The char TF-IDF baseline is fitted on usual_train once (python -m bench.tfidf_baseline --save
+WORK_DIR/tfidf.pkl) and timed the same way, by its whole labelling command: `python -m
+bench.tfidf_baseline --load WORK_DIR/tfidf.pkl --input_file ... --output FILE` (Python's start,
+the imports and the pickle's load included).
 
 Measurements are kept in --cache, keyed by name, backend, folders, their weights' times and the
 CPU: a rerun measures only what is new (delete the file to measure everything again).
@@ -32,15 +32,12 @@ import datetime
 import json
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from bench import distill, tfidf_baseline  # noqa: E402
-from bench.common import DEFAULT_DATA_DIR, command_line, cpu_name, read_json  # noqa: E402
-from ewect.config import REPO_ROOT  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from ewect.training import write_json  # noqa: E402
+from bench import distill, tfidf_baseline
+from bench.common import DEFAULT_DATA_DIR, command_line, cpu_name, read_json
+from ewect.config import REPO_ROOT
+from ewect.errors import HelpFormatter, UserError, run_cli
+from ewect.training import write_json
 
 TFIDF = "char TF-IDF"
 MARKERS = {"torch_fp32": "o", "torch_int8": "s", "onnx_int8": "^", "sklearn": "D"}
@@ -74,9 +71,8 @@ def parse_args():
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
     p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "frontier"),
                    help="where the cleaned data, inference outputs and logs go")
-    p.add_argument("--cache", default=None,
-                   help="the measurements kept between runs (default: WORK_DIR/measurements.json)"
-                        "%(default).0s")
+    p.add_argument("--cache",
+                   help="the measurements kept between runs (default: WORK_DIR/measurements.json)")
     p.add_argument("--png", default=os.path.join(REPO_ROOT, "docs", "frontier.png"),
                    help="the picture")
     p.add_argument("--md", default=os.path.join(REPO_ROOT, "docs", "frontier.md"),
@@ -124,7 +120,7 @@ def tfidf_point(cache, args):
             tfidf_baseline.tfidf_scores(args.data_dir, "usual_train.txt", [], save=model)
         input_file = os.path.join(args.clean_dir, distill.SPEED_FILE)
         output = os.path.join(args.work_dir, "speed", "tfidf.tsv")
-        command = ["bench/tfidf_baseline.py", "--load", distill.repo_path(model), "--input_file",
+        command = ["-m", "bench.tfidf_baseline", "--load", distill.repo_path(model), "--input_file",
                    distill.repo_path(input_file), "--output", distill.repo_path(output)]
         return {"name": TFIDF, "backend": "sklearn",
                 **distill.time_command("tfidf", command, output, input_file, args.work_dir)}
@@ -245,8 +241,8 @@ def write_table(points, path, png, title, students):
         "usual_test macro-F1 against posts/s of the whole `inference.py --input_file` command "
         "(Python's start, imports and the model's load included; the faster of "
         f"{distill.TIMINGS} runs; the TF-IDF: its own whole labelling command, "
-        "`bench/tfidf_baseline.py --load`). On the frontier: no other point is at least as fast "
-        "and at least as accurate, and better in one. Made by "
+        "`python -m bench.tfidf_baseline --load`). On the frontier: no other point is at least "
+        "as fast and at least as accurate, and better in one. Made by "
         f"`{command_line()}`. {students}".rstrip(), "",
         f"![speed and accuracy]({os.path.relpath(png, os.path.dirname(os.path.abspath(path)))})",
         "", "| name | backend | usual_test macro-F1 | posts/s | on frontier | command |",

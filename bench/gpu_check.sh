@@ -25,10 +25,10 @@
 #                  dry run runs them on the CPU (bf16 only; CUDA graphs need a GPU; --compile
 #                  and torchrun left out: inductor takes 80 s on a CPU, and
 #                  tests/test_distributed.py runs torchrun on the CPU already).
-#   train_speed    bench/train_speed.py --epoch_time: bert-base shape, bf16, train.py's step
+#   train_speed    python -m bench.train_speed --epoch_time: bert-base shape, bf16, train.py's step
 #                  eagerly and replayed from CUDA graphs, against the published style (padded
 #                  to 140, fp16, a sync and scikit-learn every step)
-#   predict_speed  bench/predict_speed.py over usual_test
+#   predict_speed  python -m bench.predict_speed over usual_test
 #   epoch          one epoch of train.py on the real usual_train, bert-base shape (wall time)
 #   epoch_graphs   the same with --cuda_graphs (the dry run: without, CUDA graphs being a GPU's);
 #                  passes only if its log counts replayed steps
@@ -168,9 +168,9 @@ transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_c
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 run_stage cuda_tests 170 " passed" "$PYTHON" -m pytest -q -m cuda --fail-on-skip \
     tests/test_cuda.py $CUDA_TESTS
-run_stage train_speed 150 "$TRAIN_PROOF" "$PYTHON" bench/train_speed.py \
+run_stage train_speed 150 "$TRAIN_PROOF" "$PYTHON" -m bench.train_speed \
     --device $DEVICE --data_dir $RAW --vocab "$VOCAB" $SIZE $TRAIN_SPEED
-run_stage predict_speed 40 "speed-up" "$PYTHON" bench/predict_speed.py --device $DEVICE \
+run_stage predict_speed 40 "speed-up" "$PYTHON" -m bench.predict_speed --device $DEVICE \
     --data_dir $RAW --vocab "$VOCAB" $SIZE $PREDICT_SPEED
 "$PYTHON" clean_data.py --raw_dir $RAW --out_dir "$WORK/clean" > "$OUT_DIR/clean.log" 2>&1
 EPOCH_OF_TRAIN_PY=("$PYTHON" train.py --from_scratch --vocab "$VOCAB" $SIZE --epochs 1 \

@@ -2,7 +2,7 @@
 on the real posts, under each way of shaping the batches and each attention backend, every
 setting in a fresh process (the kernel caches start empty, as in a user's run).
 
-    python bench/gpu_shapes.py --vocab .device/vocab.txt --data_dir .device/raw   # GPU machine
+    python -m bench.gpu_shapes --vocab .device/vocab.txt --data_dir .device/raw   # GPU machine
 
 Each line: prediction over usual_test (5,000 posts, batch 64, bf16), the first pass (every batch
 shape new) and a second pass (shapes seen); then 60 training steps of train.py's step over
@@ -10,12 +10,9 @@ length-grouped usual_train batches; and with --profile the operators that took t
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 SETTINGS = {  # name: (batches padded to a multiple of, cuDNN's attention kernel allowed)
     "longest+cudnn": (1, True),   # this repo before the GPU check: torch's defaults
@@ -96,7 +93,8 @@ def main():
         return run_setting(args.setting, args)
     for name in SETTINGS:
         extra = ["--profile"] if name == "longest+cudnn" and not args.profile else []
-        subprocess.run([sys.executable, *sys.argv, "--setting", name, *extra], check=False)
+        subprocess.run([sys.executable, "-m", "bench.gpu_shapes", *sys.argv[1:], "--setting", name,
+                        *extra], check=False)
 
 
 if __name__ == "__main__":

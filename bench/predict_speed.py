@@ -1,11 +1,11 @@
 """Prediction throughput over usual_test_labeled (5,000 posts, cleaned): this project's prediction
 against the published repo's, same model, same posts, in one process.
 
-    python bench/predict_speed.py --device cuda --single             # GPU, all 5,000 posts
-    python bench/predict_speed.py --device cpu --limit 640 --int8 --single   # 2-core CPU, ~3 min
-    python bench/predict_speed.py --device cpu --limit 1000 --int8 --onnx --batch_size 32
-    python bench/predict_speed.py --model_dir workspace/wb/best --device cpu --int8   # + scores
-    python bench/predict_speed.py --device cpu --num_layers 2 --hidden_size 128 --limit 200 \
+    python -m bench.predict_speed --device cuda --single             # GPU, all 5,000 posts
+    python -m bench.predict_speed --device cpu --limit 640 --int8 --single   # 2-core CPU, ~3 min
+    python -m bench.predict_speed --device cpu --limit 1000 --int8 --onnx --batch_size 32
+    python -m bench.predict_speed --model_dir workspace/wb/best --device cpu --int8   # + scores
+    python -m bench.predict_speed --device cpu --num_layers 2 --hidden_size 128 --limit 200 \
         --int8 --single                                                     # smoke test, seconds
 
 (a)  project: posts tokenized in one call (ewect.data.encode), then ewect.prediction.predict_logits:
@@ -28,28 +28,24 @@ The output is Markdown, to paste into bench/RESULTS.md.
 """
 import argparse
 import functools
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, published_attention, require_vocab,
                           reset_peak_memory, result)
-from ewect.config import ID2LABEL, MAX_LENGTH, PRECISIONS  # noqa: E402
-from ewect.data import encode, pad_multiple, padded_width, sorted_batches  # noqa: E402
-from ewect.errors import HelpFormatter, run_cli  # noqa: E402
-from ewect.metrics import classification_scores  # noqa: E402
-from ewect.modeling import (AMP_DTYPES, build_model, load_checkpoint,  # noqa: E402
+from ewect.config import ID2LABEL, MAX_LENGTH, PRECISIONS
+from ewect.data import encode, pad_multiple, padded_width, sorted_batches
+from ewect.errors import HelpFormatter, run_cli
+from ewect.metrics import classification_scores
+from ewect.modeling import (AMP_DTYPES, build_model, load_checkpoint,
                             prediction_precision, resolve_device)
-from ewect.prediction import predict_logits, quantize_int8  # noqa: E402
+from ewect.prediction import predict_logits, quantize_int8
 
 
 def parse_args():

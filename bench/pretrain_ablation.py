@@ -11,8 +11,8 @@ seed), never on test; then --seeds fine-tunings at that rate. usual_test and vir
 macro-F1, mean ± sample std over the seeds, beside the char TF-IDF baseline. The printed commands
 are the recipe: the runs are the repo's scripts, nothing else.
 
-    python bench/pretrain_ablation.py                               # 2-core CPU: ~90 min
-    python bench/pretrain_ablation.py --data_dir tests/fixtures/raw --hidden_size 32 \\
+    python -m bench.pretrain_ablation                               # 2-core CPU: ~90 min
+    python -m bench.pretrain_ablation --data_dir tests/fixtures/raw --hidden_size 32 \\
         --pretrain_epochs 2 --finetune_epochs 1 --lrs 1e-3 --seeds 1 --arms a b \\
         --work_dir /tmp/abl   # smoke (the fixture's held-out post is too short for (c))
 
@@ -24,18 +24,15 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,
                           TEST_PRECISION, describe_machine, mean_std, read_json, require_vocab,
                           run_repo_script, tested_in_fp32, training_finished)
-from bench.tfidf_baseline import tfidf_scores  # noqa: E402
-from ewect.config import PRECISIONS, PRETRAIN_CORPUS  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from bench.tfidf_baseline import tfidf_scores
+from ewect.config import PRECISIONS, PRETRAIN_CORPUS
+from ewect.errors import HelpFormatter, UserError, run_cli
 
 TEST_FILES = ("usual_test_labeled.txt", "virus_test_labeled.txt")
 ARMS = {"a": "random init", "b": "self-pretrained, token masking",

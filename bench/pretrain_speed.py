@@ -2,9 +2,9 @@
 same machine, the same posts (usual_train, cleaned), the same batches and the same starting
 weights, in one process.
 
-    python bench/pretrain_speed.py --device cpu                 # 2-core CPU: 1 + 3 steps, ~7 min
-    python bench/pretrain_speed.py --device cpu --num_layers 2 --hidden_size 128 --steps 2   # smoke
-    python bench/pretrain_speed.py --device cuda --steps 100 --warmup_steps 10
+    python -m bench.pretrain_speed --device cpu                 # 2-core CPU: 1 + 3 steps, ~7 min
+    python -m bench.pretrain_speed --device cpu --num_layers 2 --hidden_size 128 --steps 2   # smoke
+    python -m bench.pretrain_speed --device cuda --steps 100 --warmup_steps 10
 
 (a) project: posts tokenized once (ewect.mlm.encode_corpus), length-grouped batches padded to
     their own longest post and masked in the collate step (ewect.mlm.MaskingCollator), the
@@ -24,25 +24,21 @@ tokens; padding is pad positions over all positions. The output is Markdown for 
 """
 import argparse
 import copy
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForLanguageModeling
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import DataCollatorForLanguageModeling  # noqa: E402
-
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, require_vocab, reset_peak_memory, result)
-from bench.train_speed import spread, time_steps  # noqa: E402
-from ewect.config import MAX_LENGTH  # noqa: E402
-from ewect.data import length_grouped_batches  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from ewect.mlm import MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss  # noqa: E402
-from ewect.modeling import autocast_dtype, resolve_device  # noqa: E402
-from ewect.training import decay_groups, make_optimizer  # noqa: E402
+from bench.train_speed import spread, time_steps
+from ewect.config import MAX_LENGTH
+from ewect.data import length_grouped_batches
+from ewect.errors import HelpFormatter, UserError, run_cli
+from ewect.mlm import MaskingCollator, build_mlm_model, encode_corpus, masked_lm_loss
+from ewect.modeling import autocast_dtype, resolve_device
+from ewect.training import decay_groups, make_optimizer
 
 LR, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0  # the rate does not change the cost of a step
 

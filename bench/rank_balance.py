@@ -3,7 +3,7 @@ step, averaged over an epoch of usual_train, for 2, 4 and 8 processes. No model 
 of a process's step is its padded positions (posts x longest post, summed over its
 micro-batches), which is what the encoder's time follows on these short posts.
 
-    python bench/rank_balance.py                       # usual_train, bert-base-chinese's vocab
+    python -m bench.rank_balance                       # usual_train, bert-base-chinese's vocab
 
 (old) before steps were dealt post by post: each process took whole length-grouped batches of --batch_size posts,
       dealt to the ranks in turn, so the ranks of one step had batches of unrelated lengths.
@@ -11,18 +11,14 @@ micro-batches), which is what the encoder's time follows on these short posts.
       to the ranks (ewect.data.split_for_step), so the ranks' pieces have nearly equal lengths.
 """
 import argparse
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+from transformers import BertTokenizer
 
-from transformers import BertTokenizer  # noqa: E402
-
-from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, load_posts, require_vocab  # noqa: E402
-from ewect.config import MAX_LENGTH  # noqa: E402
-from ewect.data import encode, length_grouped_batches, split_for_step, step_batches  # noqa: E402
-from ewect.errors import run_cli  # noqa: E402
+from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, load_posts, require_vocab
+from ewect.config import MAX_LENGTH
+from ewect.data import encode, length_grouped_batches, split_for_step, step_batches
+from ewect.errors import run_cli
 
 
 def cost(pieces, lengths):

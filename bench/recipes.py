@@ -2,8 +2,8 @@
 the same model and recipe without it, 3 fine-tuning seeds each; usual_test and virus_test accuracy
 and macro-F1, mean ± sample std, and the change in macro-F1 from the row it is compared with.
 
-    python bench/recipes.py --model_name workspace/ablation/mlm_b/best --lr 5e-4   # all rows
-    python bench/recipes.py --rows plain fgm --seeds 1 --model_name DIR --lr 5e-4  # part of it
+    python -m bench.recipes --model_name workspace/ablation/mlm_b/best --lr 5e-4   # all rows
+    python -m bench.recipes --rows plain fgm --seeds 1 --model_name DIR --lr 5e-4  # part of it
 
 All rows with 3 seeds are 32 train.py runs, FGM and R-Drop about twice the others' compute.
 
@@ -23,21 +23,18 @@ WORK_DIR/logs/, the numbers in WORK_DIR/results.json.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, TEST_PRECISION, describe_machine,
                           mean_std, read_json, record_command, refuse_another_command,
                           run_repo_script, tested_in_fp32, training_finished)
-from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT  # noqa: E402
-from ewect.decision import DECISION_FILE, decide, load_offsets  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from ewect.metrics import classification_scores  # noqa: E402
+from ewect.config import DATASETS, LABEL2ID, LABELS, REPO_ROOT
+from ewect.decision import DECISION_FILE, decide, load_offsets
+from ewect.errors import HelpFormatter, UserError, run_cli
+from ewect.metrics import classification_scores
 
 TEST_FILES = DATASETS["both"]["test"]  # every row is tested on both tracks
 # row: (--dataset, extra train.py flags, the row its macro-F1 change is measured against)

@@ -1,9 +1,9 @@
 """A character TF-IDF + logistic regression baseline: the floor a neural model should clear.
 
-    python bench/tfidf_baseline.py                       # usual_train -> usual_test, ~1 min on CPU
-    python bench/tfidf_baseline.py --test_file virus_test_labeled.txt
-    python bench/tfidf_baseline.py --save workspace/tfidf.pkl      # keep the fitted model, then
-    python bench/tfidf_baseline.py --load workspace/tfidf.pkl --input_file posts.txt \
+    python -m bench.tfidf_baseline                       # usual_train -> usual_test, ~1 min on CPU
+    python -m bench.tfidf_baseline --test_file virus_test_labeled.txt
+    python -m bench.tfidf_baseline --save workspace/tfidf.pkl      # keep the fitted model, then
+    python -m bench.tfidf_baseline --load workspace/tfidf.pkl --input_file posts.txt \
         --output labels.tsv                                        # label posts as inference.py
 
 Same cleaning and the same metrics as the project (ewect.cleaning, ewect.metrics). --load labels
@@ -11,13 +11,9 @@ any posts file inference.py reads, one `id<TAB>label` line a post, in order: the
 bench/frontier.py times whole against inference.py's (it imports neither torch nor transformers).
 """
 import argparse
-import os
 import pickle
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from ewect.errors import HelpFormatter, UserError, run_cli
 
 
 def parse_args():

@@ -1,9 +1,9 @@
 """Training throughput: this project's training step against the published repo's, on the same
 machine, the same posts (usual_train, cleaned) and the same starting weights, in one process.
 
-    python bench/train_speed.py --device cuda --epoch_time     # GPU: 200 steps, plus a full epoch
-    python bench/train_speed.py --device cpu                   # 2-core CPU: 1 + 2 steps, ~4 min
-    python bench/train_speed.py --device cpu --num_layers 2 --hidden_size 128 --steps 3   # smoke
+    python -m bench.train_speed --device cuda --epoch_time     # GPU: 200 steps, plus a full epoch
+    python -m bench.train_speed --device cpu                   # 2-core CPU: 1 + 2 steps, ~4 min
+    python -m bench.train_speed --device cpu --num_layers 2 --hidden_size 128 --steps 3   # smoke
 
 (a) project: posts tokenized once (ewect.data.encode), length-grouped batches padded to their own
     longest post, on a GPU rounded up to a multiple of 8 (ewect.data.Collator), fused AdamW, bf16
@@ -22,28 +22,24 @@ positions. The output is Markdown, to paste into bench/RESULTS.md.
 import argparse
 import copy
 import itertools
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import torch
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, f1_score
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from sklearn.exceptions import UndefinedMetricWarning  # noqa: E402
-from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,  # noqa: E402
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, published_attention, require_vocab,
                           reset_peak_memory, result)
-from ewect.config import MAX_LENGTH  # noqa: E402
-from ewect.data import Collator, encode, length_grouped_batches, pad_multiple  # noqa: E402
-from ewect.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from ewect.modeling import build_model, choose_precision, resolve_device  # noqa: E402
-from ewect.training import (CudaGraphSteps, RunningSums, decay_groups,  # noqa: E402
+from ewect.config import MAX_LENGTH
+from ewect.data import Collator, encode, length_grouped_batches, pad_multiple
+from ewect.errors import HelpFormatter, UserError, run_cli
+from ewect.modeling import build_model, choose_precision, resolve_device
+from ewect.training import (CudaGraphSteps, RunningSums, decay_groups,
                             make_grad_scaler, make_optimizer)
-from train import train_step  # noqa: E402  (what is measured is train.py's own step)
+from train import train_step  # what is measured is train.py's own step
 
 MAX_GRAD_NORM = 1.0  # train.py's default
 LR = 1e-5  # train.py's default; the rate does not change the cost of a step

@@ -77,7 +77,7 @@ def test_the_tfidf_baseline_is_timed_by_a_whole_command_of_its_own(clean_dir, tm
     point = frontier.tfidf_point({"path": str(tmp_path / "cache.json"), "points": {}}, args)
     fitted = tfidf_baseline.tfidf_scores(str(FIXTURE_RAW), "usual_train.txt",
                                          ["usual_test_labeled.txt"])["usual_test_labeled.txt"]
-    assert point["command"].startswith("python bench/tfidf_baseline.py --load ")
+    assert point["command"].startswith("python -m bench.tfidf_baseline --load ")
     assert point["macro_f1"] == pytest.approx(fitted["macro_f1"])  # its own labels, scored
     assert point["posts"] == len(read_records(str(clean_dir / "usual_test_labeled.txt")))
 

@@ -34,6 +34,7 @@ SHELL_KEYWORDS = {"do", "then", "else", "time", "exec", "{", "!"}
 ENV_ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
 # A value the shell or the reader fills in: $seed, $HOME, *.txt, posts?.txt, …, ...
 PLACEHOLDER = re.compile(r"[$*?]|…|\.\.\.")
+BENCH_MODULE = re.compile(r"bench\.(\w+)")  # python -m bench.NAME runs bench/NAME.py
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?[^)]*\)")
 
 Command = namedtuple("Command", "line text script args")
@@ -102,7 +103,8 @@ def without_keywords(words):
 
 def script_call(words):
     """(script, its arguments) when the command runs a script by its path (python, torchrun,
-    python -m torch.distributed.run, sh, bash), else None."""
+    python -m torch.distributed.run, sh, bash) or a benchmark as a module (python -m bench.NAME:
+    bench/NAME.py), else None."""
     while words and ENV_ASSIGNMENT.match(words[0]):
         words = words[1:]
     if not words:
@@ -115,6 +117,9 @@ def script_call(words):
     elif program in PYTHONS | SHELLS:  # the first word that is not an option
         at = next((i for i, word in enumerate(rest) if not word.startswith("-")), None)
         if at is not None and rest[at - 1:at] == ["-m"]:
+            benchmark = BENCH_MODULE.fullmatch(rest[at])
+            if program in PYTHONS and benchmark:
+                return f"bench/{benchmark[1]}.py", rest[at + 1:]
             return None  # python -m pytest
     else:
         return None
@@ -235,6 +240,12 @@ def test_the_docs_show_how_to_train_test_and_predict():
     assert {"train.py", "test.py", "inference.py"} <= {command.script for _, command in COMMANDS}
 
 
+def test_the_docs_benchmark_commands_are_checked():
+    """`python -m bench.NAME` in the docs is read as bench/NAME.py, so its flags are checked too."""
+    assert {"bench/recipes.py", "bench/pretrain_ablation.py"} <= {
+        command.script for _, command in COMMANDS}
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_relative_links_resolve(doc):
     path = ROOT / doc
@@ -266,6 +277,7 @@ def test_bad_values_wrappers_and_missing_scripts_are_caught():
         "sh train_folds.sh 5 workspace/folds --epochs 2 --no_such_flag",
         "bash bench/gpu_check.sh --dry-run cuda_tests; bash bench/gpu_check.sh --no-such-mode",
         "sh no_such_script.sh",
+        "python -m bench.recipes --model_name D --lr 5e-4 --no_such_flag; python -m bench.nothing",
         "```",
         "```python",
         "# python train.py --no_such_flag  (Python code: not a shell command)",
@@ -277,7 +289,8 @@ def test_bad_values_wrappers_and_missing_scripts_are_caught():
         "NGPU=2 sh train.sh --no_such_flag", "sh test.sh --dataset virus",
         "sh train_folds.sh 5 workspace/folds --epochs 2 --no_such_flag",
         "bash bench/gpu_check.sh --dry-run cuda_tests", "bash bench/gpu_check.sh --no-such-mode",
-        "sh no_such_script.sh"]
+        "sh no_such_script.sh", "python -m bench.recipes --model_name D --lr 5e-4 --no_such_flag",
+        "python -m bench.nothing"]
     messages = [error for _, error in errors]
     assert "invalid choice: 'viruss'" in messages[0]
     assert "--chunk_size: expected one argument" in messages[1]
@@ -286,6 +299,8 @@ def test_bad_values_wrappers_and_missing_scripts_are_caught():
     assert "unrecognized arguments: --no_such_flag" in messages[4]
     assert "--no-such-mode" in messages[6]
     assert "no such script" in messages[7]
+    assert "unrecognized arguments: --no_such_flag" in messages[8]
+    assert messages[9] == "bench/nothing.py: no such script in the repo"
 
 
 def test_loops_continuations_and_placeholders_are_read_as_the_shell_would():
@@ -299,6 +314,7 @@ def test_loops_continuations_and_placeholders_are_read_as_the_shell_would():
         "python inference.py --input_file data/*.txt --json > labels.jsonl 2>&1",
         "python pretrain.py --model_name … --epochs ...",
         "python -m pytest -q && pip install -r requirements.txt",
+        "python3 -m bench.recipes --model_name $DIR --lr 5e-4 --rows plain fgm",
         "```"])
     commands = list(documented_commands(markdown))
     assert [(c.line, c.script, c.args) for c in commands] == [
@@ -306,8 +322,10 @@ def test_loops_continuations_and_placeholders_are_read_as_the_shell_would():
         (5, "inference.py", ["--input_file", "posts.txt", "--output", "labels.tsv"]),
         (6, "pretrain.py", ["--resume"]),
         (7, "inference.py", ["--input_file", "data/*.txt", "--json"]),
-        (8, "pretrain.py", ["--model_name", "…", "--epochs", "..."])]
-    assert [command_error(c.script, c.args) for c in commands] == [None] * 5
+        (8, "pretrain.py", ["--model_name", "…", "--epochs", "..."]),
+        (10, "bench/recipes.py",
+         ["--model_name", "$DIR", "--lr", "5e-4", "--rows", "plain", "fgm"])]
+    assert [command_error(c.script, c.args) for c in commands] == [None] * 6
     renamed = "```\nfor seed in 42 43; do python train.py --seeds $seed; done\n```"
     assert "unrecognized arguments: --seeds" in errors_in(renamed)[0][1]
 
