@@ -17,14 +17,12 @@ tensorboard/ and train.log.
 """
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
 
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ewect.config import PRETRAIN_CORPUS, REPO_ROOT
@@ -36,12 +34,11 @@ from ewect.modeling import autocast, choose_precision, save_checkpoint
 from ewect.prediction import check_max_length
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
                             clear_earlier_run, close_processes, describe_processes,
-                            linear_schedule, load_training_state, loader_workers,
-                            make_grad_scaler, make_optimizer, optimizer_step, posts_fingerprint,
-                            prepare_output_dir, refuse_changed_posts, refuse_cpu_marathon,
-                            refuse_shifted_resume, resume_from_state, save_training_state,
-                            setup_logging, setup_processes, step_plan, stop_for_resume,
-                            stop_if_every_step_skipped, wrap_for_training, write_json)
+                            loader_workers, optimization, optimizer_step, posts_fingerprint,
+                            refuse_changed_posts, refuse_cpu_marathon, refuse_shifted_resume,
+                            setup_processes, start_run, step_plan, stop_for_resume,
+                            stop_if_every_step_skipped, tensorboard, wrap_for_training,
+                            write_json)
 from ewect.vocab import scratch_vocab
 
 # What a resumed run must share with the run it continues: the model, the corpus, the batches
@@ -58,25 +55,25 @@ log = logging.getLogger("pretrain")
 
 
 def parse_args(argv=None):
+    """The command line; every flag is explained in docs/pretraining.md."""
     p = argparse.ArgumentParser(**script_help(__doc__))
     add_shared_args(p, "hub id or local folder of a pretrained model to continue pretraining")
-    p.add_argument("--num_heads", type=positive_int, default=None,
+    p.add_argument("--num_heads", type=positive_int,
                    help="attention heads, with --from_scratch (default: hidden_size / 64)")
-    p.add_argument("--intermediate_size", type=positive_int, default=None,
+    p.add_argument("--intermediate_size", type=positive_int,
                    help="feed-forward size, with --from_scratch (default: 4 x hidden_size)")
     p.add_argument("--corpus", nargs="+", default=list(PRETRAIN_CORPUS), metavar="FILE",
-                   help="any file inference.py reads (SMP2020-EWECT JSON, JSON Lines, CSV, TSV or "
-                        "Excel with a content column, or text with a post a line); default: the "
-                        "cleaned train and eval files of both tracks")
+                   help="files of posts, any format inference.py reads (default: the cleaned "
+                        "train and eval files of both tracks)")
     p.add_argument("--held_out_fraction", type=float, default=0.02,
                    help="share of the corpus held out to pick the best epoch")
     p.add_argument("--whole_word_mask", action="store_true",
                    help="mask whole jieba words (Chinese-BERT-wwm) instead of single tokens")
     p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "workspace", "mlm"),
                    help="where best/, last/, logs go")
-    p.add_argument("--lr", type=non_negative_float, default=None,
+    p.add_argument("--lr", type=non_negative_float,
                    help=f"peak learning rate of AdamW (default: {CONTINUED_LR:g}; {SCRATCH_LR:g} "
-                        "with --from_scratch)%(default).0s")
+                        "with --from_scratch)")
     p.add_argument("--epochs", type=positive_int, default=20, help="pretraining epochs")
     args = p.parse_args(argv)
     if not 0 < args.held_out_fraction < 1:
@@ -120,14 +117,14 @@ def mlm_step(model, pieces, masked_in_step, optimizer, scaler, precision, max_gr
 
 
 @torch.inference_mode()
-def evaluate(model, collator, lengths, args, rank, world_size, device, precision):
+def evaluate(model, collator, lengths, args, proc, precision):
     """Held-out loss (mean over the chosen tokens), perplexity and masked-token accuracy; the
     masks are the same every epoch; each process takes a share of the batches."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, chosen, correct
-    for indices in sorted_batches(lengths, args.eval_batch_size)[rank::world_size]:
-        batch = {k: v.to(device) for k, v in collator(indices).items()}
-        with autocast(precision, device):
+    sums = torch.zeros(3, dtype=torch.float64, device=proc.device)  # loss, chosen, correct
+    for indices in sorted_batches(lengths, args.eval_batch_size)[proc.rank::proc.world_size]:
+        batch = {k: v.to(proc.device) for k, v in collator(indices).items()}
+        with autocast(precision, proc.device):
             loss, count, correct = masked_lm_loss(model, batch)
         sums += torch.stack([loss.double() * count, count.double(), correct.double()])
     model.train()
@@ -139,38 +136,33 @@ def evaluate(model, collator, lengths, args, rank, world_size, device, precision
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world_size, device = setup_processes(args.device)
+    proc = setup_processes(args.device)
     finished = False
     try:
-        finished = pretrain(args, rank, world_size, device)
+        finished = pretrain(args, proc)
     finally:
         close_processes(finished)
 
 
-def pretrain(args, rank, world_size, device):
-    """The run, top to bottom; True when it finished, False when stopped early for --resume."""
-    is_main = rank == 0
-    prepare_output_dir(args)
-    setup_logging(args.output_dir, is_main)
-    log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
-    state = load_training_state(args, ESSENTIAL_ARGS, log) if args.resume else None
-    last_dir, best_dir = (os.path.join(args.output_dir, name) for name in ("last", "best"))
-
-    # Data first: a bad corpus stops the run before a model is downloaded or built.
+def pretrain(args, proc):
+    """The run: setup, loop, finish. True when it finished, False when stopped for --resume."""
+    # Setup. The corpus first: a bad one stops the run before a model is downloaded or built.
+    state = start_run(args, ESSENTIAL_ARGS, proc)
     texts = read_corpus(args.corpus, log=log.warning)
     train_texts, held_texts = split_held_out(texts, args.held_out_fraction, args.seed)
     posts = posts_fingerprint(train_texts, held_texts)
     refuse_changed_posts(state, posts)
     torch.manual_seed(args.seed)
     if state:
-        model, tokenizer = build_mlm_model(last_dir, dropout=args.dropout)
+        model, tokenizer = build_mlm_model(os.path.join(args.output_dir, "last"),
+                                           dropout=args.dropout)
     else:
         vocab = scratch_vocab(args, train_texts, log.info)
         model, tokenizer = build_mlm_model(args.model_name, args.from_scratch, vocab,
                                            args.num_layers, args.hidden_size, args.num_heads,
                                            args.intermediate_size, args.dropout)
-    model.to(device).train()
-    refuse_cpu_marathon(args.device, device, model)
+    model.to(proc.device).train()  # from_pretrained gives it in eval mode
+    refuse_cpu_marathon(args.device, proc.device, model)
     check_max_length(model, args.max_length)
     train_ids, train_words = encode_corpus(tokenizer, train_texts, args.max_length,
                                            args.whole_word_mask)
@@ -184,97 +176,82 @@ def pretrain(args, rank, world_size, device):
                         "raise --held_out_fraction or give a larger --corpus")
 
     # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
-    per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size, world_size)
+    per_device, accumulation = step_plan(args.batch_size, args.per_device_batch_size,
+                                         proc.world_size)
     lengths = [len(ids) for ids in train_ids]
 
-    def epoch_batches(epoch, processes=world_size):
+    def epoch_batches(epoch, processes=proc.world_size):
         return step_batches(lengths, args.batch_size, args.seed + epoch, processes)
 
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
         raise UserError(f"corpus: too few posts for a step of {args.batch_size}")
-
-    clear_earlier_run(args, is_main)  # every input read: the earlier run can go
-    precision = choose_precision(args.precision, device)
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    scheduler = linear_schedule(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch)
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": math.inf,
-                "best_epoch": 0}
+    clear_earlier_run(args, proc.is_main)  # every input read: the earlier run can go
+    precision = choose_precision(args.precision, proc.device)
+    optimizer, scheduler, scaler, progress, save_last = optimization(
+        model, tokenizer, args, state, steps_per_epoch, proc, posts=posts)
     if state:
-        resume_from_state(state, optimizer, scheduler, progress, args.lr, rank, world_size,
-                          device, log)
-        refuse_shifted_resume(state, progress, world_size,
-                              lambda processes: epoch_batches(progress["epoch"], processes))
-    scaler = make_grad_scaler(precision, device, state and state.get("scaler"))
+        refuse_shifted_resume(state, progress, proc.world_size,
+                              lambda processes: epoch_batches(progress.epoch, processes))
     log.info("corpus: %d posts, held out: %d; %s masking; %d steps per epoch of %d posts = %d "
              "process(es) x %d micro-batch(es) of up to %d; %s on %s", len(train_ids),
              len(held_ids), "whole-word" if args.whole_word_mask else "token", steps_per_epoch,
-             args.batch_size, world_size, accumulation, per_device, precision,
-             describe_processes(world_size, device))
-    if state:
-        log.info("resuming from %s at epoch %d, step %d", last_dir, progress["epoch"] + 1,
-                 progress["step_in_epoch"])
+             args.batch_size, proc.world_size, accumulation, per_device, precision,
+             describe_processes(proc))
 
     def save_best(result, epoch):  # rank 0 only
         summary = {"epoch": epoch, "held_out_posts": len(held_ids),
                    "whole_word_mask": args.whole_word_mask,
                    **{f"held_out_{name}": value for name, value in result.items()}}
-        save_checkpoint(model, tokenizer, best_dir, extra=lambda folder: write_json(
-            os.path.join(folder, "eval_results.json"), summary))
+        save_checkpoint(model, tokenizer, os.path.join(args.output_dir, "best"),
+                        extra=lambda folder: write_json(
+                            os.path.join(folder, "eval_results.json"), summary))
 
     if not state and not args.from_scratch:
         # Continued pretraining: the model it starts from is the first "best", so that best/ is
         # never worse than it, even when the first epochs (new warm-up, new lr) are.
-        result = evaluate(model, held_out, held_lengths, args, rank, world_size, device,
-                          precision)
+        result = evaluate(model, held_out, held_lengths, args, proc, precision)
         log.info("the starting model: held-out loss %.4f, perplexity %.2f, masked-token "
                  "accuracy %.4f (saved as best/ until an epoch beats it)", result["loss"],
                  result["perplexity"], result["accuracy"])
         if math.isfinite(result["loss"]):
-            progress["best_loss"] = result["loss"]
-            if is_main:
+            progress.best_loss = result["loss"]
+            if proc.is_main:
                 save_best(result, 0)
 
-    trained_model = wrap_for_training(MaskedLM(model), args.compile, world_size, device)
-    writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
-                           purge_step=progress["global_step"] or None) if is_main else None
-    num_workers = loader_workers(args.num_workers, device)
+    trained_model = wrap_for_training(MaskedLM(model), args.compile, proc)
+    writer = tensorboard(args.output_dir, progress, proc)
+    stop, running = StopRequest(), RunningSums()
 
-    def save_last():  # a collective: every process calls it
-        save_training_state(model, tokenizer, last_dir, device, is_main, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None, "progress": progress,
-            "args": vars(args), "posts": posts})
-
-    stop = StopRequest(log)
-    running = RunningSums()
+    # The loop: the epoch's steps, then the held-out loss, best/ when it fell, and last/.
     try:
-        while progress["epoch"] < args.epochs:
-            epoch = progress["epoch"]
+        while progress.epoch < args.epochs:
             # New masks every epoch; a step's masks depend only on its posts, not on the workers,
             # the processes or the micro-batches: resume and torchrun train on the same tokens.
-            collator = MaskingCollator(train_ids, tokenizer, train_words, seed=args.seed + epoch)
-            loader = DataLoader([(b, split_for_step(b, rank, world_size, accumulation))
-                                 for b in epoch_batches(epoch)[progress["step_in_epoch"]:]],
+            collator = MaskingCollator(train_ids, tokenizer, train_words,
+                                       seed=args.seed + progress.epoch)
+            loader = DataLoader([(b, split_for_step(b, proc.rank, proc.world_size, accumulation))
+                                 for b in epoch_batches(progress.epoch)[progress.step_in_epoch:]],
                                 batch_size=None, collate_fn=collator.collate_step,
-                                num_workers=num_workers, pin_memory=device.type == "cuda",
+                                num_workers=loader_workers(args.num_workers, proc.device),
+                                pin_memory=proc.device.type == "cuda",
                                 generator=torch.Generator())  # leaves the global RNG to dropout
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main,
-                       initial=progress["step_in_epoch"], total=steps_per_epoch, dynamic_ncols=True)
+            bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+                       disable=not proc.is_main, initial=progress.step_in_epoch,
+                       total=steps_per_epoch, dynamic_ncols=True)
             for pieces, masked_in_step in bar:
-                pieces = [{k: v.to(device, non_blocking=True) for k, v in piece.items()}
+                pieces = [{k: v.to(proc.device, non_blocking=True) for k, v in piece.items()}
                           for piece in pieces]
                 loss_sum, chosen, correct, skipped = mlm_step(
                     trained_model, pieces, masked_in_step, optimizer, scaler, precision,
-                    args.max_grad_norm, world_size)
+                    args.max_grad_norm, proc.world_size)
                 scheduler.step()
                 running.add(loss=torch.where(skipped, 0.0, loss_sum), correct=correct,
                             chosen=torch.where(skipped, 0, chosen), all_chosen=chosen,
                             skipped=skipped.long())
-                progress["step_in_epoch"] += 1
-                progress["global_step"] += 1
-                step = progress["global_step"]
-                if step % args.log_every == 0:  # the one host sync of log_every steps
+                progress.step_in_epoch += 1
+                progress.global_step += 1
+                if progress.global_step % args.log_every == 0:  # the one host sync in log_every
                     sums = running.read()
                     lr = scheduler.get_last_lr()[0]
                     mean_loss = sums["loss"].item() / max(1, sums["chosen"].item())
@@ -283,43 +260,43 @@ def pretrain(args, rank, world_size, device):
                     if writer:
                         for name, value in (("loss", mean_loss), ("accuracy", accuracy),
                                             ("lr", lr)):
-                            writer.add_scalar(f"Train/{name}", value, step)
-                    stop_if_every_step_skipped(sums["skipped"].item(), world_size,
-                                               args.log_every, step, save_last, last_dir)
-                if stop.requested() or step == args.stop_after_steps:
+                            writer.add_scalar(f"Train/{name}", value, progress.global_step)
+                    stop_if_every_step_skipped(sums["skipped"].item(), args.log_every, proc,
+                                               progress, save_last)
+                if stop.requested() or progress.global_step == args.stop_after_steps:
                     bar.close()
-                    stop_for_resume(stop, save_last, log, epoch, progress["step_in_epoch"],
-                                    last_dir)
+                    stop_for_resume(stop, save_last, progress)
                     return False
             bar.close()
-
-            result = evaluate(model, held_out, held_lengths, args, rank, world_size, device,
-                              precision)
-            progress.update(epoch=epoch + 1, step_in_epoch=0)
-            improved = result["loss"] < progress["best_loss"]
+            result = evaluate(model, held_out, held_lengths, args, proc, precision)
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            improved = result["loss"] < progress.best_loss
             if improved:
-                progress.update(best_loss=result["loss"], best_epoch=epoch + 1)
+                progress.best_loss, progress.best_epoch = result["loss"], progress.epoch
             log.info("epoch %d: held-out loss %.4f, perplexity %.2f, masked-token accuracy %.4f%s",
-                     epoch + 1, result["loss"], result["perplexity"], result["accuracy"],
+                     progress.epoch, result["loss"], result["perplexity"], result["accuracy"],
                      " (best so far, saved)" if improved else "")
             if writer:
                 for name in ("loss", "perplexity", "accuracy"):
-                    writer.add_scalar(f"MLM/held_out_{name}", result[name], epoch + 1)
+                    writer.add_scalar(f"MLM/held_out_{name}", result[name], progress.epoch)
                 writer.flush()
-            if improved and is_main:
-                save_best(result, epoch + 1)
-            save_last()
+            if improved and proc.is_main:
+                save_best(result, progress.epoch)
+            save_last(progress)
     finally:
         stop.restore()
         if writer:
             writer.close()
-    if not math.isfinite(progress["best_loss"]):
+
+    # Finish.
+    best_dir = os.path.join(args.output_dir, "best")
+    if not math.isfinite(progress.best_loss):
         raise UserError(f"no epoch gave a finite held-out loss, so no best/ was saved; the last "
-                        f"weights are in {last_dir} (see {args.output_dir}/train.log: try a "
-                        "lower --lr)")
+                        f"weights are in {os.path.join(args.output_dir, 'last')} (see "
+                        f"{args.output_dir}/train.log: try a lower --lr)")
     log.info("done: best held-out loss %.4f (perplexity %.2f) at epoch %d, saved in %s; "
-             "fine-tune it with train.py --model_name %s", progress["best_loss"],
-             math.exp(min(progress["best_loss"], 50)), progress["best_epoch"], best_dir, best_dir)
+             "fine-tune it with train.py --model_name %s", progress.best_loss,
+             math.exp(min(progress.best_loss, 50)), progress.best_epoch, best_dir, best_dir)
     return True
 
 

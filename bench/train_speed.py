@@ -36,10 +36,11 @@ from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Ti
 from ewect.config import MAX_LENGTH
 from ewect.data import Collator, encode, length_grouped_batches, pad_multiple
 from ewect.errors import HelpFormatter, UserError, run_cli
+from ewect.loss import make_loss
 from ewect.modeling import build_model, choose_precision, resolve_device
 from ewect.training import (CudaGraphSteps, RunningSums, decay_groups,
                             make_grad_scaler, make_optimizer)
-from train import train_step  # what is measured is train.py's own step
+from train import graphed_train_step, train_step  # what is measured is train.py's own step
 
 MAX_GRAD_NORM = 1.0  # train.py's default
 LR = 1e-5  # train.py's default; the rate does not change the cost of a step
@@ -119,12 +120,15 @@ def project_step_fn(model, device, cuda_graphs=False):
     optimizer = make_optimizer(model, LR, WEIGHT_DECAY)
     scaler = make_grad_scaler(precision, device)
     graphs = CudaGraphSteps() if cuda_graphs else None
+    loss = make_loss(precision)
     running = RunningSums()
 
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss_sum, confusion, skipped = train_step(model, [batch], len(batch["labels"]), optimizer,
-                                                  scaler, precision, MAX_GRAD_NORM, graphs=graphs)
+        size = len(batch["labels"])
+        loss_sum, confusion, skipped = graphed_train_step(
+            graphs, model, batch, size, loss, optimizer, MAX_GRAD_NORM) if graphs else train_step(
+            model, [batch], size, loss, optimizer, scaler, MAX_GRAD_NORM)
         running.add(loss=loss_sum, confusion=confusion, skipped=skipped.long())
     return step
 

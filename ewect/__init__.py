@@ -10,7 +10,12 @@ modeling.py  the precision policy; building (fp32), loading and saving (atomical
 prediction.py  load_predictor: the torch and onnx backends of test.py, inference.py and app.py,
              one checkpoint or the ensemble of several
 decision.py  per-class decision offsets (decision.json): applied, tuned, and chosen by --decision
-training.py  what train.py and pretrain.py share: processes, optimizer step, running sums,
-             the resumable state, signals, the shared flags
+loss.py      train.py's loss, built once: cross-entropy, class weights, R-Drop, distillation;
+             FGM's move of the word embeddings
+distill.py   the teacher's soft labels, the distillation loss, a student cut from a deeper model
+training.py  what train.py and pretrain.py share: processes, a run's setup (start_run,
+             optimization), the optimizer step, running sums, the resumable state, signals,
+             CUDA graphs, the shared flags
 mlm.py       masked-LM pretraining parts: corpus, held-out split, (whole-word) masking, sparse loss
+vocab.py     the WordPiece vocabulary a model from scratch gets, built from the training posts
 """

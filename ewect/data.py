@@ -264,6 +264,19 @@ def read_records(path, require_label=True, skip_bad_records=False, log=print, la
     return records
 
 
+def held_out_fold(records, labels, folds, fold, seed):
+    """(training part, held-out part) of the records: part `fold` (1..folds) of a K-fold split
+    stratified by `labels`, the same for every fold of one seed, so the K runs of an ensemble
+    partition the data."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds > len(records):
+        raise UserError(f"--folds {folds}: more folds than the {len(records)} posts to split")
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels)
+    train_part, held_out = list(splits)[fold - 1]
+    return [records[i] for i in train_part], [records[i] for i in held_out]
+
+
 def clean_records(records, drop_empty):
     """The records with their content cleaned. drop_empty is for training files: posts that
     cleaning empties are left out; eval and test files keep every record, so their ids survive."""

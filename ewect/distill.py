@@ -12,6 +12,7 @@ keep_layers       --student_layers: K evenly spaced layers of the encoder, as Di
                   (check_depth: K against the model's config, before any labelling)
 """
 import hashlib
+import logging
 import os
 
 import torch
@@ -23,6 +24,7 @@ from .modeling import check_labels
 from .prediction import weights_identity
 
 TEACHER_FILE = "teacher.pt"
+log = logging.getLogger("ewect.distill")  # train.py's handlers print it as its own lines
 
 
 def check_teachers(teacher_dirs):
@@ -41,8 +43,7 @@ def fingerprint(texts):
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
 
-def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main, log,
-                    began_with=None):
+def teacher_targets(teacher_dirs, texts, output_dir, proc, precision, began_with=None):
     """(log-probabilities, identity): the teachers' (members, posts, labels) log-probabilities
     of the cleaned training texts, and the teachers they came from, which the run keeps in its
     training state. Read from OUTPUT_DIR/teacher.pt when it holds them for these posts and these
@@ -52,7 +53,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main,
     --unlabelled corpus takes about 1/N of the time, and no process waits long at a
     collective); rank 0 saves them. The teachers compute in the run's `precision` (fp32 on any
     CPU: prediction's own default would be bf16 on some, and the targets would depend on the
-    machine). `log` is a logger."""
+    machine). `proc`: this Process of the run (ewect.training)."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [weights_identity(t) for t in teacher_dirs],
               "posts": fingerprint(texts)}
@@ -60,7 +61,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main,
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world, device = proc.rank, proc.world_size, proc.device
     kept = state.get("teachers")
     usable = state.get("posts") == wanted["posts"] and kept in (wanted["teachers"], began_with)
     if world > 1:  # all processes take the same branch, even if one could not read the file
@@ -68,7 +69,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main,
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         usable = bool(agreed)
     if usable:
-        if is_main:
+        if proc.is_main:
             log.info("teacher: its soft labels of the training posts are read from %s", path)
             changed = [folder for folder, now, then in zip(teacher_dirs, wanted["teachers"], kept)
                        if now != then]
@@ -77,14 +78,14 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main,
                             "again); the run goes on with the soft labels it began with. Start a "
                             "new run to learn from the teacher as it is now", " ".join(changed))
         return state["log_probs"], kept
-    if began_with and is_main:
+    if began_with and proc.is_main:
         log.warning("teacher: %s no longer holds the soft labels this run began with; the "
                     "teachers label the posts again, and the rest of the run learns from what "
                     "they say now", path)
     from .prediction import load_predictor
 
     check_teachers(teacher_dirs)
-    if is_main:
+    if proc.is_main:
         log.info("teacher: labelling %d training posts with %d model(s), once for the whole run, "
                  "%d process(es) sharing them, into %s", len(texts), len(teacher_dirs), world, path)
     share = []
@@ -100,7 +101,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, device, precision, is_main,
     for r, labelled in enumerate(shares):
         log_probs[:, r::world] = labelled
     del shares, share  # a large corpus: keep one copy
-    if is_main:
+    if proc.is_main:
         torch.save({**wanted, "log_probs": log_probs}, path + ".tmp")
         os.replace(path + ".tmp", path)  # a kill while saving leaves no half a file
     if world > 1:

@@ -1,7 +1,7 @@
 """What every training loop here needs (train.py and pretrain.py), in short functions: the
-processes of a torchrun run, the optimizer and its step, sums kept on the device between log
-steps, the resumable state in OUTPUT_DIR/last, and stopping cleanly on a signal. The loops
-themselves stay in the scripts, to be read top to bottom."""
+processes of a torchrun run, a run's setup (start_run, optimization), the optimizer and its step,
+sums kept on the device between log steps, the resumable state in OUTPUT_DIR/last, and stopping
+cleanly on a signal. The loops themselves stay in the scripts, to be read top to bottom."""
 import hashlib
 import json
 import logging
@@ -12,23 +12,39 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError, first_line
-from .modeling import restore_interrupted_save, resolve_device, save_checkpoint
+from .modeling import choose_precision, restore_interrupted_save, resolve_device, save_checkpoint
+
+log = logging.getLogger("ewect.training")  # the scripts' handlers print it as their own lines
 
 # ---------------------------------------------------------------------------------------------
 # Processes. torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python x.py` is rank 0 of 1,
 # and every collective below is then a no-op.
 
 
+@dataclass(frozen=True)
+class Process:
+    """This process of a run: its rank among world_size processes, and its device."""
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        """Rank 0: it logs, writes TensorBoard and saves."""
+        return self.rank == 0
+
+
 def setup_processes(device_name):
-    """(rank, world_size, device), with the process group started under torchrun: NCCL with a
-    GPU for each process; gloo on the CPU, and when processes share GPUs (NCCL refuses two
-    processes on one GPU; gloo runs the same collectives on CUDA tensors, through the host)."""
+    """This Process, with the process group started under torchrun: NCCL with a GPU for each
+    process; gloo on the CPU, and when processes share GPUs (NCCL refuses two processes on one
+    GPU; gloo runs the same collectives on CUDA tensors, through the host)."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     gpus = torch.cuda.device_count() if device_name != "cpu" else 0
@@ -38,14 +54,14 @@ def setup_processes(device_name):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" and not sharing else "gloo")
-    return rank, world_size, device
+    return Process(rank, world_size, device)
 
 
-def describe_processes(world_size, device):
+def describe_processes(proc):
     """How the run is spread, for the log: the device, and the process group if there is one."""
-    if world_size == 1:
-        return str(device)
-    return f"{device} of rank 0 (process group: {dist.get_backend()})"
+    if proc.world_size == 1:
+        return str(proc.device)
+    return f"{proc.device} of rank 0 (process group: {dist.get_backend()})"
 
 
 def close_processes(finished):
@@ -94,8 +110,8 @@ class StopRequest:
     at every step, through a CPU-side (gloo) all-reduce that never waits for the GPU: torchrun
     kills workers 30 s after forwarding a signal, too soon to wait for a log step."""
 
-    def __init__(self, log):
-        self.log, self.signum, self.when = log, None, 0.0
+    def __init__(self):
+        self.signum, self.when = None, 0.0
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
 
@@ -105,8 +121,8 @@ class StopRequest:
                 raise KeyboardInterrupt
             return
         self.signum, self.when = signum, time.monotonic()
-        self.log.warning("%s received: saving last/ after this step (again to stop at once)",
-                         signal.Signals(signum).name)
+        log.warning("%s received: saving last/ after this step (again to stop at once)",
+                    signal.Signals(signum).name)
 
     def requested(self):
         if self.group is None:
@@ -164,13 +180,13 @@ def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
                                            epochs * steps_per_epoch)
 
 
-def wrap_for_training(module, compile_it, world_size, device):
+def wrap_for_training(module, compile_it, proc):
     """The module the loop calls: torch.compile'd with --compile, in DDP under torchrun."""
     if compile_it:
         module = torch.compile(module, dynamic=True)
-    if world_size > 1:
+    if proc.world_size > 1:
         module = DistributedDataParallel(
-            module, device_ids=[device] if device.type == "cuda" else None)
+            module, device_ids=[proc.device] if proc.device.type == "cuda" else None)
     return module
 
 
@@ -199,14 +215,16 @@ def clip_gradients(optimizer, scaler, max_grad_norm, finite):
 
 
 def apply_update(optimizer, scaler, skipped, keep_grads=False):
-    """The optimizer's step, skipped on the device when `skipped` is true, the way the grad
-    scaler tells a fused optimizer (its found_inf; for fp16 the scaler does it itself), then the
-    gradients zeroed: set to None, or with keep_grads zeroed where they are (CUDA graphs write
-    them there)."""
+    """The optimizer's step, skipped on the device when `skipped` is true, then the gradients
+    zeroed: set to None, or with keep_grads zeroed where they are (CUDA graphs write them there)."""
     if scaler:  # it found the same inf/NaN gradients in unscale_ and skips the step itself
         scaler.step(optimizer)
         scaler.update()
     else:
+        # No public API skips a step on the device, without a host sync. torch's fused optimizers
+        # skip it when `found_inf` is set: the attribute GradScaler sets for them
+        # (torch/amp/grad_scaler.py), read by fused AdamW's step. tests/test_cuda.py's
+        # non-finite-loss test fails if a torch release drops it.
         optimizer.found_inf = skipped.float()
         optimizer.step()
         del optimizer.found_inf
@@ -277,6 +295,23 @@ class CudaGraphSteps:
         return outputs
 
 
+def cuda_graphs(args, proc, accumulation, precision):
+    """With --cuda_graphs, a CudaGraphSteps, once this run is known to be one that can replay its
+    steps; else None."""
+    if not args.cuda_graphs:
+        return None
+    unfit = {"a GPU (--device cuda)": proc.device.type != "cuda",
+             "one process, not torchrun": proc.world_size > 1,
+             "one micro-batch per step (no smaller --per_device_batch_size)": accumulation > 1,
+             "bf16 or fp32 (fp16's loss scaling decides on the host)": precision == "fp16",
+             "no --adversarial fgm": args.adversarial != "none",
+             "no --compile": args.compile}
+    needs = [need for need, missing in unfit.items() if missing]
+    if needs:
+        raise UserError(f"--cuda_graphs needs {'; '.join(needs)}")
+    return CudaGraphSteps()
+
+
 def rescale_peak_lr(optimizer, scheduler, factor):
     """A resumed run with a new --lr: the schedule keeps its shape, scaled to the new peak."""
     scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
@@ -303,24 +338,86 @@ class RunningSums:
         return totals
 
 
-def stop_if_every_step_skipped(skipped_steps, world_size, log_every, step, save_last, last_dir):
+def stop_if_every_step_skipped(skipped_steps, log_every, proc, progress, save_last):
     """After a log step: when every step since the last one was skipped for a non-finite loss,
     save last/ (skipped steps changed no weight, so it is sound) and stop with one line."""
-    if skipped_steps == world_size * log_every:
-        save_last()
+    if skipped_steps == proc.world_size * log_every:
+        step = progress.global_step
         raise UserError(f"the loss was not finite for {log_every} steps in a row (steps "
-                        f"{step - log_every + 1}-{step}); saved {last_dir}; try a lower --lr, "
-                        "then --resume")
+                        f"{step - log_every + 1}-{step}); saved {save_last(progress)}; try a "
+                        "lower --lr, then --resume")
 
 
-def stop_for_resume(stop, save_last, log, epoch, step_in_epoch, last_dir):
+def stop_for_resume(stop, save_last, progress):
     """Save last/ and end the run so that --resume continues it; a signal's exit status tells
     the shell the run was interrupted, though nothing is lost."""
-    save_last()
-    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume", epoch + 1,
-             step_in_epoch, last_dir)
+    folder = save_last(progress)
+    log.info("stopped at epoch %d, step %d; saved %s; continue with --resume",
+             progress.epoch + 1, progress.step_in_epoch, folder)
     if stop.signum is not None:
         sys.exit(128 + stop.signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's setup, shared by train.py and pretrain.py: the output folder, logging and the saved
+# state (start_run); the optimizer, its schedule and scaler, restored on --resume, and the
+# function that saves last/ (optimization).
+
+
+@dataclass
+class Progress:
+    """Where a run is: saved in last/, what --resume continues from."""
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # steps done in the epoch under way
+    global_step: int = 0
+    best_epoch: int = 0  # the best epoch so far (0: none yet)
+    best_f1: float = -1.0  # train.py: its eval macro-F1
+    epochs_without_gain: int = 0  # train.py: epochs since it (--patience)
+    best_loss: float = math.inf  # pretrain.py: its held-out loss
+
+
+def start_run(args, essential_args, proc):
+    """Check that OUTPUT_DIR can take this run, log to the console and OUTPUT_DIR/train.log, log
+    the arguments, and with --resume return the saved state (else None)."""
+    prepare_output_dir(args)
+    setup_logging(args.output_dir, proc.is_main)
+    log.info("arguments: %s", json.dumps(vars(args), ensure_ascii=False))
+    return load_training_state(args, essential_args) if args.resume else None
+
+
+def optimization(model, tokenizer, args, state, steps_per_epoch, proc, **saved_with):
+    """(optimizer, scheduler, scaler, progress, save_last): fused AdamW, the linear schedule and
+    with fp16 the grad scaler, restored from `state` on --resume with the run's progress and each
+    process's random state (call it once the model is built and the data loaded: they would
+    disturb the random state). save_last(progress) saves OUTPUT_DIR/last, the `saved_with` entries
+    in its state, and returns the folder; a collective: every process calls it."""
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    scheduler = linear_schedule(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch)
+    scaler = make_grad_scaler(choose_precision(args.precision, proc.device), proc.device,
+                              state and state.get("scaler"))
+    progress = resume(state, optimizer, scheduler, args.lr, proc) if state else Progress()
+    last_dir = os.path.join(args.output_dir, "last")
+
+    def save_last(progress):
+        save_training_state(model, tokenizer, last_dir, proc, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "progress": asdict(progress),
+            "args": vars(args), **saved_with})
+        return last_dir
+
+    if state:
+        log.info("resuming from %s at epoch %d, step %d", last_dir, progress.epoch + 1,
+                 progress.step_in_epoch)
+    return optimizer, scheduler, scaler, progress, save_last
+
+
+def tensorboard(output_dir, progress, proc):
+    """Rank 0's TensorBoard writer into OUTPUT_DIR/tensorboard (a resumed run's curves go on from
+    its step, later points of the interrupted run dropped); None on the other ranks."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(output_dir, "tensorboard"),
+                         purge_step=progress.global_step or None) if proc.is_main else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +500,7 @@ def refuse_changed_posts(state, fingerprint):
                         "posts, or start over with --overwrite_output_dir")
 
 
-def load_training_state(args, essential_args, log):
+def load_training_state(args, essential_args):
     """The state saved in last/, after checking that it continues the same run (other settings
     may change, and are logged). Loaded to the CPU: the run may resume on another device, and
     under torchrun each rank would otherwise put the whole state on the GPU it was saved from."""
@@ -425,11 +522,11 @@ def load_training_state(args, essential_args, log):
     return state
 
 
-def save_training_state(model, tokenizer, folder, device, is_main, state):
+def save_training_state(model, tokenizer, folder, proc, state):
     """OUTPUT_DIR/last: the model, the tokenizer and the one state dict that continues the run,
     with every process's random state added. A collective: every process calls it."""
-    rngs = gather_rng_states(device)
-    if is_main:
+    rngs = gather_rng_states(proc.device)
+    if proc.is_main:
         state = dict(state, rng_per_rank=rngs)
         save_checkpoint(model, tokenizer, folder, extra=lambda tmp: torch.save(
             state, os.path.join(tmp, STATE_FILE)))
@@ -461,16 +558,15 @@ def gather_rng_states(device):
     return states
 
 
-def resume_from_state(state, optimizer, scheduler, progress, lr, rank, world_size, device, log):
-    """Continue where OUTPUT_DIR/last stopped: optimizer, schedule and progress; a new --lr scales
-    the schedule's peak. Call it after the model is built and the data loaded: it restores each
-    process's RNG (dropout, masking), which those would otherwise disturb."""
+def resume(state, optimizer, scheduler, lr, proc):
+    """The Progress where OUTPUT_DIR/last stopped, with optimizer and schedule restored (a new
+    --lr scales the schedule's peak) and each process's random state (dropout, masking)."""
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    progress.update(state["progress"])
     if lr != state["args"]["lr"]:
         rescale_peak_lr(optimizer, scheduler, lr / state["args"]["lr"])
-    restore_rng_state(state["rng_per_rank"], rank, world_size, device, log)
+    restore_rng_state(state["rng_per_rank"], proc)
+    return Progress(**state["progress"])
 
 
 def refuse_shifted_resume(state, progress, world_size, steps_with):
@@ -479,7 +575,7 @@ def refuse_shifted_resume(state, progress, world_size, steps_with):
     make another list: then some posts would be skipped or seen twice. steps_with(world_size):
     the epoch's steps for that many processes."""
     before = len(state["rng_per_rank"])  # one random state per process of the saved run
-    if progress["step_in_epoch"] and before != world_size and (
+    if progress.step_in_epoch and before != world_size and (
             steps_with(before) != steps_with(world_size)):
         raise UserError(f"--resume: the run stopped mid-epoch with {before} process(es), "
                         f"{world_size} now, and the rest of this epoch's steps differ between "
@@ -487,14 +583,14 @@ def refuse_shifted_resume(state, progress, world_size, steps_with):
                         "an epoch's end)")
 
 
-def restore_rng_state(states, rank, world_size, device, log):
-    if len(states) != world_size:
-        log.warning("%d processes now, %d before: dropout streams start afresh", world_size,
+def restore_rng_state(states, proc):
+    if len(states) != proc.world_size:
+        log.warning("%d processes now, %d before: dropout streams start afresh", proc.world_size,
                     len(states))
         return
-    torch.set_rng_state(states[rank]["torch"])
-    if device.type == "cuda" and "cuda" in states[rank]:
-        torch.cuda.set_rng_state(states[rank]["cuda"], device)
+    torch.set_rng_state(states[proc.rank]["torch"])
+    if proc.device.type == "cuda" and "cuda" in states[proc.rank]:
+        torch.cuda.set_rng_state(states[proc.rank]["cuda"], proc.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +598,8 @@ def restore_rng_state(states, rank, world_size, device, log):
 
 
 def add_shared_args(p, model_help):
-    """The model to start from and how to run: the flags both training scripts take."""
+    """The model to start from and how to run: the flags both training scripts take (what they
+    do and why: docs/training.md and docs/pretraining.md)."""
     from .config import MAX_LENGTH, PRECISIONS
     from .errors import (dropout_probability, non_negative_float, non_negative_int,
                          positive_float, positive_int, seed)
@@ -510,17 +607,13 @@ def add_shared_args(p, model_help):
 
     p.add_argument("--model_name", default="bert-base-chinese", help=model_help)
     p.add_argument("--from_scratch", action="store_true",
-                   help="start from a randomly initialised BERT of the size below (offline runs, "
-                        "tests, benchmarks)")
-    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch (default: a "
-                   "vocabulary built from the run's training posts, saved with the model)"
-                   "%(default).0s")
+                   help="start from a randomly initialised BERT of the size below")
+    p.add_argument("--vocab", help="WordPiece vocab.txt for --from_scratch (default: one built "
+                   "from the training posts)")
     p.add_argument("--vocab_size", type=positive_int, default=VOCAB_SIZE,
-                   help="most tokens, special ones included, of the vocabulary --from_scratch "
-                        "builds without --vocab")
+                   help="most tokens of the vocabulary --from_scratch builds")
     p.add_argument("--vocab_min_frequency", type=positive_int, default=MIN_FREQUENCY,
-                   help="tokens (characters too) seen fewer times in the training posts are "
-                        "left out of the built vocabulary: their text reads as [UNK]")
+                   help="fewest times a token is seen in the posts to enter that vocabulary")
     p.add_argument("--num_layers", type=positive_int, default=12,
                    help="layers, with --from_scratch")
     p.add_argument("--hidden_size", type=positive_int, default=768,
@@ -528,7 +621,7 @@ def add_shared_args(p, model_help):
     p.add_argument("--batch_size", type=positive_int, default=64,
                    help="posts per optimizer step, in all processes together")
     p.add_argument("--per_device_batch_size", type=positive_int, default=None,
-                   help="most posts per forward pass in one process; more are done by gradient "
+                   help="most posts per forward pass in one process, the rest by gradient "
                         "accumulation (default: batch_size / processes)")
     p.add_argument("--eval_batch_size", type=positive_int, default=128,
                    help="batch size for evaluation")
@@ -547,17 +640,15 @@ def add_shared_args(p, model_help):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses the GPU when there is one")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast precision; weights stay fp32. auto: bf16 on GPUs with native "
-                        "bf16, fp16 (with loss scaling) on older GPUs, fp32 on the CPU")
+                   help="autocast precision, weights staying fp32 (auto: bf16 or fp16 by GPU, "
+                        "fp32 on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--num_workers", type=non_negative_int, default=None,
                    help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--log_every", type=positive_int, default=20,
                    help="steps between reading the running metrics (TensorBoard, progress bar)")
     p.add_argument("--stop_after_steps", type=non_negative_int, default=0,
-                   help="stop after this many optimizer steps in total, saving last/ for "
-                        "--resume (0: run all epochs)")
+                   help="stop after this many steps in all, saving last/ for --resume (0: never)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
     p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="start a new run even though OUTPUT_DIR holds one (which is deleted; "
-                        "refused when the run starts from a folder inside it)")
+                   help="start a new run in place of the one in OUTPUT_DIR, which is deleted")

@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import ewect.loss
 import train
 from conftest import run_script, tiny_train_args
 from ewect.cleaning import clean_text
 from ewect.config import LABEL2ID
 from ewect.data import Collator, encode, read_records
+from ewect.loss import make_loss
 from ewect.modeling import build_model, expanded_mask
 from ewect.prediction import load_predictor
 from ewect.training import CudaGraphSteps, make_grad_scaler, make_optimizer
@@ -70,7 +72,8 @@ def test_a_training_step_lowers_the_loss_without_a_host_sync(model_and_batch, pr
     model, batch = model_and_batch
     optimizer = make_optimizer(model, 1e-3, 0.01)
     scaler = make_grad_scaler(precision, DEVICE)
-    step = lambda: train.train_step(model, [batch], 16, optimizer, scaler, precision, 1.0)  # noqa: E731
+    step = lambda: train.train_step(model, [batch], 16, make_loss(precision), optimizer, scaler,  # noqa: E731
+                                    1.0)
     first = step()[0].item() / 16
     for _ in range(3):  # warm-up: kernels load, the scaler settles
         step()
@@ -85,11 +88,11 @@ def test_a_training_step_lowers_the_loss_without_a_host_sync(model_and_batch, pr
 def test_a_non_finite_loss_skips_the_step(model_and_batch, monkeypatch, precision):
     model, batch = model_and_batch
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    monkeypatch.setattr(train, "classification_loss",
+    monkeypatch.setattr(ewect.loss, "classification_loss",
                         lambda logits, labels, weights=None: logits.float().sum() * float("nan"))
     optimizer = make_optimizer(model, 1e-3, 0.01)
-    skipped = train.train_step(model, [batch], 16, optimizer, make_grad_scaler(precision, DEVICE),
-                               precision, 1.0)[2]
+    skipped = train.train_step(model, [batch], 16, make_loss(precision), optimizer,
+                               make_grad_scaler(precision, DEVICE), 1.0)[2]
     assert skipped.item()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -200,15 +203,16 @@ def test_cuda_graphs_train_as_eager_steps_do(model_and_batch):
     batch["teacher"] = torch.softmax(torch.randn(16, 6, device=DEVICE), -1)
     half = {name: tensor[:8] for name, tensor in batch.items()}
     order = [batch, half, batch, batch, half, half, batch]
-    options = {"weights": torch.linspace(0.5, 2.0, 6, device=DEVICE), "rdrop": 1.0,
-               "kd": (0.5, 2.0)}
+    loss = make_loss("bf16", torch.linspace(0.5, 2.0, 6, device=DEVICE), rdrop=1.0, kd=(0.5, 2.0))
 
     def run(graphs):
         torch.manual_seed(1)
         trained = copy.deepcopy(model)
         optimizer = make_optimizer(trained, 1e-3, 0.01)
-        losses = [train.train_step(trained, [b], len(b["labels"]), optimizer, None, "bf16", 1.0,
-                                   options=options, graphs=graphs)[0].clone() for b in order]
+        losses = [(train.graphed_train_step(graphs, trained, b, len(b["labels"]), loss, optimizer,
+                                            1.0) if graphs else
+                   train.train_step(trained, [b], len(b["labels"]), loss, optimizer, None, 1.0)
+                   )[0].clone() for b in order]
         return torch.stack(losses), trained.state_dict()
 
     cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 import train
 from conftest import run_main, tiny_train_args
 from ewect.config import LABELS
-from ewect.data import Record
+from ewect.data import Record, held_out_fold
 from ewect.errors import UserError
+from ewect.loss import AUTO_WEIGHT_CAP, class_weights, class_weights_arg, make_loss
 from ewect.modeling import build_model, expanded_mask
 
 
@@ -31,17 +32,17 @@ def tiny_batch(vocab_size, posts=6, length=9):
 
 def test_auto_class_weights_are_inverse_frequency_with_mean_one_and_a_cap():
     labels = [0] * 40 + [1] * 20 + [2] * 20 + [3] * 10 + [4] * 9 + [5] * 1
-    weights = train.class_weights("auto", labels, "cpu")
+    weights = class_weights("auto", labels, "cpu")
     counts = np.bincount(labels)
-    expected = np.minimum(len(labels) / (6 * counts), train.AUTO_WEIGHT_CAP)
+    expected = np.minimum(len(labels) / (6 * counts), AUTO_WEIGHT_CAP)
     assert np.allclose(weights.numpy(), expected)
-    assert weights[5] == train.AUTO_WEIGHT_CAP  # one neutral post: 16.7, capped
-    teams = train.class_weights("1,1,1,2,1.5,1.5", labels, "cpu")
+    assert weights[5] == AUTO_WEIGHT_CAP  # one neutral post: 16.7, capped
+    teams = class_weights("1,1,1,2,1.5,1.5", labels, "cpu")
     assert teams.tolist() == [1, 1, 1, 2, 1.5, 1.5]
-    assert train.class_weights("none", labels, "cpu") is None
+    assert class_weights("none", labels, "cpu") is None
     for bad in ("1,2", "1,1,1,1,1,0", "heavy"):
         with pytest.raises(Exception, match="expected none, auto or 6 positive numbers"):
-            train.class_weights_arg(bad)
+            class_weights_arg(bad)
 
 
 def test_fgm_adds_the_gradient_at_the_moved_embeddings_and_restores_them(vocab):
@@ -55,7 +56,7 @@ def test_fgm_adds_the_gradient_at_the_moved_embeddings_and_restores_them(vocab):
 
     def gradient():
         model.zero_grad()
-        loss, _ = train.forward_loss(model, batch, "fp32")
+        loss, _ = make_loss("fp32")(model, batch)
         (loss / 6).backward()
         return {k: v.grad.clone() for k, v in model.named_parameters()}
 
@@ -69,8 +70,8 @@ def test_fgm_adds_the_gradient_at_the_moved_embeddings_and_restores_them(vocab):
     model.zero_grad()
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0, fused=True)  # takes found_inf
-    train.train_step(model, [batch], 6, optimizer, None, "fp32", 1e9,
-                     options={"fgm": (embeddings, epsilon)})
+    train.train_step(model, [batch], 6, make_loss("fp32"), optimizer, None, 1e9,
+                     fgm=(embeddings, epsilon))
     for name, param in model.named_parameters():
         expected = start[name] - clean[name] - adversarial[name]
         assert torch.allclose(param, expected, atol=1e-5), name
@@ -82,7 +83,7 @@ def test_rdrop_adds_alpha_times_the_symmetric_kl_of_two_dropout_samples(vocab):
     losses = {}
     for alpha in (0.0, 1.0, 3.0):
         torch.manual_seed(7)  # the same two dropout samples each time
-        losses[alpha] = train.forward_loss(model, batch, "fp32", rdrop=alpha or 1e-30)[0].item()
+        losses[alpha] = make_loss("fp32", rdrop=alpha or 1e-30)(model, batch)[0].item()
     divergence = losses[1.0] - losses[0.0]
     assert divergence > 0
     assert losses[3.0] - losses[0.0] == pytest.approx(3 * divergence, rel=1e-4)
@@ -91,7 +92,7 @@ def test_rdrop_adds_alpha_times_the_symmetric_kl_of_two_dropout_samples(vocab):
     plain = F.cross_entropy(model(input_ids=batch["input_ids"],
                                   attention_mask=expanded_mask(batch["attention_mask"])).logits,
                             batch["labels"], reduction="sum")
-    assert train.forward_loss(model, batch, "fp32", rdrop=1.0)[0].item() == pytest.approx(
+    assert make_loss("fp32", rdrop=1.0)(model, batch)[0].item() == pytest.approx(
         plain.item(), rel=1e-5)
 
 
@@ -100,13 +101,13 @@ def test_folds_partition_the_training_posts_stratified():
     labels = [r.label for r in records]
     held_out = []
     for fold in range(1, 6):
-        train_part, held = train.held_out_fold(records, labels, 5, fold, seed=42)
+        train_part, held = held_out_fold(records, labels, 5, fold, seed=42)
         assert len(train_part) == 80 and len(held) == 20
         assert {r.id for r in train_part}.isdisjoint(r.id for r in held)
         assert sum(r.label == LABELS[3] for r in held) == 2  # 10 fear posts, 2 per fold
         held_out += [r.id for r in held]
     assert sorted(held_out) == list(range(100))  # every post held out exactly once
-    assert train.held_out_fold(records, labels, 5, 2, 42) == train.held_out_fold(
+    assert held_out_fold(records, labels, 5, 2, 42) == held_out_fold(
         records, labels, 5, 2, 42)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ewect.loss
 import pretrain
 import train
 from conftest import ROOT, tiny_train_args
@@ -143,7 +144,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint(trained, tmp_path, when):
 
 
 def test_a_loss_that_stays_non_finite_stops_the_run(clean_dir, vocab, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "classification_loss",
+    monkeypatch.setattr(ewect.loss, "classification_loss",
                         lambda logits, labels, weights=None: logits.sum() * float("nan"))
     with pytest.raises(UserError, match=r"not finite for 2 steps in a row \(steps 1-2\)"):
         train.main(tiny_train_args(clean_dir, vocab, tmp_path))
