@@ -29,6 +29,7 @@ def run_setting(name, args):
     from bench.common import load_posts
     from ewect.config import MAX_LENGTH
     from ewect.data import Collator, encode, length_grouped_batches
+    from ewect.loss import make_loss
     from ewect.modeling import build_model
     from ewect.prediction import predict_logits
     from ewect.training import make_optimizer
@@ -64,13 +65,13 @@ def run_setting(name, args):
     ids = encode(tokenizer, texts, MAX_LENGTH)
     collate = Collator(ids, labels, tokenizer.pad_token_id, multiple=multiple)
     batches = length_grouped_batches([len(x) for x in ids], 64, seed=0)[:args.train_steps]
-    optimizer = make_optimizer(model, 1e-5, 0.01)
+    optimizer, loss = make_optimizer(model, 1e-5, 0.01), make_loss("bf16")
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for indices in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(indices).items()}
-        train_step(model, [batch], len(indices), optimizer, None, "bf16", 1.0)
+        train_step(model, [batch], len(indices), loss, optimizer, None, 1.0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     result["train_steps"] = len(batches)
