@@ -271,7 +271,8 @@ def process_group():
 def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, settings=None):
     """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
     several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk. With --output,
-    `settings` (run_settings) go into OUTPUT.run.json first."""
+    `settings` (run_settings) go into OUTPUT.run.json first. Returns (posts this process
+    labelled, seconds it took)."""
     from tqdm import tqdm
 
     from ewect.cleaning import clean_text
@@ -285,6 +286,7 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
     writer = RowWriter(output, append=skip > 0)
     progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
                     disable=None if rank == 0 else True)  # None: no bar unless a terminal
+    labelled, start = 0, time.perf_counter()
     try:
         for chunk in chunks(itertools.islice(mine, skip, None), args.chunk_size):
             texts = [clean_text(text) for _, text in chunk]
@@ -293,9 +295,11 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
                           for (post_id, _), text, row, label_id
                           in zip(chunk, texts, probs, decide(probs, offsets))])
             progress.update(len(chunk) * world_size)
+            labelled += len(chunk)
     finally:
         progress.close()
         writer.close()
+    return labelled, time.perf_counter() - start
 
 
 def mark_done(output, rank, world_size):
@@ -366,8 +370,10 @@ def main(argv=None):
     posts = read_posts(args.input_file, args.format) if args.input_file else None
     began_with = check_earlier_run(args, world_size) if args.output else None
     offsets, source = choose_offsets(args.model_dir, args.decision)
+    loading = time.perf_counter()
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
                                args.precision)
+    loading = time.perf_counter() - loading
     settings = None
     if args.output:  # once the model is loaded: only then is the precision in use known
         settings = run_settings(args, world_size, predictor.precision, offsets)
@@ -379,7 +385,11 @@ def main(argv=None):
     if posts is None:
         label_one(args, predictor, offsets)
         return
-    label_file(args, posts, predictor, offsets, rank, world_size, settings)
+    labelled, seconds = label_file(args, posts, predictor, offsets, rank, world_size, settings)
+    if args.output and rank == 0:  # the throughput of a bulk run, once the model is loaded
+        print(f"{'process 0 ' if world_size > 1 else ''}labelled {labelled:,} posts in "
+              f"{seconds:.1f} s: {labelled / max(seconds, 1e-9):,.0f} posts/s (loading the "
+              f"model took {loading:.1f} s)", file=sys.stderr)
     if world_size > 1:
         mark_done(args.output, rank, world_size)
         if rank == 0:

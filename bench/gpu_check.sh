@@ -36,6 +36,9 @@
 #                  launch the eager step's kernels with the same dropout draws, so the two runs
 #                  differ by rounding alone (a bound chosen before any GPU run, not measured)
 #   test           test.py on usual_test with the epoch stage's checkpoint (wall time)
+#   bulk_predict   inference.py --output with that checkpoint over 200,000 posts (usual_test 40
+#                  times; the dry run: 2,000), bf16: the whole command's time and, as inference.py
+#                  reports it, posts/s once the model is loaded
 # Logs and gpu_check.json (per stage: status, device, seconds, last lines; rewritten as each
 # stage ends)
 # go to $OUT when it is set, else to workspace/gpu_check. The summary is printed last; the exit
@@ -49,6 +52,7 @@ needs() {  # needs A B: a rerun of stage A runs stage B too, whose output A read
     case $ONLY in *" $1 "*) case $ONLY in *" $2 "*) ;; *) ONLY="$ONLY$2 " ;; esac ;; esac
 }
 needs test epoch  # test.py tests the checkpoint that the epoch stage trains
+needs bulk_predict epoch
 needs graphs_match epoch
 needs graphs_match epoch_graphs
 PYTHON=$(command -v python3 || command -v python)  # the GPU image has only python3
@@ -102,6 +106,7 @@ if [ "$MODE" = "--dry-run" ]; then
     EPOCH="--batch_size 8 --lr 1e-3"
     GRAPHS=""
     GRAPHS_PROOF="done: best eval macro-F1"
+    BULK_POSTS=2000
     HAS_CUDA="cuda (True|False)"
     TRAIN_PROOF="speed-up \\(a\\)/\\(b\\)"
 else
@@ -116,6 +121,7 @@ else
     EPOCH=""
     GRAPHS="--cuda_graphs"
     GRAPHS_PROOF="CUDA graphs: [0-9]+ captured, [1-9][0-9]* steps replayed"
+    BULK_POSTS=200000
     HAS_CUDA="cuda True"
     TRAIN_PROOF="s per epoch of usual_train"  # --epoch_time ran to its end
 fi
@@ -166,17 +172,17 @@ run_stage environment 20 "$HAS_CUDA" "$PYTHON" -c "import torch, transformers; \
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'transformers', \
 transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-run_stage cuda_tests 170 " passed" "$PYTHON" -m pytest -q -m cuda --fail-on-skip \
+run_stage cuda_tests 150 " passed" "$PYTHON" -m pytest -q -m cuda --fail-on-skip \
     tests/test_cuda.py $CUDA_TESTS
-run_stage train_speed 150 "$TRAIN_PROOF" "$PYTHON" -m bench.train_speed \
+run_stage train_speed 130 "$TRAIN_PROOF" "$PYTHON" -m bench.train_speed \
     --device $DEVICE --data_dir $RAW --vocab "$VOCAB" $SIZE $TRAIN_SPEED
-run_stage predict_speed 40 "speed-up" "$PYTHON" -m bench.predict_speed --device $DEVICE \
+run_stage predict_speed 30 "speed-up" "$PYTHON" -m bench.predict_speed --device $DEVICE \
     --data_dir $RAW --vocab "$VOCAB" $SIZE $PREDICT_SPEED
 "$PYTHON" clean_data.py --raw_dir $RAW --out_dir "$WORK/clean" > "$OUT_DIR/clean.log" 2>&1
 EPOCH_OF_TRAIN_PY=("$PYTHON" train.py --from_scratch --vocab "$VOCAB" $SIZE --epochs 1 \
     --device $DEVICE --train_file "$WORK/clean/usual_train.txt" \
     --eval_file "$WORK/clean/usual_eval_labeled.txt" $EPOCH)
-run_stage epoch 70 "done: best eval macro-F1" "${EPOCH_OF_TRAIN_PY[@]}" --output_dir "$WORK/epoch"
+run_stage epoch 60 "done: best eval macro-F1" "${EPOCH_OF_TRAIN_PY[@]}" --output_dir "$WORK/epoch"
 run_stage epoch_graphs 60 "$GRAPHS_PROOF" "${EPOCH_OF_TRAIN_PY[@]}" \
     --output_dir "$WORK/epoch_graphs" $GRAPHS
 run_stage graphs_match 10 "within 0.02" "$PYTHON" -c 'import json, sys
@@ -188,10 +194,17 @@ if max(abs(eager[n] - graphed[n]) for n in ("eval_loss", "eval_macro_f1")) > 0.0
 print("the graphed epoch ended within 0.02 of the eager one")' "$WORK/epoch" "$WORK/epoch_graphs"
 run_stage test 30 "macro-F1" "$PYTHON" test.py --model_dir "$WORK/epoch/best" --device $DEVICE \
     --data_file "$WORK/clean/usual_test_labeled.txt" --output_dir "$WORK/test"
+"$PYTHON" -c 'import sys, itertools; from ewect.data import read_records
+posts = [" ".join(r.content.split()) for r in read_records(sys.argv[1]) if r.content.strip()]
+open(sys.argv[2], "w", encoding="utf-8").writelines(
+    p + "\n" for p in itertools.islice(itertools.cycle(posts), int(sys.argv[3])))' \
+    "$RAW/usual_test_labeled.txt" "$WORK/bulk.txt" $BULK_POSTS
+run_stage bulk_predict 60 "posts/s" "$PYTHON" inference.py --model_dir "$WORK/epoch/best" \
+    --input_file "$WORK/bulk.txt" --output "$WORK/bulk.tsv" --device $DEVICE
 
 if [ ${#STAGES[@]} = 0 ]; then
     echo "error: no stage named${ONLY% }; the stages: environment cuda_tests train_speed" \
-        "predict_speed epoch epoch_graphs graphs_match test" >&2
+        "predict_speed epoch epoch_graphs graphs_match test bulk_predict" >&2
     exit 2
 fi
 echo

@@ -23,14 +23,15 @@ def test_gpu_check_dry_run_passes_every_stage(vocab, tmp_path):
     result, summary = gpu_check(tmp_path, vocab)
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(summary) == ["environment", "cuda_tests", "train_speed", "predict_speed", "epoch",
-                             "epoch_graphs", "graphs_match", "test"]
+                             "epoch_graphs", "graphs_match", "test", "bulk_predict"]
     assert {name: s["status"] for name, s in summary.items()} == dict.fromkeys(summary, "ok"), (
         result.stdout)
     # a dry run's results can never pass for the GPU's
     assert {s["device"] for s in summary.values()} == {"cpu"} and "device: cpu" in result.stdout
     cuda_log = (tmp_path / "cuda_tests.log").read_text()
     assert " passed" in cuda_log and "skipped" not in cuda_log  # the CUDA tests ran, on the CPU
-    assert "| test | ok |" in result.stdout  # the summary is printed last
+    assert "| bulk_predict | ok |" in result.stdout  # the summary is printed last
+    assert "labelled 2,000 posts in" in (tmp_path / "bulk_predict.log").read_text()
 
 
 def test_cuda_tests_that_skip_fail_the_check(vocab, tmp_path):
