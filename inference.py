@@ -149,7 +149,8 @@ def run_settings(args, world_size, precision, offsets):
     return {"input_file": os.path.abspath(args.input_file), "input_bytes": stat.st_size,
             "input_modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
             "format": args.format, "json": args.json, "chunk_size": args.chunk_size,
-            "processes": world_size, "models": [weights_identity(d) for d in args.model_dir],
+            "processes": world_size,
+            "models": [weights_identity(d, args.backend, args.int8) for d in args.model_dir],
             "backend": args.backend, "int8": args.int8, "precision": precision,
             "decision_offsets": None if offsets is None else [float(o) for o in offsets]}
 
@@ -251,8 +252,10 @@ def check_earlier_run(args, world_size):
 def refuse_other_settings(output, then, now):
     """--resume: the settings recorded when OUTPUT was begun (`then`) must be today's. A setting
     that an older version did not record is taken as unchanged."""
-    changed = [describe_change(key, then[key], value) for key, value in now.items()
-               if key in then and then[key] != value]
+    changed = [key for key, value in now.items() if key in then and then[key] != value]
+    if {"backend", "int8"} & set(changed):  # another backend reads other files of the model
+        changed = [key for key in changed if key != "models"]
+    changed = [describe_change(key, then[key], now[key]) for key in changed]
     if changed:
         raise UserError(f"{output} was begun with other settings ({'; '.join(changed)}); resume "
                         f"with the same ones, or {leftovers(output)[2]}")
@@ -302,15 +305,20 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
     return labelled, time.perf_counter() - start
 
 
+def done_mark(world_size):
+    """What OUTPUT.partK.done says: this launch, and which attempt of it (torchrun's
+    --max_restarts starts the processes again under the same launch). A mark an earlier launch
+    or attempt left is not this one's, so rank 0 never merges before a slow process is done."""
+    return f"{launch_id(world_size)}, attempt {os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+
+
 def mark_done(output, rank, world_size):
-    """OUTPUT.partK.done, naming this launch: a mark an earlier launch left (killed before its
-    merge) is not this launch's, so rank 0 does not merge before a slow process has finished."""
-    write_atomically(f"{output}.part{rank}.done", launch_id(world_size), rank)
+    write_atomically(f"{output}.part{rank}.done", done_mark(world_size), rank)
 
 
-def marked_done(part, launch):
+def marked_done(part, mark):
     try:
-        return Path(part + ".done").read_text(encoding="utf-8") == launch
+        return Path(part + ".done").read_text(encoding="utf-8") == mark
     except OSError:
         return False
 
@@ -320,8 +328,8 @@ def merge_parts(output, world_size, chunk_size):
     parts' chunks back into input order in OUTPUT (written whole, then renamed into place), and
     remove the parts and the run's record."""
     parts = [f"{output}.part{rank}" for rank in range(world_size)]
-    launch = launch_id(world_size)
-    while not all(marked_done(part, launch) for part in parts):
+    mark = done_mark(world_size)
+    while not all(marked_done(part, mark) for part in parts):
         time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
     files = [open(part, encoding="utf-8") for part in parts]
     with open(output + ".tmp", "w", encoding="utf-8") as merged:

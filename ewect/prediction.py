@@ -33,19 +33,20 @@ ONNX_DIR = "onnx"
 ONNX_FILES = {False: "model.onnx", True: "model.int8.onnx"}  # keyed by int8
 
 
-def weights_identity(model_dir):
-    """A checkpoint as a resumed run knows it: its path, and the size and time of each weight
-    file (ONNX exports included) and of its config, so that a model trained or exported again in
-    the same folder is told apart from the one the run began with. A folder that is gone: its
-    path alone."""
+def weights_identity(model_dir, backend="torch", int8=False):
+    """A checkpoint as a resumed run knows it: its path, and the size and time of its config and
+    of the weight files the backend reads (torch: the checkpoint's; onnx: export.py's file), so
+    that a model trained or exported again in the same folder is told apart from the one the
+    run began with. A folder that is gone: its path alone."""
     folder = os.path.abspath(os.path.expanduser(model_dir))
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    onnx = os.path.join(folder, ONNX_DIR)
-    names += [f"{ONNX_DIR}/{name}" for name in (os.listdir(onnx) if os.path.isdir(onnx) else [])]
-    weights = sorted(name for name in names if name.endswith((".safetensors", ".bin", ".onnx"))
-                     or name == "config.json")
-    return [folder, *(f"{name}:{os.path.getsize(os.path.join(folder, name))}:"
-                      f"{os.path.getmtime(os.path.join(folder, name))}" for name in weights)]
+    if backend == "onnx":
+        weights = [f"{ONNX_DIR}/{ONNX_FILES[int8]}"]
+    else:
+        weights = [name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                   if name.endswith((".safetensors", ".bin"))]
+    paths = sorted((name, os.path.join(folder, name)) for name in ["config.json", *weights])
+    return [folder, *(f"{name}:{os.path.getsize(path)}:{os.path.getmtime(path)}"
+                      for name, path in paths if os.path.isfile(path))]
 
 
 def softmax(logits):

@@ -286,6 +286,27 @@ def test_resume_with_another_model_or_way_of_labelling_is_refused(exported, seco
     assert out.read_text(encoding="utf-8") == labelled
 
 
+def test_exporting_the_model_midway_does_not_stop_a_torch_resume(exported, tmp_path,
+                                                                 monkeypatch):
+    # export.py writes into the model's folder; the torch weights a resumed run reads stay.
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    posts, out, whole = tmp_path / "posts.txt", tmp_path / "out.tsv", tmp_path / "whole.tsv"
+    posts.write_text("\n".join(POSTS * 2) + "\n", encoding="utf-8")
+    common = ["--model_dir", model, "--device", "cpu", "--precision", "fp32", "--input_file",
+              posts, "--chunk_size", 4]
+    assert run_main("inference.py", *common, "--output", whole).returncode == 0
+    monkeypatch.setattr(inference.RowWriter, "write", kill_in_the_second_chunk(
+        inference.RowWriter.write))
+    with pytest.raises(KeyboardInterrupt):
+        inference.main([*map(str, common), "--output", str(out)])
+    monkeypatch.undo()
+    for path in (model / "onnx").iterdir():  # exported again
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 60))
+    assert run_main("inference.py", *common, "--output", out, "--resume").returncode == 0
+    assert out.read_text(encoding="utf-8") == whole.read_text(encoding="utf-8")
+
+
 # (TORCHELASTIC_RUN_ID, torchrun's process id) of four launches: with a rendezvous, torchrun names
 # each launch; with a fixed --master_port every launch is 'none', and its processes share their
 # parent, the torchrun process.
