@@ -46,9 +46,10 @@ def fingerprint(texts):
 def teacher_targets(teacher_dirs, texts, output_dir, proc, precision, began_with=None):
     """(log-probabilities, identity): the teachers' (members, posts, labels) log-probabilities
     of the cleaned training texts, and the teachers they came from, which the run keeps in its
-    training state. Read from OUTPUT_DIR/teacher.pt when it holds them for these posts and these
-    teachers, or, on --resume, the teachers the run began with (`began_with`), whatever became
-    of them since: the run learns to the end from the same targets. Else each process labels
+    training state. Read from OUTPUT_DIR/teacher.pt when it holds them for these posts, these
+    teachers and this precision, or, on --resume, the teachers the run began with
+    (`began_with`), whatever became of them since: the run learns to the end from the same
+    targets. Else each process labels
     every world_size-th post on its device and the shares are gathered (with a GPU each, a large
     --unlabelled corpus takes about 1/N of the time, and no process waits long at a
     collective); rank 0 saves them. The teachers compute in the run's `precision` (fp32 on any
@@ -56,14 +57,17 @@ def teacher_targets(teacher_dirs, texts, output_dir, proc, precision, began_with
     machine). `proc`: this Process of the run (ewect.training)."""
     path = os.path.join(output_dir, TEACHER_FILE)
     wanted = {"teachers": [weights_identity(t) for t in teacher_dirs],
-              "posts": fingerprint(texts)}
+              "posts": fingerprint(texts), "precision": precision}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # missing, or cut short by a kill: label again
         state = {}
     rank, world, device = proc.rank, proc.world_size, proc.device
     kept = state.get("teachers")
-    usable = state.get("posts") == wanted["posts"] and kept in (wanted["teachers"], began_with)
+    if began_with:  # --resume: the targets the run began with (or today's teachers'), as made
+        usable = state.get("posts") == wanted["posts"] and kept in (wanted["teachers"], began_with)
+    else:  # a new run: targets of these teachers in this run's precision, or none
+        usable = all(state.get(key) == value for key, value in wanted.items())
     if world > 1:  # all processes take the same branch, even if one could not read the file
         agreed = torch.tensor(int(usable), device=device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)

@@ -67,6 +67,12 @@ def test_the_teacher_runs_once_per_post_and_not_on_resume(trained, clean_dir, vo
     assert teacher_calls == [posts_in(clean_dir)] * 2  # once per run, none on --resume
     assert_same_weights(resumed / "last", whole / "last", atol=1e-6)
     assert "read from" in (resumed / "train.log").read_text()
+    # A new run in another precision asks the teacher again; its --resume in any precision not.
+    train.main(tiny_train_args(clean_dir, vocab, resumed, *kd, "--precision", "bf16",
+                               "--overwrite_output_dir", "--stop_after_steps", 1))
+    train.main(tiny_train_args(clean_dir, vocab, resumed, *kd, "--resume", "--stop_after_steps",
+                               2))
+    assert teacher_calls == [posts_in(clean_dir)] * 3
     # and the teacher changed what was learnt
     assert any(not torch.equal(a, b) for a, b in zip(weights(whole / "last").values(),
                                                      weights(trained / "last").values()))
