@@ -193,6 +193,8 @@ def pretrain(args, proc):
     if state:
         refuse_shifted_resume(state, progress, proc.world_size,
                               lambda processes: epoch_batches(progress.epoch, processes))
+        log.info("resuming from %s at epoch %d, step %d", os.path.join(args.output_dir, "last"),
+                 progress.epoch + 1, progress.step_in_epoch)
     log.info("corpus: %d posts, held out: %d; %s masking; %d steps per epoch of %d posts = %d "
              "process(es) x %d micro-batch(es) of up to %d; %s on %s", len(train_ids),
              len(held_ids), "whole-word" if args.whole_word_mask else "token", steps_per_epoch,

@@ -23,6 +23,7 @@ every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log.
 """
 import argparse
 import contextlib
+import functools
 import logging
 import os
 from collections import namedtuple
@@ -107,14 +108,14 @@ def parse_args(argv=None):
                    help="R-Drop: each post twice, plus ALPHA x the two passes' symmetric KL "
                         "(0: off)")
     p.add_argument("--cuda_graphs", action="store_true",
-                   help="replay each step from a CUDA graph (experimental: not yet run on a "
-                        "GPU)")
+                   help="replay each step from a CUDA graph: one GPU, bf16 or fp32, no "
+                        "accumulation, FGM or --compile (experimental)")
     p.add_argument("--tune_bias", action="store_true",
                    help="fit per-class logit offsets on the eval posts into best/decision.json")
     p.add_argument("--teacher", nargs="+", metavar="DIR",
                    help="distil from these checkpoints of this script (several: their mean)")
     p.add_argument("--kd_alpha", type=float,
-                   help=f"weight of the teacher's term against the gold labels' "
+                   help=f"weight of the teacher's term, 1 - alpha the gold labels' "
                         f"(default: {KD_DEFAULTS['kd_alpha']})")
     p.add_argument("--kd_temperature", type=positive_float,
                    help=f"softmax temperature of the teacher's term "
@@ -197,8 +198,7 @@ def read_split(paths, args, drop_empty):
 
 def tokenize(data, tokenizer, max_length):
     """(train ids, train labels, eval ids, eval labels): every post tokenized once for the run;
-    --unlabelled's after the training posts (in the order of the teacher's soft labels), with
-    the label -100: none."""
+    --unlabelled's after the training posts, as the teacher's labels are, with no label: -100."""
     train_labels = [LABEL2ID[r.label] for r in data.train] + [-100] * len(data.unlabelled)
     return (encode(tokenizer, [r.content for r in data.train] + data.unlabelled, max_length),
             train_labels, encode(tokenizer, [r.content for r in data.eval], max_length),
@@ -218,7 +218,7 @@ def check_starting_model(args, state):
 def load_model(args, state, texts, proc):
     """(model, tokenizer) in train mode on the device: last/ on --resume, else --model_name
     (cut to --student_layers) or with --from_scratch a random BERT on --vocab or a vocabulary
-    built from `texts`."""
+    built from `texts`; checked to fit the device and --max_length."""
     if state:
         model, tokenizer = load_checkpoint(os.path.join(args.output_dir, "last"), proc.device)
     else:
@@ -228,6 +228,8 @@ def load_model(args, state, texts, proc):
         if args.student_layers:
             log.info("student: layers %s of %s kept", keep_layers(model, args.student_layers),
                      args.model_name)
+    refuse_cpu_marathon(args.device, proc.device, model)
+    check_max_length(model, args.max_length)
     # from_pretrained and load_checkpoint return a model in eval mode: without this, the first
     # epoch of a run from pretrained weights would train without dropout.
     return model.to(proc.device).train(), tokenizer
@@ -271,7 +273,7 @@ def train_step(model, pieces, step_size, loss, optimizer, scaler, max_grad_norm,
     return loss_sum, confusion, optimizer_step(optimizer, scaler, max_grad_norm, finite)
 
 
-def graphed_train_step(graphs, model, batch, step_size, loss, optimizer, max_grad_norm):
+def graphed_train_step(graphs, model, pieces, step_size, loss, optimizer, max_grad_norm):
     """train_step as --cuda_graphs runs it (one micro-batch, one process, no scaler, no FGM): the
     forward, backward and clipping replayed from the CUDA graph of the batch's shape and the
     model's mode, the optimizer's step eager, the gradients left where the graphs write them."""
@@ -279,7 +281,7 @@ def graphed_train_step(graphs, model, batch, step_size, loss, optimizer, max_gra
         loss_sum, confusion, finite = accumulate_gradients(model, [batch], step_size, loss)
         return loss_sum, confusion, clip_gradients(optimizer, None, max_grad_norm, finite)
 
-    loss_sum, confusion, skipped = graphs(gradients, batch, model.training)
+    loss_sum, confusion, skipped = graphs(gradients, pieces[0], model.training)
     apply_update(optimizer, None, skipped, keep_grads=True)
     return loss_sum, confusion, skipped
 
@@ -326,8 +328,6 @@ def train(args, proc):
         teacher = soft_targets(log_probs, args.kd_temperature)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args, state, texts, proc)
-    refuse_cpu_marathon(args.device, proc.device, model)
-    check_max_length(model, args.max_length)
     train_ids, train_labels, eval_ids, eval_labels = tokenize(data, tokenizer, args.max_length)
 
     # Steps: --batch_size posts each, dealt to the processes, by gradient accumulation if need be.
@@ -357,11 +357,20 @@ def train(args, proc):
     if state:
         refuse_shifted_resume(state, progress, proc.world_size,
                               lambda processes: epoch_batches(progress.epoch, processes))
+        log.info("resuming from %s at epoch %d, step %d", os.path.join(args.output_dir, "last"),
+                 progress.epoch + 1, progress.step_in_epoch)
     log.info("train: %d posts, eval: %d posts; %d steps per epoch of %d posts = %d process(es) "
              "x %d micro-batch(es) of up to %d; %s on %s%s", len(train_ids), len(eval_ids),
              steps_per_epoch, args.batch_size, proc.world_size, accumulation, per_device,
              precision, describe_processes(proc), ", CUDA graphs" if graphs else "")
     trained_model = wrap_for_training(model, args.compile, proc)
+    if graphs:  # step(pieces, step_size): one optimizer step
+        step = functools.partial(graphed_train_step, graphs, trained_model, loss=loss,
+                                 optimizer=optimizer, max_grad_norm=args.max_grad_norm)
+    else:
+        step = functools.partial(train_step, trained_model, loss=loss, optimizer=optimizer,
+                                 scaler=scaler, max_grad_norm=args.max_grad_norm,
+                                 world_size=proc.world_size, fgm=fgm)
     writer = tensorboard(args.output_dir, progress, proc)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id, teacher,
                         pad_multiple(proc.device.type), model.config.max_position_embeddings)
@@ -381,12 +390,7 @@ def train(args, proc):
             for pieces in bar:
                 pieces = [{k: v.to(proc.device, non_blocking=True) for k, v in piece.items()}
                           for piece in pieces]
-                step_size = len(batches[progress.step_in_epoch])
-                loss_sum, confusion, skipped = graphed_train_step(
-                    graphs, trained_model, pieces[0], step_size, loss, optimizer,
-                    args.max_grad_norm) if graphs else train_step(
-                    trained_model, pieces, step_size, loss, optimizer, scaler,
-                    args.max_grad_norm, proc.world_size, fgm)
+                loss_sum, confusion, skipped = step(pieces, len(batches[progress.step_in_epoch]))
                 scheduler.step()
                 running.add(loss=torch.where(skipped, 0.0, loss_sum), confusion=confusion,
                             posts=torch.where(skipped, 0, sum(len(p["labels"]) for p in pieces)),
@@ -457,8 +461,7 @@ def log_steps(running, scheduler, bar, writer, step):
 
 
 def log_epoch(result, epoch, improved, writer, graphs):
-    """The epoch's eval scores to the log and TensorBoard; with CUDA graphs, proof that they
-    were replayed, not only built."""
+    """The epoch's eval scores to the log and TensorBoard, and proof that CUDA graphs replayed."""
     if graphs:
         log.info("CUDA graphs: %d captured, %d steps replayed so far", len(graphs.graphs),
                  graphs.replays)

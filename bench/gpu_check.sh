@@ -36,9 +36,10 @@
 #                  launch the eager step's kernels with the same dropout draws, so the two runs
 #                  differ by rounding alone (a bound chosen before any GPU run, not measured)
 #   test           test.py on usual_test with the epoch stage's checkpoint (wall time)
-#   bulk_predict   inference.py --output with that checkpoint over 200,000 posts (usual_test 40
+#   bulk_predict   inference.py --output with that checkpoint over 100,000 posts (usual_test 20
 #                  times; the dry run: 2,000), bf16: the whole command's time and, as inference.py
-#                  reports it, posts/s once the model is loaded
+#                  reports it, posts/s once the model is loaded (100,000: at the last measured
+#                  3,546 posts/s, 200,000 would not fit the stage's 60 s)
 # Logs and gpu_check.json (per stage: status, device, seconds, last lines; rewritten as each
 # stage ends)
 # go to $OUT when it is set, else to workspace/gpu_check. The summary is printed last; the exit
@@ -96,6 +97,7 @@ if [ "$MODE" = "--dry-run" ]; then
         --deselect tests/test_cuda.py::test_cuda_graphs_train_as_eager_steps_do
         --deselect tests/test_cuda.py::test_cuda_graphs_are_captured_anew_in_the_other_mode
         --deselect tests/test_cuda.py::test_resume_with_cuda_graphs_is_exact
+        --deselect tests/test_cuda.py::test_a_failed_capture_is_one_error_and_leaves_cuda_usable
         --deselect tests/test_cuda.py::test_torchrun_with_two_processes"
     RAW=tests/fixtures/raw
     VOCAB=$WORK/vocab.txt
@@ -121,7 +123,7 @@ else
     EPOCH=""
     GRAPHS="--cuda_graphs"
     GRAPHS_PROOF="CUDA graphs: [0-9]+ captured, [1-9][0-9]* steps replayed"
-    BULK_POSTS=200000
+    BULK_POSTS=100000
     HAS_CUDA="cuda True"
     TRAIN_PROOF="s per epoch of usual_train"  # --epoch_time ran to its end
 fi

@@ -127,7 +127,7 @@ def project_step_fn(model, device, cuda_graphs=False):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         size = len(batch["labels"])
         loss_sum, confusion, skipped = graphed_train_step(
-            graphs, model, batch, size, loss, optimizer, MAX_GRAD_NORM) if graphs else train_step(
+            graphs, model, [batch], size, loss, optimizer, MAX_GRAD_NORM) if graphs else train_step(
             model, [batch], size, loss, optimizer, scaler, MAX_GRAD_NORM)
         running.add(loss=loss_sum, confusion=confusion, skipped=skipped.long())
     return step

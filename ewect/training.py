@@ -281,8 +281,18 @@ class CudaGraphSteps:
                 with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     outputs = compute(inputs)
             except Exception as err:
-                raise CaptureFailed(f"--cuda_graphs: capturing a step failed "
-                                    f"({first_line(err)})") from err
+                # When compute fails, the graph's exit fails too, in ending the capture, before
+                # it switches back from its capture stream: switch back here (train.py saves
+                # last/ next), and name the first failure, which that second one hides.
+                why = ("--cuda_graphs: capturing a step failed "
+                       f"({first_line(err.__context__ or err)})")
+                try:
+                    torch.cuda.set_stream(torch.cuda.default_stream())
+                    torch.cuda.synchronize()
+                except Exception:  # CUDA is left unusable: nothing more can be saved
+                    raise UserError(f"{why}; --resume from the last epoch's last/ without "
+                                    "--cuda_graphs") from err
+                raise CaptureFailed(why) from err
             self.graphs[shape] = graph, inputs, outputs
             graph.replay()  # capturing ran nothing: this is the step
             self.replays += 1
@@ -405,9 +415,6 @@ def optimization(model, tokenizer, args, state, steps_per_epoch, proc, **saved_w
             "args": vars(args), **saved_with})
         return last_dir
 
-    if state:
-        log.info("resuming from %s at epoch %d, step %d", last_dir, progress.epoch + 1,
-                 progress.step_in_epoch)
     return optimizer, scheduler, scaler, progress, save_last
 
 
@@ -651,4 +658,5 @@ def add_shared_args(p, model_help):
                    help="stop after this many steps in all, saving last/ for --resume (0: never)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
     p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="start a new run in place of the one in OUTPUT_DIR, which is deleted")
+                   help="start a new run in place of OUTPUT_DIR's, which is deleted (refused if "
+                        "this run starts from a folder in it)")

@@ -23,7 +23,7 @@ from ewect.data import Collator, encode, read_records
 from ewect.loss import make_loss
 from ewect.modeling import build_model, expanded_mask
 from ewect.prediction import load_predictor
-from ewect.training import CudaGraphSteps, make_grad_scaler, make_optimizer
+from ewect.training import CaptureFailed, CudaGraphSteps, make_grad_scaler, make_optimizer
 
 DEVICE = torch.device(os.environ.get("EWECT_CUDA_TESTS_DEVICE", "cuda:0"))
 ON_GPU = DEVICE.type == "cuda"
@@ -72,8 +72,8 @@ def test_a_training_step_lowers_the_loss_without_a_host_sync(model_and_batch, pr
     model, batch = model_and_batch
     optimizer = make_optimizer(model, 1e-3, 0.01)
     scaler = make_grad_scaler(precision, DEVICE)
-    step = lambda: train.train_step(model, [batch], 16, make_loss(precision), optimizer, scaler,  # noqa: E731
-                                    1.0)
+    loss = make_loss(precision)
+    step = lambda: train.train_step(model, [batch], 16, loss, optimizer, scaler, 1.0)  # noqa: E731
     first = step()[0].item() / 16
     for _ in range(3):  # warm-up: kernels load, the scaler settles
         step()
@@ -209,8 +209,8 @@ def test_cuda_graphs_train_as_eager_steps_do(model_and_batch):
         torch.manual_seed(1)
         trained = copy.deepcopy(model)
         optimizer = make_optimizer(trained, 1e-3, 0.01)
-        losses = [(train.graphed_train_step(graphs, trained, b, len(b["labels"]), loss, optimizer,
-                                            1.0) if graphs else
+        losses = [(train.graphed_train_step(graphs, trained, [b], len(b["labels"]), loss,
+                                            optimizer, 1.0) if graphs else
                    train.train_step(trained, [b], len(b["labels"]), loss, optimizer, None, 1.0)
                    )[0].clone() for b in order]
         return torch.stack(losses), trained.state_dict()
@@ -261,3 +261,23 @@ def test_resume_with_cuda_graphs_is_exact(clean_dir, vocab, tmp_path):
     a, b = weights(out / "last"), weights(tmp_path / "whole" / "last")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert "CUDA graphs" in (out / "train.log").read_text()
+
+
+def test_a_failed_capture_is_one_error_and_leaves_cuda_usable(model_and_batch):
+    # Last of all: it fails a capture on purpose. A host sync cannot be captured; the error names
+    # that first failure (not the capture's end, which fails after it), and the process is back
+    # on the default stream with CUDA usable, as train.py needs to save last/.
+    _, batch = model_and_batch
+
+    def syncing(inputs):
+        return (inputs["input_ids"].float().sum() * inputs["input_ids"].sum().item(),)
+
+    graphs = CudaGraphSteps()
+    graphs(syncing, batch, True)  # run eagerly: the warm-up
+    with pytest.raises(CaptureFailed, match="capturing a step failed") as failure:
+        graphs(syncing, batch, True)
+    # why: CUDA's "operation not permitted when stream is capturing", not the end's "failed due
+    # to a previous error during capture"
+    assert "capturing" in str(failure.value).split("(", 1)[1], failure.value
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert (torch.ones(3, device=DEVICE) * 2).sum().item() == 6
