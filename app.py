@@ -101,7 +101,8 @@ def build_demo(predictor, offsets=None):
         row = predictor.predict([cleaned])[0]
         # Label's own form, passed as is (postprocess=False): the label shown is the decided one,
         # which with offsets need not be the most probable.
-        return {"label": predictor.labels[decide(row[None], offsets)[0]],
+        label_id = decide(row[None], offsets, predictor.temperature)[0]
+        return {"label": predictor.labels[label_id],
                 "confidences": [{"label": predictor.labels[i], "confidence": float(row[i])}
                                 for i in row.argsort()[::-1]]}
 
@@ -127,7 +128,8 @@ def build_demo(predictor, offsets=None):
             probs.append(predictor.predict(texts[start:start + PROGRESS_EVERY]))
         probs = np.concatenate(probs)
         table = pd.DataFrame({"id": [post_id for post_id, _ in posts], "text": texts,
-                              "label": [predictor.labels[i] for i in decide(probs, offsets)]})
+                              "label": [predictor.labels[i] for i in
+                                        decide(probs, offsets, predictor.temperature)]})
         for column, label in enumerate(predictor.labels):
             table[label] = probs[:, column].astype(float).round(4)
         out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"

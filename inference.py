@@ -10,6 +10,8 @@
     python inference.py --input_file posts.txt --model_dir runA/best runB/best   # an ensemble
     python inference.py --input_file posts.txt --model_dir runA/best runB/best --decision dec.json
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
+    python inference.py --input_file posts.csv --output labels.tsv --summary shares.json
+    python inference.py --input_file posts.csv --summary shares.json --group_by date --period day
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
 line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional),
@@ -34,6 +36,12 @@ Under torchrun each process labels every N-th chunk on its own GPU (cuda:LOCAL_R
 they share the cores) into OUTPUT.partK, and rank 0 merges the parts into OUTPUT in input order
 once every process of this launch has marked its part done (an earlier launch's marks are not
 taken for them).
+--summary S.json adds the file's emotion shares (ewect/shares.py): classify and count and its
+corrections, the recommended one with a 95% interval, and a warning when the model sees the posts
+differently from the labelled posts its corrections learnt from (the checkpoint's eval posts, or
+--calibration_file). --group_by COLUMN gives them per value of a column (per day of a time with
+--period day) in S.groups.csv and S.groups.png. Probabilities are calibrated by the checkpoint's
+temperature (calibration.json); labels do not change.
 """
 import argparse
 import glob
@@ -46,11 +54,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ewect.config import BEST_DIR, LABELS, MAX_LENGTH
-from ewect.data import read_posts
+import numpy as np
+
+from ewect.config import BEST_DIR, LABEL2ID, LABELS, MAX_LENGTH
+from ewect.data import read_groups, read_posts
 from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
 from ewect.prediction import BACKENDS, add_precision_arg, load_predictor, weights_identity
+from ewect.shares import PERIODS
 
 FORMATS = ("auto", "lines", "json", "jsonl", "csv", "tsv", "xlsx")
 
@@ -86,9 +97,26 @@ def parse_args(argv=None):
     p.add_argument("--int8", action="store_true",
                    help="int8 model: dynamic quantization (torch, CPU) or export.py's int8 file")
     add_precision_arg(p)
+    p.add_argument("--summary", metavar="S.json",
+                   help="also write the file's emotion shares: every method, the recommended "
+                        "one's 95%% interval, and a warning when its correction may not hold")
+    p.add_argument("--group_by", metavar="COLUMN",
+                   help="with --summary: shares per value of this column of a CSV, TSV, Excel, "
+                        "JSON or JSON Lines file, in S.groups.csv and S.groups.png")
+    p.add_argument("--period", choices=PERIODS,
+                   help="with --group_by: its column holds times; group them by day, week or "
+                        "month")
+    p.add_argument("--calibration_file", nargs="+", metavar="FILE",
+                   help="with --summary: posts of your own data labelled by hand (as test.py "
+                        "reads them), for the corrections to learn the model's mistakes from "
+                        "instead of its eval posts")
     args = p.parse_args(argv)
     if args.resume and not (args.output and args.input_file):
         p.error("--resume needs --input_file and --output")
+    for flag, needs in (("summary", "input_file"), ("group_by", "summary"),
+                        ("period", "group_by"), ("calibration_file", "summary")):
+        if getattr(args, flag) and not getattr(args, needs):
+            p.error(f"--{flag} needs --{needs}")
     return args
 
 
@@ -152,7 +180,8 @@ def run_settings(args, world_size, precision, offsets):
             "processes": world_size,
             "models": [weights_identity(d, args.backend, args.int8) for d in args.model_dir],
             "backend": args.backend, "int8": args.int8, "precision": precision,
-            "decision_offsets": None if offsets is None else [float(o) for o in offsets]}
+            "decision_offsets": None if offsets is None else [float(o) for o in offsets],
+            "summary": bool(args.summary)}
 
 
 def describe_change(key, then, now):
@@ -215,7 +244,8 @@ def begun_by_this_launch(record, world_size):
 def leftovers(output):
     """(files an earlier run left, its parts among them, how to start over)."""
     parts = sorted(glob.glob(glob.escape(output) + ".part*"))
-    earlier = [path for path in (output, record_path(output)) if os.path.exists(path)] + parts
+    earlier = [path for path in (output, record_path(output), probabilities_path(output))
+               if os.path.exists(path)] + parts
     start_over = "delete " + " and ".join(dict.fromkeys(
         f"{output}.part*" if path in parts else path for path in earlier)) + " to start over"
     return earlier, parts, start_over
@@ -271,10 +301,35 @@ def process_group():
     return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def probabilities_path(output):
+    """--summary's record of every post's calibrated probabilities beside OUTPUT (or a part, or
+    S.json without --output): float32 rows, written and synced with each chunk before its rows,
+    so a resumed run has those of the rows already written."""
+    return f"{output}.probabilities"
+
+
+ROW_BYTES = len(LABELS) * 4  # one post's float32 probabilities
+
+
+def keep_probabilities(path, rows):
+    """The probabilities file opened to append after its first `rows` rows (those of the rows
+    already in the output; a chunk written after them, whose rows a kill cut off, is dropped)."""
+    if rows == 0:
+        return open(path, "wb")
+    if not os.path.exists(path) or os.path.getsize(path) < rows * ROW_BYTES:
+        raise UserError(f"{path}: has the probabilities of fewer posts than the output has rows "
+                        "(removed?), so the summary cannot be resumed; start over")
+    f = open(path, "rb+")
+    f.truncate(rows * ROW_BYTES)
+    f.seek(0, os.SEEK_END)
+    return f
+
+
 def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, settings=None):
     """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
     several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk. With --output,
-    `settings` (run_settings) go into OUTPUT.run.json first. Returns (posts this process
+    `settings` (run_settings) go into OUTPUT.run.json first; with --summary, the probabilities go
+    to probabilities_path(OUTPUT or OUTPUT.partk or S.json). Returns (posts this process
     labelled, seconds it took)."""
     from tqdm import tqdm
 
@@ -287,6 +342,8 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
     if args.output:
         write_record(args.output, settings, world_size, rank)
     writer = RowWriter(output, append=skip > 0)
+    kept = (keep_probabilities(probabilities_path(output or args.summary), skip)
+            if args.summary else None)
     progress = tqdm(unit=" posts", initial=skip, file=sys.stderr, dynamic_ncols=True,
                     disable=None if rank == 0 else True)  # None: no bar unless a terminal
     labelled, start = 0, time.perf_counter()
@@ -294,14 +351,21 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
         for chunk in chunks(itertools.islice(mine, skip, None), args.chunk_size):
             texts = [clean_text(text) for _, text in chunk]
             probs = predictor.predict(texts, args.batch_size, args.max_length)
+            if kept:
+                kept.write(probs.astype(np.float32).tobytes())
+                kept.flush()
+                os.fsync(kept.fileno())
             writer.write([format_row(post_id, text, row, label_id, args.json)
                           for (post_id, _), text, row, label_id
-                          in zip(chunk, texts, probs, decide(probs, offsets))])
+                          in zip(chunk, texts, probs,
+                                 decide(probs, offsets, predictor.temperature))])
             progress.update(len(chunk) * world_size)
             labelled += len(chunk)
     finally:
         progress.close()
         writer.close()
+        if kept:
+            kept.close()
     return labelled, time.perf_counter() - start
 
 
@@ -323,10 +387,10 @@ def marked_done(part, mark):
         return False
 
 
-def merge_parts(output, world_size, chunk_size):
+def merge_parts(output, world_size, chunk_size, summary):
     """Rank 0, once every process of this launch has marked its part done: interleave the
-    parts' chunks back into input order in OUTPUT (written whole, then renamed into place), and
-    remove the parts and the run's record."""
+    parts' chunks back into input order in OUTPUT (written whole, then renamed into place), the
+    same for their probabilities with --summary, and remove the parts."""
     parts = [f"{output}.part{rank}" for rank in range(world_size)]
     mark = done_mark(world_size)
     while not all(marked_done(part, mark) for part in parts):
@@ -342,11 +406,19 @@ def merge_parts(output, world_size, chunk_size):
         os.fsync(merged.fileno())
     for f in files:
         f.close()
+    if summary:
+        rows = [np.fromfile(probabilities_path(part), np.float32).reshape(-1, len(LABELS))
+                for part in parts]
+        pieces = []
+        for index in range(-(-sum(map(len, rows)) // chunk_size)):  # chunk k: process k % N's
+            start = index // world_size * chunk_size
+            pieces.append(rows[index % world_size][start:start + chunk_size])
+        np.concatenate(pieces).tofile(probabilities_path(output))
     os.replace(output + ".tmp", output)
     for part in parts:
-        os.remove(part)
-        os.remove(part + ".done")
-    os.remove(record_path(output))
+        for path in (part, part + ".done", probabilities_path(part)):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def label_one(args, predictor, offsets=None):
@@ -354,7 +426,7 @@ def label_one(args, predictor, offsets=None):
 
     text = clean_text(args.input)
     row = predictor.predict([text], 1, args.max_length)[0]
-    label_id = decide(row[None], offsets)[0]
+    label_id = decide(row[None], offsets, predictor.temperature)[0]
     if args.json:
         print(format_row(None, text, row, label_id, True), end="")
         return
@@ -376,6 +448,7 @@ def main(argv=None):
         raise UserError("several processes need torchrun, which names each launch "
                         "(TORCHELASTIC_RUN_ID): rank 0 merges only the parts of its own launch")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
+    groups = group_keys(args) if args.group_by and rank == 0 else None  # a bad column: now
     began_with = check_earlier_run(args, world_size) if args.output else None
     offsets, source = choose_offsets(args.model_dir, args.decision)
     loading = time.perf_counter()
@@ -390,6 +463,7 @@ def main(argv=None):
     if source and rank == 0:
         print(f"labels decided with the offsets in {source} (--decision none: plain argmax)",
               file=sys.stderr)
+    reference = labelled_reference(args, predictor, offsets) if args.summary and rank == 0 else None
     if posts is None:
         label_one(args, predictor, offsets)
         return
@@ -401,9 +475,76 @@ def main(argv=None):
     if world_size > 1:
         mark_done(args.output, rank, world_size)
         if rank == 0:
-            merge_parts(args.output, world_size, args.chunk_size)
-    elif args.output:
+            merge_parts(args.output, world_size, args.chunk_size, args.summary)
+    if rank == 0 and args.summary:
+        write_summary(args, predictor, offsets, reference, groups)
+    if rank == 0 and args.output:
         os.remove(record_path(args.output))  # done: nothing left to resume
+
+
+def group_keys(args):
+    """Each post's --group_by group, read before any post is labelled: a missing column or an
+    unreadable time stops the run at once."""
+    from ewect.shares import group_keys as keys_of
+
+    return keys_of(read_groups(args.input_file, args.format, args.group_by), args.period,
+                   f"{args.input_file}: column {args.group_by!r}")
+
+
+def labelled_reference(args, predictor, offsets):
+    """What --summary's corrections learn from: --calibration_file's posts, labelled now, or the
+    eval posts saved with the checkpoint (calibration.json), calibrated as the file's will be."""
+    from ewect.calibration import with_temperature
+    from ewect.cleaning import clean_text
+    from ewect.data import read_records
+    from ewect.shares import Reference
+
+    calibration = predictor.calibration
+    if args.calibration_file:
+        records = [r for path in args.calibration_file for r in read_records(path)]
+        probabilities = predictor.predict([clean_text(r.content) for r in records],
+                                          args.batch_size, args.max_length)
+        golds, source = [LABEL2ID[r.label] for r in records], " ".join(args.calibration_file)
+    elif calibration is None:
+        why = getattr(predictor, "calibration_note", None) or "it has no calibration.json"
+        raise UserError(f"--summary: {' '.join(args.model_dir)}: nothing saved with the model to "
+                        f"learn its mistakes from ({why}): run `python calibrate.py --model_dir "
+                        "DIR`, or pass --calibration_file with posts labelled by hand")
+    else:
+        probabilities = with_temperature(calibration["eval_probabilities"], predictor.temperature)
+        golds, source = calibration["eval_labels"], calibration["fitted_on"]
+    training = (calibration["training_shares"] if calibration is not None
+                else np.bincount(golds, minlength=len(LABELS)) / len(golds))
+    return Reference(probabilities, golds, decide(probabilities, offsets, predictor.temperature),
+                     training, source)
+
+
+def write_summary(args, predictor, offsets, reference, groups):
+    """S.json from the probabilities of every post (and with --group_by, S.groups.csv and
+    S.groups.png), written aside and renamed; the probabilities file is removed after."""
+    import pandas as pd
+
+    from ewect.shares import describe, plot_groups, summarize, summarize_groups
+
+    kept = probabilities_path(args.output or args.summary)
+    probabilities = np.fromfile(kept, np.float32).reshape(-1, len(LABELS))
+    decided = decide(probabilities, offsets, predictor.temperature)
+    summary = summarize(probabilities, decided, reference)
+    stem = os.path.splitext(args.summary)[0]
+    if groups is not None:
+        if len(groups) != len(decided):
+            raise UserError(f"{args.input_file}: changed while it was labelled ({len(groups)} "
+                            f"posts now, {len(decided)} labelled); start over")
+        rows = summarize_groups(groups, probabilities, decided, reference)
+        pd.DataFrame(rows).to_csv(stem + ".groups.csv", index=False)
+        plot_groups(rows, stem + ".groups.png", f"{os.path.basename(args.input_file)}: shares "
+                    f"by {args.group_by}{f' ({args.period})' if args.period else ''}")
+        summary["groups"] = stem + ".groups.csv"
+    write_atomically(args.summary, json.dumps(summary, ensure_ascii=False, indent=1), 0)
+    os.remove(kept)
+    print(describe(summary) + f"\nwrote {args.summary}" +
+          (f", {stem}.groups.csv, {stem}.groups.png" if groups is not None else ""),
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

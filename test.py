@@ -18,8 +18,12 @@ Labels are the argmax of the probabilities, or with decision offsets (ewect/deci
 argmax of log p + offset: a single --model_dir's decision.json (train.py --tune_bias) is used
 unless --decision none; --decision FILE gives offsets explicitly (an ensemble's, say). With
 offsets, the plain-argmax scores are printed too, and both go into metrics.json.
+Probabilities are calibrated by the model's temperature (calibration.json, written by train.py
+or calibrate.py; labels do not change): the expected calibration error (15 bins, top label),
+negative log-likelihood and Brier score are printed before and after it.
 Outputs go to --output_dir: NAME.predictions.csv (id, text, gold, predicted, one probability
-per label), NAME.confusion.png and NAME.metrics.json, NAME being each data file's name.
+per label), NAME.confusion.png, NAME.reliability.png (the reliability diagram) and
+NAME.metrics.json, NAME being each data file's name.
 """
 import argparse
 import json
@@ -109,13 +113,15 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
     """Print and write one data file's report (skipped: the file's unusable records)."""
     import pandas as pd
 
+    from ewect.calibration import plot_reliability, with_temperature
     from ewect.config import LABEL2ID
     from ewect.decision import decide
     from ewect.metrics import confusion_matrix, format_report, scores
 
     texts = [r.content for r in records]
     probs = predictor.predict(texts, args.batch_size, args.max_length)
-    golds, preds = [LABEL2ID[r.label] for r in records], decide(probs, offsets)
+    golds, preds = [LABEL2ID[r.label] for r in records], decide(probs, offsets,
+                                                                 predictor.temperature)
     confusion = confusion_matrix(golds, preds)
     result = scores(confusion)
 
@@ -134,6 +140,7 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
               f"{argmax['accuracy']:.4f}  macro-F1 {argmax['macro_f1']:.4f}  official macro-F1 "
               f"{argmax['official_macro_f1']:.4f}")
     print("\n" + format_report(result, confusion))
+    calibration = report_calibration(probs, golds, predictor, args.model_dir)
 
     out = os.path.join(args.output_dir, name)
     table = pd.DataFrame({"id": [r.id for r in records], "text": texts,
@@ -149,10 +156,35 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
                    "int8": args.int8, "precision": precision, "posts": len(records),
                    "skipped_records": skipped,
                    **summary(result),
-                   "decision": decision, "confusion": confusion.tolist()}, f, indent=2)
+                   "decision": decision, "calibration": calibration,
+                   "confusion": confusion.tolist()}, f, indent=2)
     plot_confusion(confusion, out + ".confusion.png",
                    f"{name}: acc {result['acc']:.3f}, macro-F1 {result['macro_f1']:.3f}")
-    print(f"\nwrote {out}.predictions.csv, {out}.metrics.json, {out}.confusion.png")
+    plot_reliability(with_temperature(probs, 1 / predictor.temperature), probs, golds,
+                     out + ".reliability.png", f"{name}: temperature {predictor.temperature:.2f}")
+    print(f"\nwrote {out}.predictions.csv, {out}.metrics.json, {out}.confusion.png, "
+          f"{out}.reliability.png")
+
+
+def report_calibration(probs, golds, predictor, model_dirs):
+    """Print, and return for metrics.json, the calibration scores of the model's own
+    probabilities and of the calibrated ones (probs: calibrated by predictor.temperature)."""
+    from ewect.calibration import calibration_scores, with_temperature
+
+    temperature = predictor.temperature
+    before = calibration_scores(with_temperature(probs, 1 / temperature), golds)
+    after = calibration_scores(probs, golds)
+    line = "  ".join(f"{name} {before[key]:.4f}" for name, key in
+                     (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier")))
+    if temperature == 1.0:
+        why = getattr(predictor, "calibration_note", None) or (
+            f"no calibration.json: python calibrate.py --model_dir {model_dirs[0]}")
+        print(f"\ncalibration: {line} (probabilities not calibrated: {why})")
+    else:
+        print(f"\ncalibration (temperature {temperature:.3f}; labels unchanged): " + "  ".join(
+            f"{name} {before[key]:.4f} -> {after[key]:.4f}" for name, key in
+            (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))))
+    return {"temperature": temperature, "before": before, "after": after}
 
 
 def main(argv=None):

@@ -17,9 +17,10 @@ usual_eval macro-F1 (--dataset virus: virus_train and virus_eval; both: the two 
         --output_dir workspace/student   # distil an ensemble into a 4-layer cut of the model
 
 Writes to --output_dir (workspace/wb; wb_virus, wb_both for the other --dataset): best/ (the best
-epoch, save_pretrained: weights, config with id2label, tokenizer; with --tune_bias also
-decision.json), last/ (the same plus training_state.pt, everything --resume needs; written after
-every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log.
+epoch, save_pretrained: weights, config with id2label, tokenizer; calibration.json, the
+temperature of its probabilities fitted on the eval posts (ewect/calibration.py); with
+--tune_bias also decision.json), last/ (the same plus training_state.pt, everything --resume
+needs; written after every epoch and on Ctrl-C/SIGTERM), tensorboard/ and train.log.
 """
 import argparse
 import contextlib
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ewect.calibration import CALIBRATION_FILE, calibrate, describe_calibration
 from ewect.config import DATASETS, LABEL2ID, LABELS, dataset_files, dataset_output_dir
 from ewect.data import (Collator, add_label_names_arg, clean_records, encode, held_out_fold,
                         pad_multiple, read_records, split_for_step, step_batches)
@@ -429,9 +431,8 @@ def train(args, proc):
     best_dir = os.path.join(args.output_dir, "best")
     log.info("done: best eval macro-F1 %.4f at epoch %d, saved in %s", progress.best_f1,
              progress.best_epoch, best_dir)
-    if args.tune_bias and proc.is_main:
-        tune_decision(best_dir, eval_ids, eval_labels, data.eval_source, args, proc.device,
-                      precision)
+    if proc.is_main:
+        finish_best(best_dir, eval_ids, eval_labels, data, args, proc.device, precision)
     return True
 
 
@@ -482,14 +483,20 @@ def save_best(model, tokenizer, output_dir, result, epoch, eval_source):
                                                     summary))
 
 
-def tune_decision(best_dir, eval_ids, eval_labels, eval_source, args, device, precision):
-    """--tune_bias: per-class offsets fitted on the eval posts' probabilities under best/'s
-    weights, saved beside them as best/decision.json."""
+def finish_best(best_dir, eval_ids, eval_labels, data, args, device, precision):
+    """From the eval posts' probabilities under best/'s weights: the temperature that calibrates
+    them (best/calibration.json) and, with --tune_bias, per-class offsets (best/decision.json)."""
     model, _ = load_checkpoint(best_dir, device)
     probabilities = softmax(predict_logits(model, eval_ids, args.eval_batch_size, device,
                                            AMP_DTYPES[precision]).numpy())
+    record = calibrate(best_dir, probabilities, eval_labels,
+                       [LABEL2ID[r.label] for r in data.train], data.eval_source)
+    log.info("%s; saved in %s", describe_calibration(record),
+             os.path.join(best_dir, CALIBRATION_FILE))
+    if not args.tune_bias:
+        return
     offsets, tuned_f1 = tune_offsets(probabilities, eval_labels)
-    save_offsets(best_dir, offsets, eval_source)
+    save_offsets(best_dir, offsets, data.eval_source)
     log.info("decision offsets (%s) raise eval macro-F1 from %.4f to %.4f; saved in %s",
              ", ".join(f"{label} {o:+.1f}" for label, o in zip(LABELS, offsets)),
              classification_scores(eval_labels, probabilities.argmax(-1))["macro_f1"], tuned_f1,

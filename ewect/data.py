@@ -371,6 +371,31 @@ def read_posts(path, file_format="auto"):
     return itertools.chain([first], posts)
 
 
+def read_groups(path, file_format, column):
+    """The value of `column` for each post of read_posts(path, file_format), as text, in the
+    same order; one line naming the file when it has no such column (one post per line has no
+    columns at all), or the record that lacks it."""
+    file_format = detect_format(path) if file_format == "auto" else file_format
+    if file_format == "lines":
+        raise UserError(f"{path}: one post per line has no columns to group by; give a CSV, TSV, "
+                        f"Excel, JSON or JSON Lines file with a {column!r} column")
+    if file_format in ("csv", "tsv", "xlsx"):
+        rows = (load_table(path, "Excel", ("content", column)) if file_format == "xlsx" else
+                _decode_errors(path, table_rows(path, "\t" if file_format == "tsv" else ",",
+                                                ("content", column))))
+        return (row[column] for row in rows)
+    items = (enumerate(load_json_array(path), 1) if file_format == "json"
+             else ((number, json.loads(line)) for number, line in read_lines(path)))
+    return _group_values(path, items, column, "record" if file_format == "json" else "line")
+
+
+def _group_values(path, items, column, unit):
+    for number, item in items:
+        if not isinstance(item, dict) or item.get(column) is None:
+            raise UserError(f"{path}: {unit} {number}: no {column!r} field to group by")
+        yield str(item[column])
+
+
 def _decode_errors(path, posts):
     try:
         yield from posts

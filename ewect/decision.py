@@ -17,11 +17,13 @@ DECISION_FILE = "decision.json"
 OFFSET_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 2)  # log-probability units
 
 
-def decide(probabilities, offsets=None):
-    """Label ids (numpy) of rows of probabilities, with offsets added to their logs if given."""
+def decide(probabilities, offsets=None, temperature=1.0):
+    """Label ids (numpy) of rows of probabilities, with offsets added to their logs if given.
+    Offsets are in the units of the model's own log-probabilities; probabilities calibrated by
+    a temperature T have logs divided by T, so the offsets are too: the labels stay the same."""
     if offsets is None:
         return probabilities.argmax(-1)
-    return (np.log(np.clip(probabilities, 1e-12, None)) + offsets).argmax(-1)
+    return (np.log(np.clip(probabilities, 1e-12, None)) + offsets / temperature).argmax(-1)
 
 
 def tune_offsets(probabilities, golds, rounds=3):

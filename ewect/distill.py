@@ -94,8 +94,10 @@ def teacher_targets(teacher_dirs, texts, output_dir, proc, precision, began_with
                  "%d process(es) sharing them, into %s", len(texts), len(teacher_dirs), world, path)
     share = []
     for folder in teacher_dirs:  # one at a time: a large ensemble need not fit at once
+        # the model's own probabilities: --kd_temperature alone sets the softness of its labels
         probabilities = load_predictor(folder, device=device.type, local_rank=device.index or 0,
-                                       precision=precision).predict(texts[rank::world])
+                                       precision=precision, calibrated=False
+                                       ).predict(texts[rank::world])
         share.append(torch.from_numpy(probabilities).float().clamp_min(1e-30).log())
     shares = [torch.stack(share)]
     if world > 1:

@@ -6,8 +6,10 @@ bench/predict_speed.py and the demo.
     predictor = load_predictor([DIR_A, DIR_B])                        # an ensemble: mean of both
     probabilities = predictor.predict([clean_text(t) for t in posts])  # (n, 6), LABELS order
 
-Both backends tokenize once, sort the posts by length and pad each batch to its own longest post,
-then put the rows back in input order. An ensemble averages its members' probabilities, each
+Probabilities are calibrated by the checkpoint's temperature (ewect/calibration.py) unless
+load_predictor(..., calibrated=False); .temperature says which (1.0: none). Both backends
+tokenize once, sort the posts by length and pad each batch to its own longest post, then put the
+rows back in input order. An ensemble averages its members' probabilities, each
 member tokenizing with its own tokenizer. Importing this module imports neither torch nor
 transformers: the torch backend imports them when it is loaded, and the onnx backend never does
 (it needs onnxruntime, the tokenizers library and numpy only), so it starts in a fraction of a
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import CALIBRATION_FILE, fit_temperature, load_calibration, with_temperature
 from .config import LABELS, MAX_LENGTH, PRECISIONS
 from .data import pad_multiple, padded_width, sorted_batches
 from .errors import UserError, first_line
@@ -34,23 +37,25 @@ ONNX_FILES = {False: "model.onnx", True: "model.int8.onnx"}  # keyed by int8
 
 
 def weights_identity(model_dir, backend="torch", int8=False):
-    """A checkpoint as a resumed run knows it: its path, and the size and time of its config and
-    of the weight files the backend reads (torch: the checkpoint's; onnx: export.py's file), so
-    that a model trained or exported again in the same folder is told apart from the one the
-    run began with. A folder that is gone: its path alone."""
+    """A checkpoint as a resumed run knows it: its path, and the size and time of its config, its
+    calibration and the weight files the backend reads (torch: the checkpoint's; onnx:
+    export.py's file), so that a model trained, calibrated or exported again in the same folder
+    is told apart from the one the run began with. A folder that is gone: its path alone."""
     folder = os.path.abspath(os.path.expanduser(model_dir))
     if backend == "onnx":
         weights = [f"{ONNX_DIR}/{ONNX_FILES[int8]}"]
     else:
         weights = [name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
                    if name.endswith((".safetensors", ".bin"))]
-    paths = sorted((name, os.path.join(folder, name)) for name in ["config.json", *weights])
+    paths = sorted((name, os.path.join(folder, name))
+                   for name in ["config.json", CALIBRATION_FILE, *weights])
     return [folder, *(f"{name}:{os.path.getsize(path)}:{os.path.getmtime(path)}"
                       for name, path in paths if os.path.isfile(path))]
 
 
-def softmax(logits):
-    """Row-wise softmax of a numpy array, in float32."""
+def softmax(logits, temperature=1.0):
+    """Row-wise softmax of a numpy array (divided by a temperature), in float32."""
+    logits = logits / temperature
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
@@ -135,9 +140,9 @@ def add_precision_arg(p, has_int8=True):
 
 
 def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=128,
-                          max_length=MAX_LENGTH, precision="auto"):
+                          max_length=MAX_LENGTH, precision="auto", temperature=1.0):
     """Label probabilities (numpy, one row per text, columns in LABELS order) of texts that went
-    through clean_text, as the training data did."""
+    through clean_text, as the training data did; softmax of the logits / temperature."""
     import torch
 
     from .data import encode
@@ -147,14 +152,21 @@ def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=12
     amp_dtype = AMP_DTYPES[prediction_precision(precision, torch.device(device))]
     logits = predict_logits(model, encode(tokenizer, cleaned_texts, max_length), batch_size,
                             device, amp_dtype)
-    return softmax(logits.numpy())
+    return softmax(logits.numpy(), temperature)
+
+
+def checkpoint_calibration(model_dir, calibrated):
+    """(calibration.json's record or None, the temperature to apply: 1.0 unless calibrated)."""
+    calibration = load_calibration(model_dir)
+    return calibration, calibration["temperature"] if calibration and calibrated else 1.0
 
 
 class TorchPredictor:
     """The checkpoint as train.py saved it (or its int8 quantization, on the CPU)."""
     labels = LABELS
 
-    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto"):
+    def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto",
+                 calibrated=True):
         from .modeling import load_checkpoint, prediction_precision, resolve_device
 
         # Every flag is checked before the (bert-base: seconds long) load.
@@ -162,6 +174,7 @@ class TorchPredictor:
             raise UserError("--int8 runs on the CPU; drop --device cuda or --int8")
         self.device = resolve_device("cpu" if int8 else device, local_rank)
         self.precision = prediction_precision(precision, self.device, int8)
+        self.calibration, self.temperature = checkpoint_calibration(model_dir, calibrated)
         self.model, self.tokenizer = load_checkpoint(model_dir, self.device)
         if int8:
             self.model = quantize_int8(self.model)
@@ -170,7 +183,7 @@ class TorchPredictor:
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         return predict_probabilities(self.model, self.tokenizer, list(cleaned_texts), self.device,
                                      batch_size or self.default_batch_size, max_length,
-                                     self.precision)
+                                     self.precision, self.temperature)
 
 
 # --- onnx backend -----------------------------------------------------------------------------
@@ -187,7 +200,7 @@ class OnnxPredictor:
     precision = "fp32"  # of the fp32 file; the int8 file's own kernels otherwise
 
     def __init__(self, model_dir, device="auto", int8=False, local_rank=0, precision="auto",
-                 onnx_dir=None):
+                 calibrated=True, onnx_dir=None):
         """onnx_dir: where the .onnx files are, model_dir/onnx unless export.py checks new ones."""
         if device == "cuda":
             raise UserError("--backend onnx runs on the CPU; drop --device cuda")
@@ -211,6 +224,7 @@ class OnnxPredictor:
         labels = tuple(id2label.get(str(i)) for i in range(len(id2label)))
         if labels != LABELS:  # as load_checkpoint checks for torch: ensembles average columns
             raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
+        self.calibration, self.temperature = checkpoint_calibration(model_dir, calibrated)
         self.pad_id = config.get("pad_token_id") or 0
         self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
         options = onnxruntime.SessionOptions()
@@ -253,32 +267,54 @@ class OnnxPredictor:
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         check_length_limit(max_length, self.position_limit)
         ids = self.encode(cleaned_texts, max_length)
-        return softmax(self.logits(ids, batch_size or self.default_batch_size))
+        return softmax(self.logits(ids, batch_size or self.default_batch_size), self.temperature)
 
 
 class EnsemblePredictor:
-    """Several checkpoints as one: the mean of their probabilities. Each member tokenizes with
-    its own tokenizer, so members may differ in vocabulary, size and --max_length limit."""
+    """Several checkpoints as one: the mean of their (uncalibrated) probabilities. Each member
+    tokenizes with its own tokenizer, so members may differ in vocabulary, size and --max_length
+    limit. The ensemble is calibrated as a whole, by a temperature fitted on the mean of the
+    members' saved eval probabilities when every member was calibrated on the same eval posts;
+    otherwise it is not (.temperature 1.0, and .calibration_note says why)."""
     labels = LABELS
 
-    def __init__(self, members):
-        self.members = members
+    def __init__(self, members, calibrated=True):
+        self.members = members  # loaded with calibrated=False
         self.precision = members[0].precision  # one --precision for all
+        records = [member.calibration for member in members]
+        self.calibration, self.temperature, self.calibration_note = None, 1.0, None
+        if any(record is None for record in records):
+            self.calibration_note = "a member has no calibration.json (python calibrate.py)"
+        elif any(r["fitted_on"] != records[0]["fitted_on"]
+                 or not np.array_equal(r["eval_labels"], records[0]["eval_labels"])
+                 for r in records):
+            self.calibration_note = "the members were calibrated on different eval posts"
+        else:
+            probabilities = np.mean([r["eval_probabilities"] for r in records], axis=0)
+            self.calibration = {
+                **records[0], "eval_probabilities": probabilities,
+                "training_shares": np.mean([r["training_shares"] for r in records], axis=0),
+                "temperature": fit_temperature(probabilities, records[0]["eval_labels"])}
+            self.temperature = self.calibration["temperature"] if calibrated else 1.0
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         texts = list(cleaned_texts)
-        return np.mean([member.predict(texts, batch_size, max_length) for member in self.members],
+        mean = np.mean([member.predict(texts, batch_size, max_length) for member in self.members],
                        axis=0, dtype=np.float32)
+        return mean if self.temperature == 1.0 else with_temperature(mean, self.temperature)
 
 
 def load_predictor(model_dirs, backend="torch", device="auto", int8=False, local_rank=0,
-                   precision="auto"):
+                   precision="auto", calibrated=True):
     """A predictor of the checkpoint in model_dirs, or of the ensemble of a list of them: .labels,
-    and .predict(cleaned_texts) giving an (n, 6) numpy array of probabilities in input order.
+    and .predict(cleaned_texts) giving an (n, 6) numpy array of probabilities in input order,
+    calibrated unless calibrated=False (.temperature, .calibration: ewect/calibration.py).
     local_rank: the GPU of this process under torchrun; precision: see add_precision_arg."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     predictor = TorchPredictor if backend == "torch" else OnnxPredictor
     folders = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
-    members = [predictor(folder, device, int8, local_rank, precision) for folder in folders]
-    return members[0] if len(members) == 1 else EnsemblePredictor(members)
+    if len(folders) == 1:
+        return predictor(folders[0], device, int8, local_rank, precision, calibrated)
+    return EnsemblePredictor([predictor(folder, device, int8, local_rank, precision, False)
+                              for folder in folders], calibrated)

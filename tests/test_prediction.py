@@ -13,6 +13,8 @@ import torch
 
 import inference
 from conftest import ROOT, assert_clean_error, run_main, run_script
+from ewect.calibration import (CALIBRATION_FILE, calibrate, fit_temperature, load_calibration,
+                               with_temperature)
 from ewect.config import LABELS
 from ewect.decision import save_offsets
 from ewect.errors import UserError
@@ -625,3 +627,63 @@ def test_padding_a_batch_further_leaves_its_logits_unchanged(checkpoint):
             logits[multiple] = model(input_ids=input_ids, attention_mask=mask).logits
     assert input_ids.shape[1] % 8 == 0 and input_ids.shape[1] > max(map(len, ids))
     assert torch.allclose(logits[1], logits[8], atol=1e-5)
+
+
+def calibrated_copy(folder, tmp_path, name="calibrated", temperature=2.0, fitted_on="eval.txt"):
+    """A copy of a checkpoint (with its exports) and a calibration.json of this temperature."""
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    rng = np.random.default_rng(0)
+    golds = rng.integers(0, len(LABELS), 60)
+    calibrate(copy, rng.dirichlet(np.ones(len(LABELS)), 60), golds, golds, fitted_on)
+    record = json.loads((copy / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    (copy / CALIBRATION_FILE).write_text(json.dumps({**record, "temperature": temperature}),
+                                         encoding="utf-8")
+    return copy
+
+
+@pytest.mark.parametrize("backend, int8", [("torch", False), ("torch", True), ("onnx", False),
+                                           ("onnx", True)])
+def test_every_backend_applies_the_checkpoint_temperature(exported, tmp_path, backend, int8):
+    folder = calibrated_copy(exported, tmp_path)
+    precision = "fp32" if backend == "torch" and not int8 else "auto"
+    calibrated = load_predictor(folder, backend, "cpu", int8, precision=precision)
+    own = load_predictor(folder, backend, "cpu", int8, precision=precision, calibrated=False)
+    assert (calibrated.temperature, own.temperature) == (2.0, 1.0)
+    probabilities, own_probabilities = calibrated.predict(POSTS), own.predict(POSTS)
+    assert np.allclose(probabilities, with_temperature(own_probabilities, 2.0), atol=1e-5)
+    assert (probabilities.argmax(1) == own_probabilities.argmax(1)).all()
+    assert probabilities.max(1).mean() < own_probabilities.max(1).mean()  # less sure at T 2
+
+
+def test_an_ensemble_is_calibrated_as_a_whole(checkpoint, second_checkpoint, tmp_path):
+    members = [calibrated_copy(checkpoint, tmp_path, "a"),
+               calibrated_copy(second_checkpoint, tmp_path, "b")]
+    ensemble = load_predictor(members, device="cpu", precision="fp32")
+    own = load_predictor(members, device="cpu", precision="fp32", calibrated=False)
+    record = load_calibration(members[0])  # both members' eval records are the same here
+    assert ensemble.temperature == pytest.approx(
+        fit_temperature(record["eval_probabilities"], record["eval_labels"]))
+    assert ensemble.temperature != 2.0  # fitted for the ensemble, not taken from a member
+    probabilities, own_probabilities = ensemble.predict(POSTS), own.predict(POSTS)
+    assert np.allclose(probabilities, with_temperature(own_probabilities, ensemble.temperature),
+                       atol=1e-5)
+    assert (probabilities.argmax(1) == own_probabilities.argmax(1)).all()
+    members[1] = calibrated_copy(second_checkpoint, tmp_path, "c", fitted_on="other.txt")
+    apart = load_predictor(members, device="cpu", precision="fp32")
+    assert apart.temperature == 1.0 and "different eval posts" in apart.calibration_note
+
+
+def test_inference_prints_calibrated_probabilities_with_the_same_labels(checkpoint, tmp_path,
+                                                                       capsys):
+    folder = calibrated_copy(checkpoint, tmp_path, temperature=0.3)  # sharpens: labels could flip
+    save_offsets(folder, np.array([0.4, -0.3, 0.0, 0.9, 0.2, -0.6]), "eval.txt")
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    rows = [json.loads(line) for line in label(folder, capsys, "--input_file", posts, "--json",
+                                               "--precision", "fp32").splitlines()]
+    (folder / CALIBRATION_FILE).unlink()
+    own = [json.loads(line) for line in label(folder, capsys, "--input_file", posts, "--json",
+                                              "--precision", "fp32").splitlines()]
+    assert [row["label"] for row in rows] == [row["label"] for row in own]
+    assert [row["probabilities"] for row in rows] != [row["probabilities"] for row in own]

@@ -1,0 +1,298 @@
+"""Emotion shares of a file of posts ("23% angry"), corrected for the model's mistakes, with a 95%
+interval and a warning when the correction cannot be trusted: inference.py --summary.
+
+Counting the labels (classify and count) is biased whenever the file's mix of emotions differs
+from the training posts'. The corrections, named as QuaPy (Moreo et al. 2021) names them:
+  cc    classify and count: the share of each predicted label
+  pcc   the mean of the (calibrated) probabilities (Bella et al. 2010)
+  acc   cc corrected by how often each true label is predicted as each label on labelled posts
+        (Forman 2008): the shares p that best solve q = M p on the simplex
+  pacc  the same with probabilities in place of labels (Bella et al. 2010)
+  emq   EM re-weighting of the probabilities from the training shares (Saerens et al. 2002)
+The labelled posts are the eval split's, saved with the checkpoint (ewect/calibration.py), or a
+user's own (--calibration_file). acc, pacc and emq assume the posts of each emotion look to the
+model as they did in those labelled posts: a change of mix alone. `shift_check` tests that on
+each file: a mix of the labelled posts' per-label histograms of (predicted label, confidence)
+is fitted to the file's, and the distance left is compared with what a file of that size drawn
+from the labelled posts shows (a parametric bootstrap). When the file is further away, the
+summary warns and recommends pcc, which measurement showed safest there (bench/RESULTS.md,
+"Emotion shares").
+
+The formulas are written here rather than called from QuaPy: QuaPy takes seconds to import and
+runs its bootstrap in worker processes that do not repeat, where a resumed run's summary must
+equal an uninterrupted one's. tests/test_shares.py checks them against QuaPy's.
+"""
+import numpy as np
+
+from .config import LABELS
+from .errors import UserError
+
+METHODS = ("cc", "pcc", "acc", "pacc", "emq")
+MIN_POSTS = 100  # fewer posts: the plain estimate (pcc), flagged; a correction is too noisy
+REPLICATES = 200  # bootstrap replicates, for the interval and for the check
+CONFIDENCE_BINS = 4  # the check's histogram: predicted label x this many confidence bins
+SEED = 0
+EM_TOLERANCE, EM_MAX_ITERATIONS = 1e-4, 1000  # QuaPy's EMQ
+
+
+class Reference:
+    """What the corrections learn from labelled posts: their calibrated probabilities, gold
+    label ids and decided label ids, the training shares (for emq) and where they came from."""
+
+    def __init__(self, probabilities, golds, decided, training_shares, source):
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.golds = np.asarray(golds, dtype=np.int64)
+        self.decided = np.asarray(decided, dtype=np.int64)
+        self.training_shares = np.asarray(training_shares, dtype=np.float64)
+        self.source = source
+
+    def resampled(self, rng):
+        index = rng.integers(0, len(self.golds), len(self.golds))
+        return Reference(self.probabilities[index], self.golds[index], self.decided[index],
+                         self.training_shares, self.source)
+
+
+def one_hot(label_ids, width=len(LABELS)):
+    return np.eye(width)[np.asarray(label_ids, dtype=np.int64)]
+
+
+def class_conditional(golds, rows, width=len(LABELS)):
+    """M with M[i, j] the mean of column i of `rows` over the posts of true label j (what QuaPy's
+    getPteCondEstim gives): P(predicted i | true j) for one-hot rows. A label with no posts gets
+    the identity's column, as in QuaPy."""
+    matrix = np.eye(rows.shape[1], width)
+    for label in range(width):
+        mine = golds == label
+        if mine.any():
+            matrix[:, label] = rows[mine].mean(0)
+    return matrix
+
+
+def simplex_least_squares(matrix, target):
+    """The shares p >= 0, sum 1, that minimise |matrix p - target|: non-negative least squares
+    with the sum held to 1 by a heavily weighted extra row (QuaPy minimises the same norm with
+    SLSQP; this is the same answer a hundred times faster, which the bootstrap needs)."""
+    from scipy.optimize import nnls
+
+    weight = 1e3
+    system = np.vstack([matrix, weight * np.ones(matrix.shape[1])])
+    shares, _ = nnls(system, np.append(target, weight))
+    return shares / shares.sum()
+
+
+def expectation_maximisation(training_shares, probabilities):
+    """Saerens et al.'s EM, as QuaPy's EMQ.EM: the file's shares q, and its posts' posteriors
+    re-weighted by q / training shares, updated in turn until q settles."""
+    training = np.asarray(training_shares, dtype=np.float64).copy()
+    if np.prod(training) == 0:  # a label absent in training: smoothed, as QuaPy does
+        training = (training + EM_TOLERANCE) / (training + EM_TOLERANCE).sum()
+    shares, previous = training.copy(), None
+    for iteration in range(EM_MAX_ITERATIONS):
+        weighted = shares / training * probabilities
+        posteriors = weighted / weighted.sum(1, keepdims=True)
+        shares = posteriors.mean(0)
+        if (previous is not None and np.abs(shares - previous).mean() < EM_TOLERANCE
+                and iteration > 10):
+            break
+        previous = shares
+    return shares
+
+
+def estimate(method, probabilities, decided, reference):
+    """One method's shares (numpy, LABELS order) of the posts whose calibrated probabilities and
+    decided label ids are given."""
+    if method == "cc":
+        return one_hot(decided).mean(0)
+    if method == "pcc":
+        return np.asarray(probabilities, dtype=np.float64).mean(0)
+    if method == "acc":
+        return simplex_least_squares(
+            class_conditional(reference.golds, one_hot(reference.decided)),
+            one_hot(decided).mean(0))
+    if method == "pacc":
+        return simplex_least_squares(
+            class_conditional(reference.golds, reference.probabilities),
+            np.asarray(probabilities, dtype=np.float64).mean(0))
+    if method == "emq":
+        return expectation_maximisation(reference.training_shares, probabilities)
+    raise ValueError(f"unknown method {method}")
+
+
+def interval(method, probabilities, decided, reference, rng, replicates=REPLICATES):
+    """95% percentile interval of each share: each replicate resamples the file's posts (the
+    sampling of the posts) and the labelled posts (what the correction learnt from them)."""
+    estimates = []
+    for _ in range(replicates):
+        index = rng.integers(0, len(decided), len(decided))
+        estimates.append(estimate(method, probabilities[index], decided[index],
+                                  reference.resampled(rng)))
+    return np.percentile(np.array(estimates), [2.5, 97.5], axis=0).T
+
+
+def cell_edges(reference):
+    """The check's confidence bins: quantiles of the labelled posts' top probability."""
+    confidence = reference.probabilities.max(1)
+    return np.quantile(confidence, np.linspace(0, 1, CONFIDENCE_BINS + 1)[1:-1])
+
+
+def cells(probabilities, decided, edges):
+    """Each post's cell: its decided label x the bin of its top probability."""
+    return np.asarray(decided) * CONFIDENCE_BINS + np.searchsorted(edges,
+                                                                   probabilities.max(1))
+
+
+def cell_histograms(reference, edges):
+    """H[c, j]: the share of the labelled posts of true label j that fall in cell c."""
+    width = len(LABELS) * CONFIDENCE_BINS
+    return class_conditional(reference.golds,
+                             one_hot(cells(reference.probabilities, reference.decided, edges),
+                                     width))
+
+
+def mixture_distance(histograms, frequencies):
+    """(Hellinger distance, mix): the best mix of the labelled posts' per-label histograms for a
+    file's cell frequencies, and how far the file still is from it."""
+    mixture = histograms @ simplex_least_squares(histograms, frequencies)
+    return float(np.sqrt(0.5 * ((np.sqrt(frequencies) - np.sqrt(mixture)) ** 2).sum())), mixture
+
+
+def shift_check(probabilities, decided, reference, rng, replicates=REPLICATES):
+    """(distance, p-value) of the file against a change of mix alone. The null: a file of as
+    many posts drawn from the fitted mix, measured against the histograms of resampled labelled
+    posts, so that both sources of noise are in it."""
+    edges = cell_edges(reference)
+    histograms = cell_histograms(reference, edges)
+    width = len(LABELS) * CONFIDENCE_BINS
+    frequencies = np.bincount(cells(probabilities, decided, edges), minlength=width)
+    frequencies = frequencies / frequencies.sum()
+    distance, mixture = mixture_distance(histograms, frequencies)
+    null = [mixture_distance(cell_histograms(reference.resampled(rng), edges),
+                             rng.multinomial(len(decided), mixture / mixture.sum())
+                             / len(decided))[0]
+            for _ in range(replicates)]
+    return distance, float((1 + np.sum(np.array(null) >= distance)) / (1 + replicates))
+
+
+WARN_BELOW = 0.01  # the check's p-value under which the summary warns; see bench/shares.py
+
+
+def summarize(probabilities, decided, reference, seed=SEED):
+    """The summary of one file (or group): every method's shares, the recommended method, its
+    95% interval, and the check's warning. `probabilities`: calibrated, (posts, 6); `decided`:
+    the label ids given to the posts."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    decided = np.asarray(decided, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    posts = len(decided)
+    shares = {method: estimate(method, probabilities, decided, reference) for method in METHODS}
+    distance, p_value = shift_check(probabilities, decided, reference, rng)
+    warning = ""
+    if posts < MIN_POSTS:
+        method = "pcc"
+        warning = (f"only {posts} posts: too few for a correction (fewer than {MIN_POSTS}); "
+                   "the plain estimate pcc is given")
+    elif p_value < WARN_BELOW:
+        method = "pcc"
+        warning = (f"the model sees these posts differently from the labelled posts of "
+                   f"{reference.source} (distance {distance:.3f}, p {p_value:.3f}): their mix "
+                   "alone did not change, so the corrections may not hold; pcc is recommended. "
+                   "Labelled posts of this kind (--calibration_file) let the corrections learn "
+                   "them")
+    else:
+        method = "pacc"
+    low_high = interval(method, probabilities, decided, reference, rng)
+    return {"posts": posts, "method": method,
+            "shares": {name: dict(zip(LABELS, np.round(values, 4).tolist()))
+                       for name, values in shares.items()},
+            "interval95": {label: np.round(bounds, 4).tolist()
+                           for label, bounds in zip(LABELS, low_high)},
+            "warning": warning, "small": posts < MIN_POSTS,
+            "check": {"distance": round(distance, 4), "p_value": round(p_value, 4)},
+            "labelled_posts": reference.source}
+
+
+# --- files: inference.py --summary, --group_by --------------------------------------------------
+
+PERIODS = ("day", "week", "month")
+
+
+def group_keys(values, period, where):
+    """Each post's group: its --group_by value, or with a period the day ('2020-01-31'), week
+    (its Monday's date) or month ('2020-01') of the time in it: a date or time as text
+    ('2020-01-31 13:05', ISO 8601 with or without a zone), or Unix seconds (read as UTC).
+    `where` names the file and column for the one line an unreadable time gets."""
+    values = list(values)
+    if period is None:
+        return values
+    import pandas as pd
+
+    series = pd.Series(values, dtype=str)
+    seconds = pd.to_numeric(series, errors="coerce")
+    if seconds.notna().all():
+        times = pd.to_datetime(seconds, unit="s", errors="coerce")
+    else:
+        times = pd.to_datetime(series, errors="coerce", format="mixed")
+    if times.isna().any():
+        first = int(times.isna().to_numpy().argmax())
+        raise UserError(f"{where}: post {first + 1}: {values[first]!r} is not a date or time "
+                        f"(for --period {period})")
+    if period == "week":
+        times = times - pd.to_timedelta(times.dt.day_of_week, unit="D")
+    return list(times.dt.strftime("%Y-%m" if period == "month" else "%Y-%m-%d"))
+
+
+def summarize_groups(keys, probabilities, decided, reference):
+    """One row per group, in the order of their keys: posts, recommended method, its six shares
+    and 95% intervals, whether the group is too small for a correction, and its warning."""
+    names, which = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    rows = []
+    for index, name in enumerate(names):
+        mine = which == index
+        summary = summarize(probabilities[mine], decided[mine], reference)
+        shares = summary["shares"][summary["method"]]
+        rows.append({"group": name, "posts": summary["posts"], "method": summary["method"],
+                     **shares,
+                     **{f"{label}_{end}": summary["interval95"][label][side]
+                        for label in LABELS for side, end in enumerate(("low", "high"))},
+                     "small": summary["small"], "warning": summary["warning"]})
+    return rows
+
+
+def plot_groups(rows, path, title):
+    """A line chart of the six shares per group, each with its 95% interval as a band; groups
+    too small for a correction are hollow markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4.5))
+    small = np.array([row["small"] for row in rows])
+    for label in LABELS:
+        share = np.array([row[label] for row in rows])
+        line, = ax.plot(x, share, marker="o", label=label)
+        ax.fill_between(x, [row[f"{label}_low"] for row in rows],
+                        [row[f"{label}_high"] for row in rows], color=line.get_color(),
+                        alpha=0.15)
+        if small.any():
+            ax.plot(x[small], share[small], "o", markerfacecolor="white",
+                    color=line.get_color())
+    ax.set_xticks(x, [row["group"] for row in rows], rotation=45 if len(rows) > 6 else 0,
+                  ha="right" if len(rows) > 6 else "center")
+    ax.set(ylim=(0, None), ylabel="share of posts", title=title)
+    ax.legend(ncol=3, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def describe(summary):
+    """The summary in a few lines for the terminal."""
+    method = summary["method"]
+    lines = [f"shares of {summary['posts']:,} posts ({method}, 95% interval): " + ", ".join(
+        f"{label} {summary['shares'][method][label]:.3f} "
+        f"[{low:.3f}, {high:.3f}]" for label, (low, high) in summary["interval95"].items())]
+    if summary["warning"]:
+        lines.append(f"warning: {summary['warning']}")
+    return "\n".join(lines)
