@@ -9,9 +9,12 @@ Type a post (or pick an example) to see its label and the six probabilities. Upl
 up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT JSON array, JSON Lines, or
 CSV/TSV/Excel with a `content` column; inference.py labels larger files) for a table and a CSV
 to download, with a progress bar meanwhile; posts are still answered while a file is labelled.
+A file's emotion shares are drawn as a bar chart with 95% intervals, with the warning when the
+correction may not hold (as inference.py --summary gives them; ewect/shares.py).
 Posts are cleaned exactly as the training data was. The label is the argmax, or with decision
-offsets (--decision, as in test.py) the argmax of log p + offset; the probabilities shown stay
-the model's. The app serves on --host only; a public gradio.live link is made only with --share.
+offsets (--decision, as in test.py) the argmax of log p + offset; the probabilities shown are
+calibrated by the checkpoint's temperature (calibration.json), which changes no label. The app
+serves on --host only; a public gradio.live link is made only with --share.
 """
 import argparse
 import itertools
@@ -89,7 +92,10 @@ def build_demo(predictor, offsets=None):
 
     from ewect.cleaning import clean_text
     from ewect.decision import decide
+    from ewect.shares import saved_reference, shares_figure, summarize
 
+    reference = (saved_reference(predictor.calibration, predictor.temperature, offsets)
+                 if predictor.calibration else None)
     downloads = tempfile.TemporaryDirectory(prefix="ewect-demo-")  # removed when the app exits
 
     def classify_text(text):
@@ -127,14 +133,19 @@ def build_demo(predictor, offsets=None):
             progress((start, len(texts)), desc="Labelling", unit="posts")
             probs.append(predictor.predict(texts[start:start + PROGRESS_EVERY]))
         probs = np.concatenate(probs)
+        decided = decide(probs, offsets, predictor.temperature)
         table = pd.DataFrame({"id": [post_id for post_id, _ in posts], "text": texts,
-                              "label": [predictor.labels[i] for i in
-                                        decide(probs, offsets, predictor.temperature)]})
+                              "label": [predictor.labels[i] for i in decided]})
         for column, label in enumerate(predictor.labels):
             table[label] = probs[:, column].astype(float).round(4)
         out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
         table.to_csv(out, index=False, encoding="utf-8-sig")  # the BOM: Excel reads it as UTF-8
-        return table, str(out)
+        if reference is None:
+            return table, str(out), None, ("No shares: the model has no calibration.json "
+                                           "(`python calibrate.py --model_dir DIR`).")
+        summary = summarize(probs, decided, reference)
+        note = f"**Warning:** {summary['warning']}" if summary["warning"] else ""
+        return table, str(out), shares_figure(summary), note
 
     # Gradio's copies of uploads and downloads are deleted after an hour, and at exit.
     with gr.Blocks(title="Weibo emotion", delete_cache=(3600, 3600)) as demo:
@@ -155,10 +166,13 @@ def build_demo(predictor, offsets=None):
                              file_types=[".txt", ".json", ".jsonl", ".csv", ".tsv",
                                          ".xlsx"])
             file_button = gr.Button("Classify file", variant="primary")
+            shares = gr.Plot(label="Emotion shares")
+            shares_note = gr.Markdown()
             table = gr.Dataframe(label="Labels", interactive=False)
             download = gr.File(label="Download CSV")
-            file_button.click(classify_file, upload, [table, download], api_name="classify_file",
-                              concurrency_id="files", concurrency_limit=1)
+            file_button.click(classify_file, upload, [table, download, shares, shares_note],
+                              api_name="classify_file", concurrency_id="files",
+                              concurrency_limit=1)
     return demo
 
 

@@ -191,7 +191,7 @@ def describe_change(key, then, now):
     folders = [" ".join(model[0] for model in models) for models in (then, now)]
     if folders[0] != folders[1]:
         return f"--model_dir: {folders[0]} then, {folders[1]} now"
-    return f"--model_dir {folders[1]}: its weights were trained or exported again since"
+    return f"--model_dir {folders[1]}: its weights were trained, calibrated or exported again since"
 
 
 def launch_id(world_size):
@@ -492,31 +492,31 @@ def group_keys(args):
 
 
 def labelled_reference(args, predictor, offsets):
-    """What --summary's corrections learn from: --calibration_file's posts, labelled now, or the
-    eval posts saved with the checkpoint (calibration.json), calibrated as the file's will be."""
-    from ewect.calibration import with_temperature
+    """What --summary's corrections learn from: the eval posts saved with the checkpoint
+    (calibration.json), or --calibration_file's posts, labelled now; calibrated and decided as
+    the file's posts are."""
     from ewect.cleaning import clean_text
     from ewect.data import read_records
-    from ewect.shares import Reference
+    from ewect.shares import Reference, saved_reference
 
     calibration = predictor.calibration
-    if args.calibration_file:
-        records = [r for path in args.calibration_file for r in read_records(path)]
-        probabilities = predictor.predict([clean_text(r.content) for r in records],
-                                          args.batch_size, args.max_length)
-        golds, source = [LABEL2ID[r.label] for r in records], " ".join(args.calibration_file)
-    elif calibration is None:
-        why = getattr(predictor, "calibration_note", None) or "it has no calibration.json"
-        raise UserError(f"--summary: {' '.join(args.model_dir)}: nothing saved with the model to "
-                        f"learn its mistakes from ({why}): run `python calibrate.py --model_dir "
-                        "DIR`, or pass --calibration_file with posts labelled by hand")
-    else:
-        probabilities = with_temperature(calibration["eval_probabilities"], predictor.temperature)
-        golds, source = calibration["eval_labels"], calibration["fitted_on"]
+    if not args.calibration_file:
+        if calibration is None:
+            why = getattr(predictor, "calibration_note", None) or "it has no calibration.json"
+            raise UserError(f"--summary: {' '.join(args.model_dir)}: nothing saved with the "
+                            f"model to learn its mistakes from ({why}): run `python "
+                            "calibrate.py --model_dir DIR`, or pass --calibration_file with "
+                            "posts labelled by hand")
+        return saved_reference(calibration, predictor.temperature, offsets)
+    records = [r for path in args.calibration_file for r in read_records(path)]
+    probabilities = predictor.predict([clean_text(r.content) for r in records], args.batch_size,
+                                      args.max_length)
+    golds = np.array([LABEL2ID[r.label] for r in records])
+    # emq starts from the training shares; a model without its record: those of these posts
     training = (calibration["training_shares"] if calibration is not None
                 else np.bincount(golds, minlength=len(LABELS)) / len(golds))
     return Reference(probabilities, golds, decide(probabilities, offsets, predictor.temperature),
-                     training, source)
+                     training, " ".join(args.calibration_file), predictor.temperature)
 
 
 def write_summary(args, predictor, offsets, reference, groups):

@@ -56,7 +56,7 @@ def teacher_targets(teacher_dirs, texts, output_dir, proc, precision, began_with
     CPU: prediction's own default would be bf16 on some, and the targets would depend on the
     machine). `proc`: this Process of the run (ewect.training)."""
     path = os.path.join(output_dir, TEACHER_FILE)
-    wanted = {"teachers": [weights_identity(t) for t in teacher_dirs],
+    wanted = {"teachers": [weights_identity(t, calibrated=False) for t in teacher_dirs],
               "posts": fingerprint(texts), "precision": precision}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

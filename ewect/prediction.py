@@ -36,11 +36,12 @@ ONNX_DIR = "onnx"
 ONNX_FILES = {False: "model.onnx", True: "model.int8.onnx"}  # keyed by int8
 
 
-def weights_identity(model_dir, backend="torch", int8=False):
+def weights_identity(model_dir, backend="torch", int8=False, calibrated=True):
     """A checkpoint as a resumed run knows it: its path, and the size and time of its config, its
     calibration and the weight files the backend reads (torch: the checkpoint's; onnx:
     export.py's file), so that a model trained, calibrated or exported again in the same folder
-    is told apart from the one the run began with. A folder that is gone: its path alone."""
+    is told apart from the one the run began with (calibrated=False: a model whose probabilities
+    are used before the temperature, as a teacher's). A folder that is gone: its path alone."""
     folder = os.path.abspath(os.path.expanduser(model_dir))
     if backend == "onnx":
         weights = [f"{ONNX_DIR}/{ONNX_FILES[int8]}"]
@@ -48,7 +49,7 @@ def weights_identity(model_dir, backend="torch", int8=False):
         weights = [name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
                    if name.endswith((".safetensors", ".bin"))]
     paths = sorted((name, os.path.join(folder, name))
-                   for name in ["config.json", CALIBRATION_FILE, *weights])
+                   for name in ["config.json", *[CALIBRATION_FILE] * calibrated, *weights])
     return [folder, *(f"{name}:{os.path.getsize(path)}:{os.path.getmtime(path)}"
                       for name, path in paths if os.path.isfile(path))]
 

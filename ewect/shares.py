@@ -2,21 +2,23 @@
 interval and a warning when the correction cannot be trusted: inference.py --summary.
 
 Counting the labels (classify and count) is biased whenever the file's mix of emotions differs
-from the training posts'. The corrections, named as QuaPy (Moreo et al. 2021) names them:
-  cc    classify and count: the share of each predicted label
-  pcc   the mean of the (calibrated) probabilities (Bella et al. 2010)
-  acc   cc corrected by how often each true label is predicted as each label on labelled posts
-        (Forman 2008): the shares p that best solve q = M p on the simplex
-  pacc  the same with probabilities in place of labels (Bella et al. 2010)
-  emq   EM re-weighting of the probabilities from the training shares (Saerens et al. 2002)
+from the training posts'. The methods, named as QuaPy (Moreo et al. 2021) names them:
+  cc       classify and count: the share of each predicted label
+  pcc      the mean of the (calibrated) probabilities (Bella et al. 2010)
+  acc      cc corrected by how often each true label is predicted as each label on labelled
+           posts (Forman 2008): the shares p that best solve q = M p on the simplex
+  pacc     the same with probabilities in place of labels (Bella et al. 2010)
+  emq      EM re-weighting of the probabilities from the training shares (Saerens et al. 2002)
+and one more, pcc_own: pcc of the model's own probabilities, before the temperature.
 The labelled posts are the eval split's, saved with the checkpoint (ewect/calibration.py), or a
 user's own (--calibration_file). acc, pacc and emq assume the posts of each emotion look to the
 model as they did in those labelled posts: a change of mix alone. `shift_check` tests that on
 each file: a mix of the labelled posts' per-label histograms of (predicted label, confidence)
 is fitted to the file's, and the distance left is compared with what a file of that size drawn
 from the labelled posts shows (a parametric bootstrap). When the file is further away, the
-summary warns and recommends pcc, which measurement showed safest there (bench/RESULTS.md,
-"Emotion shares").
+summary warns and recommends pcc_own, which measurement showed safest there; otherwise pacc,
+unless it would learn from fewer than MIN_LABELLED labelled posts (bench/RESULTS.md, "Emotion
+shares").
 
 The formulas are written here rather than called from QuaPy: QuaPy takes seconds to import and
 runs its bootstrap in worker processes that do not repeat, where a resumed run's summary must
@@ -27,8 +29,11 @@ import numpy as np
 from .config import LABELS
 from .errors import UserError
 
-METHODS = ("cc", "pcc", "acc", "pacc", "emq")
-MIN_POSTS = 100  # fewer posts: the plain estimate (pcc), flagged; a correction is too noisy
+METHODS = ("cc", "pcc", "acc", "pacc", "emq", "pcc_own")
+PLAIN = "pcc_own"  # what is recommended where a correction is not
+MIN_POSTS = 100  # fewer posts in a file or group: the plain estimate, flagged
+MIN_LABELLED = 500  # fewer labelled posts: a correction learnt from them costs more than it
+# corrects (bench/RESULTS.md, "Emotion shares": 100 and 200 lose to the plain estimate)
 REPLICATES = 200  # bootstrap replicates, for the interval and for the check
 CONFIDENCE_BINS = 4  # the check's histogram: predicted label x this many confidence bins
 SEED = 0
@@ -37,19 +42,32 @@ EM_TOLERANCE, EM_MAX_ITERATIONS = 1e-4, 1000  # QuaPy's EMQ
 
 class Reference:
     """What the corrections learn from labelled posts: their calibrated probabilities, gold
-    label ids and decided label ids, the training shares (for emq) and where they came from."""
+    label ids and decided label ids, the training shares (for emq), where they came from, and
+    the model's temperature (for pcc_own)."""
 
-    def __init__(self, probabilities, golds, decided, training_shares, source):
+    def __init__(self, probabilities, golds, decided, training_shares, source, temperature=1.0):
         self.probabilities = np.asarray(probabilities, dtype=np.float64)
         self.golds = np.asarray(golds, dtype=np.int64)
         self.decided = np.asarray(decided, dtype=np.int64)
         self.training_shares = np.asarray(training_shares, dtype=np.float64)
-        self.source = source
+        self.source, self.temperature = source, temperature
 
     def resampled(self, rng):
         index = rng.integers(0, len(self.golds), len(self.golds))
         return Reference(self.probabilities[index], self.golds[index], self.decided[index],
-                         self.training_shares, self.source)
+                         self.training_shares, self.source, self.temperature)
+
+
+def saved_reference(calibration, temperature, offsets):
+    """The Reference of a checkpoint's saved eval posts (its calibration.json's record),
+    calibrated and decided as the posts of a file are."""
+    from .calibration import with_temperature
+    from .decision import decide
+
+    probabilities = with_temperature(calibration["eval_probabilities"], temperature)
+    return Reference(probabilities, calibration["eval_labels"],
+                     decide(probabilities, offsets, temperature), calibration["training_shares"],
+                     calibration["fitted_on"], temperature)
 
 
 def one_hot(label_ids, width=len(LABELS)):
@@ -98,13 +116,15 @@ def expectation_maximisation(training_shares, probabilities):
     return shares
 
 
-def estimate(method, probabilities, decided, reference):
+def estimate(method, probabilities, decided, reference, own=None):
     """One method's shares (numpy, LABELS order) of the posts whose calibrated probabilities and
-    decided label ids are given."""
+    decided label ids are given; `own`: their probabilities before the temperature, if at hand."""
     if method == "cc":
         return one_hot(decided).mean(0)
     if method == "pcc":
         return np.asarray(probabilities, dtype=np.float64).mean(0)
+    if method == PLAIN:
+        return (own_probabilities(probabilities, reference) if own is None else own).mean(0)
     if method == "acc":
         return simplex_least_squares(
             class_conditional(reference.golds, one_hot(reference.decided)),
@@ -118,15 +138,25 @@ def estimate(method, probabilities, decided, reference):
     raise ValueError(f"unknown method {method}")
 
 
-def interval(method, probabilities, decided, reference, rng, replicates=REPLICATES):
-    """95% percentile interval of each share: each replicate resamples the file's posts (the
-    sampling of the posts) and the labelled posts (what the correction learnt from them)."""
+def own_probabilities(probabilities, reference):
+    """The model's probabilities before its temperature: pcc_own's. The temperature was fitted
+    on posts of the model's own domain; on posts that are less clear to it, flattening them
+    further pulls pcc towards the training mix (bench/RESULTS.md, "Emotion shares")."""
+    from .calibration import with_temperature
+
+    return with_temperature(probabilities, 1 / reference.temperature).astype(np.float64)
+
+
+def bootstrap(method, probabilities, decided, reference, rng, replicates=REPLICATES):
+    """(replicates, 6) estimates of a method: each replicate resamples the file's posts (the
+    sampling of the posts) and the labelled posts (what a correction learnt from them)."""
+    own = own_probabilities(probabilities, reference)
     estimates = []
     for _ in range(replicates):
         index = rng.integers(0, len(decided), len(decided))
         estimates.append(estimate(method, probabilities[index], decided[index],
-                                  reference.resampled(rng)))
-    return np.percentile(np.array(estimates), [2.5, 97.5], axis=0).T
+                                  reference.resampled(rng), own[index]))
+    return np.array(estimates)
 
 
 def cell_edges(reference):
@@ -177,36 +207,42 @@ WARN_BELOW = 0.01  # the check's p-value under which the summary warns; see benc
 
 
 def summarize(probabilities, decided, reference, seed=SEED):
-    """The summary of one file (or group): every method's shares, the recommended method, its
-    95% interval, and the check's warning. `probabilities`: calibrated, (posts, 6); `decided`:
-    the label ids given to the posts."""
+    """The summary of one file (or group): every method's shares, the recommended method and
+    why, its 95% interval, and the check's warning. `probabilities`: calibrated, (posts, 6);
+    `decided`: the label ids given to the posts. The recommendation is pacc, or PLAIN where a
+    file has too few posts, the check warns, or there are too few labelled posts."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     decided = np.asarray(decided, dtype=np.int64)
     rng = np.random.default_rng(seed)
     posts = len(decided)
     shares = {method: estimate(method, probabilities, decided, reference) for method in METHODS}
     distance, p_value = shift_check(probabilities, decided, reference, rng)
-    warning = ""
+    method, warning = PLAIN, ""
     if posts < MIN_POSTS:
-        method = "pcc"
         warning = (f"only {posts} posts: too few for a correction (fewer than {MIN_POSTS}); "
-                   "the plain estimate pcc is given")
+                   f"the plain estimate {PLAIN} is given")
+        why = warning
     elif p_value < WARN_BELOW:
-        method = "pcc"
         warning = (f"the model sees these posts differently from the labelled posts of "
-                   f"{reference.source} (distance {distance:.3f}, p {p_value:.3f}): their mix "
-                   "alone did not change, so the corrections may not hold; pcc is recommended. "
-                   "Labelled posts of this kind (--calibration_file) let the corrections learn "
-                   "them")
+                   f"{reference.source} (distance {distance:.3f}, p {p_value:.3f}): more than "
+                   f"their mix changed, so the corrections may not hold; {PLAIN} is "
+                   f"recommended. {MIN_LABELLED} or more posts of this kind labelled by hand "
+                   "(--calibration_file) let the corrections learn them")
+        why = "the check warns"
+    elif len(reference.golds) < MIN_LABELLED:
+        why = (f"only {len(reference.golds)} labelled posts to learn a correction from (fewer "
+               f"than {MIN_LABELLED}): the plain estimate {PLAIN} is given")
     else:
         method = "pacc"
-    low_high = interval(method, probabilities, decided, reference, rng)
+        why = f"the check finds a change of mix alone (p {p_value:.3f}): pacc corrects it"
+    low_high = np.percentile(bootstrap(method, probabilities, decided, reference, rng),
+                             [2.5, 97.5], axis=0).T
     return {"posts": posts, "method": method,
             "shares": {name: dict(zip(LABELS, np.round(values, 4).tolist()))
                        for name, values in shares.items()},
             "interval95": {label: np.round(bounds, 4).tolist()
                            for label, bounds in zip(LABELS, low_high)},
-            "warning": warning, "small": posts < MIN_POSTS,
+            "warning": warning, "why": why, "small": posts < MIN_POSTS,
             "check": {"distance": round(distance, 4), "p_value": round(p_value, 4)},
             "labelled_posts": reference.source}
 
@@ -285,6 +321,25 @@ def plot_groups(rows, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def shares_figure(summary):
+    """A bar chart of the recommended method's six shares with their 95% intervals (the demo)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    method = summary["method"]
+    shares = np.array([summary["shares"][method][label] for label in LABELS])
+    low, high = np.array([summary["interval95"][label] for label in LABELS]).T
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(LABELS, shares, yerr=[np.maximum(shares - low, 0), np.maximum(high - shares, 0)],
+           capsize=4, color="tab:blue")
+    ax.set(ylim=(0, None), ylabel="share of posts",
+           title=f"{summary['posts']:,} posts: shares by {method}, with 95% intervals")
+    fig.tight_layout()
+    return fig
 
 
 def describe(summary):

@@ -131,8 +131,9 @@ POSTS = ["周末去看海，好快乐～", "網速慢得要死，煩死了", "�
 def test_file_over_http(client, expected_labels, tmp_path, name, content, ids):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    table, csv_path = client.predict(gradio_client.handle_file(str(path)),
-                                     api_name="/classify_file")
+    table, csv_path, chart, note = client.predict(gradio_client.handle_file(str(path)),
+                                                  api_name="/classify_file")
+    assert chart and "only 3 posts: too few for a correction" in note
     shown = pd.DataFrame(table["data"], columns=table["headers"])
     downloaded = pd.read_csv(csv_path, dtype={"id": str})
     with open(csv_path, "rb") as f:  # the BOM that makes Excel read the Chinese as UTF-8
@@ -200,7 +201,7 @@ def test_decision_offsets_decide_the_label_shown(model_dir, tmp_path):
     assert [probabilities[label] for label in LABELS] == pytest.approx(model.tolist())
     path = tmp_path / "posts.txt"
     path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
-    table, _ = functions["classify_file"](str(path))
+    table = functions["classify_file"](str(path))[0]
     assert list(table["label"]) == ["fear"] * len(POSTS)
 
 
@@ -212,8 +213,7 @@ def test_file_results_are_removed_when_the_next_replaces_them(model_dir, tmp_pat
     classify_file = {fn.api_name: fn.fn for fn in demo.fns.values()}["classify_file"]
     path = tmp_path / "posts.txt"
     path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
-    _, first = classify_file(str(path))
-    _, second = classify_file(str(path))
+    first, second = (classify_file(str(path))[1] for _ in range(2))
     assert not os.path.exists(first) and os.path.exists(second)
 
 
@@ -222,6 +222,7 @@ class GatedPredictor:
 
     def __init__(self, predictor):
         self.predictor, self.labels = predictor, predictor.labels
+        self.temperature, self.calibration = predictor.temperature, predictor.calibration
         self.file_started, self.release = threading.Event(), threading.Event()
 
     def predict(self, texts):
@@ -253,10 +254,37 @@ def test_post_is_answered_while_a_file_is_labelled(model_dir, tmp_path, monkeypa
         progress = file_job.status().progress_data
         assert progress and progress[0].unit == "posts" and progress[0].length == len(POSTS)
         predictor.release.set()
-        table, _ = file_job.result(timeout=10)
+        table = file_job.result(timeout=10)[0]
         assert len(table["data"]) == len(POSTS)
     finally:
         predictor.release.set()
         if client:
             client.close()
         demo.close()
+
+
+def test_a_file_shows_its_emotion_shares_with_intervals_and_the_warning(model_dir, tmp_path):
+    import numpy as np
+
+    import app
+    from ewect.prediction import load_predictor
+
+    path = tmp_path / "posts.txt"
+    path.write_text("\n".join(POSTS * 40) + "\n", encoding="utf-8")  # enough for a correction
+    predictor = load_predictor(model_dir, device="cpu")
+    classify_file = {fn.api_name: fn.fn for fn in app.build_demo(predictor).fns.values()
+                     }["classify_file"]
+    table, _, chart, note = classify_file(str(path))
+    bars = chart.axes[0].patches
+    assert [bar.get_x() + bar.get_width() / 2 for bar in bars] == list(range(len(LABELS)))
+    heights = np.array([bar.get_height() for bar in bars])
+    assert heights.sum() == pytest.approx(1, abs=1e-3)
+    assert "shares by" in chart.axes[0].get_title() and "120 posts" in chart.axes[0].get_title()
+    assert len(chart.axes[0].lines) + len(chart.axes[0].collections) > 0  # the interval bars
+    assert note == "" or note.startswith("**Warning:**")
+    shutil.copytree(model_dir, tmp_path / "uncalibrated")
+    (tmp_path / "uncalibrated" / "calibration.json").unlink()
+    plain = app.build_demo(load_predictor(tmp_path / "uncalibrated", device="cpu"))
+    _, _, chart, note = {fn.api_name: fn.fn for fn in plain.fns.values()}["classify_file"](
+        str(path))
+    assert chart is None and "python calibrate.py" in note

@@ -251,8 +251,8 @@ def test_the_merge_waits_for_the_parts_of_its_own_launch(checkpoint, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv", "posts.txt", "single.tsv"]
 
 
-@pytest.mark.parametrize("change", ["model_dir", "weights", "backend", "int8", "precision",
-                                    "decision"])
+@pytest.mark.parametrize("change", ["model_dir", "weights", "calibration", "backend", "int8",
+                                    "precision", "decision"])
 def test_resume_with_another_model_or_way_of_labelling_is_refused(exported, second_checkpoint,
                                                                    tmp_path, monkeypatch, change):
     # A resumed run whose rows would come from another model, or another computation of it, would
@@ -272,15 +272,21 @@ def test_resume_with_another_model_or_way_of_labelling_is_refused(exported, seco
     if change == "weights":  # the same folder, its model trained again
         weights = model / "model.safetensors"
         os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 60))
+    if change == "calibration":  # calibrate.py run on it meanwhile: other probabilities
+        calibrate(model, np.full((6, 6), 1 / 6), np.arange(6), np.arange(6), "eval.txt")
     resumed = {"model_dir": ["--model_dir", second_checkpoint, "--precision", "fp32"],
                "weights": ["--model_dir", model, "--precision", "fp32"],
+               "calibration": ["--model_dir", model, "--precision", "fp32"],
                "backend": ["--model_dir", model, "--backend", "onnx"],
                "int8": ["--model_dir", model, "--int8"],
                "precision": ["--model_dir", model, "--precision", "bf16"],
                "decision": ["--model_dir", model, "--precision", "fp32", "--decision",
                             tmp_path / "decision.json"]}[change]
     said = {"model_dir": f"--model_dir: {model} then, {second_checkpoint} now",
-            "weights": f"--model_dir {model}: its weights were trained or exported again",
+            "weights": f"--model_dir {model}: its weights were trained, calibrated or exported "
+                       "again",
+            "calibration": f"--model_dir {model}: its weights were trained, calibrated or "
+                           "exported again",
             "backend": "backend: torch then, onnx now", "int8": "int8: False then, True now",
             "precision": "precision: fp32 then, bf16 now",
             "decision": "decision_offsets: None then, [0.5, 0.0, 0.0, 0.0, 0.0, 0.0] now"}[change]

@@ -12,7 +12,7 @@ from conftest import assert_clean_error, run_main
 from ewect.calibration import with_temperature
 from ewect.config import LABELS
 from ewect.errors import UserError
-from ewect.shares import (METHODS, Reference, class_conditional, estimate, group_keys,
+from ewect.shares import (METHODS, MIN_LABELLED, Reference, class_conditional, estimate, group_keys,
                           summarize)
 from test_prediction import POSTS, tiny_checkpoint
 
@@ -56,7 +56,7 @@ def test_the_corrections_are_quapys():
         "pacc": ACC.solve_adjustment(soft, probabilities.mean(0), method="inversion",
                                      solver="minimize"),
         "emq": EMQ.EM(reference.training_shares, probabilities)[0]}
-    for method in METHODS:
+    for method in expected:
         assert estimate(method, probabilities, decided, reference) == pytest.approx(
             expected[method], abs=2e-4), method
 
@@ -71,6 +71,7 @@ def test_a_known_classifier_is_corrected_and_the_check_stays_silent():
     assert np.abs(cc - TRUE_SHARES).max() > 0.08
     summary = summarize(probabilities, decided, reference)
     assert summary["warning"] == "" and summary["method"] == "pacc"
+    assert summary["why"].startswith("the check finds a change of mix alone")
     for method in ("acc", "pacc", "emq"):
         assert np.abs(np.array(list(summary["shares"][method].values())) - TRUE_SHARES).max() \
             < 0.025, method
@@ -85,11 +86,22 @@ def test_posts_that_look_different_to_the_model_make_it_warn():
     reference = reference_of(6000, seed=2)
     probabilities, decided, _ = synthetic_posts(TRUE_SHARES, 3000, seed=4, clarity=1.0)
     summary = summarize(probabilities, decided, reference)
-    assert summary["method"] == "pcc"
+    assert summary["method"] == "pcc_own"
     assert "corrections may not hold" in summary["warning"]
     assert "synthetic eval posts" in summary["warning"]
     few = summarize(probabilities[:50], decided[:50], reference)
-    assert few["small"] and few["method"] == "pcc" and "too few" in few["warning"]
+    assert few["small"] and few["method"] == "pcc_own" and "too few" in few["warning"]
+
+
+def test_few_labelled_posts_leave_the_plain_estimate_which_undoes_the_temperature():
+    probabilities, decided, _ = synthetic_posts(TRUE_SHARES, 3000, seed=5)
+    summary = summarize(probabilities, decided, reference_of(MIN_LABELLED - 1, seed=6))
+    assert summary["warning"] == "" and summary["method"] == "pcc_own"
+    assert f"only {MIN_LABELLED - 1} labelled posts" in summary["why"]
+    reference = reference_of(60, seed=6)
+    reference.temperature = 2.0
+    assert estimate("pcc_own", probabilities, decided, reference) == pytest.approx(
+        with_temperature(probabilities, 0.5).mean(0), abs=1e-6)
 
 
 def test_times_are_grouped_by_day_week_and_month():
