@@ -448,8 +448,8 @@ def main(argv=None):
         raise UserError("several processes need torchrun, which names each launch "
                         "(TORCHELASTIC_RUN_ID): rank 0 merges only the parts of its own launch")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
-    groups = group_keys(args) if args.group_by and rank == 0 else None  # a bad column: now
     began_with = check_earlier_run(args, world_size) if args.output else None
+    groups = group_keys(args) if args.group_by and rank == 0 else None  # a bad column: now
     offsets, source = choose_offsets(args.model_dir, args.decision)
     loading = time.perf_counter()
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
@@ -508,7 +508,8 @@ def labelled_reference(args, predictor, offsets):
                             "calibrate.py --model_dir DIR`, or pass --calibration_file with "
                             "posts labelled by hand")
         return saved_reference(calibration, predictor.temperature, offsets)
-    records = [r for path in args.calibration_file for r in read_records(path)]
+    records = [r for path in args.calibration_file  # its notes on stderr: rows may be on stdout
+               for r in read_records(path, log=lambda note: print(note, file=sys.stderr))]
     probabilities = predictor.predict([clean_text(r.content) for r in records], args.batch_size,
                                       args.max_length)
     golds = np.array([LABEL2ID[r.label] for r in records])

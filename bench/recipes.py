@@ -104,7 +104,7 @@ def fine_tune(name, flags, args):
 def test(name, model_dirs, args, offsets=None):
     """{test file: {accuracy, macro_f1}} of the model (or the ensemble of several) on both test
     files, by test.py into WORK_DIR/NAME/test (kept if there). Scored here from the predictions
-    file's probabilities (the models' own): by argmax, or with the given decision offsets."""
+    file's probabilities: by argmax, or with the given decision offsets."""
     out = os.path.join(args.work_dir, name, "test")
     stems = [os.path.join(out, test_file.replace(".txt", "")) for test_file in TEST_FILES]
     if not all(tested_in_fp32(stem + ".metrics.json") and  # and of these very models
@@ -119,8 +119,11 @@ def test(name, model_dirs, args, offsets=None):
     for test_file, stem in zip(TEST_FILES, stems):
         table = pd.read_csv(stem + ".predictions.csv", keep_default_na=False)
         probabilities = table[[f"p_{label}" for label in LABELS]].to_numpy()
+        # calibrated by the model's temperature, if it has one; the offsets are the model's own
+        calibration = read_json(stem + ".metrics.json").get("calibration") or {}
         scores = classification_scores(table["gold"].map(LABEL2ID).to_numpy(),
-                                       decide(probabilities, offsets))
+                                       decide(probabilities, offsets,
+                                              calibration.get("temperature", 1.0)))
         result[test_file] = {"accuracy": scores["acc"], "macro_f1": scores["macro_f1"]}
     return result
 

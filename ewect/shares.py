@@ -273,8 +273,11 @@ def group_keys(values, period, where):
     seconds = pd.to_numeric(series, errors="coerce")
     if seconds.notna().all():
         times = pd.to_datetime(seconds, unit="s", errors="coerce")
-    else:
-        times = pd.to_datetime(series, errors="coerce", format="mixed")
+    else:  # ISO 8601 is read fast; other spellings one by one
+        times = pd.to_datetime(series, errors="coerce", format="ISO8601")
+        if times.isna().any():
+            times = times.fillna(pd.to_datetime(series[times.isna()], errors="coerce",
+                                                format="mixed"))
     if times.isna().any():
         first = int(times.isna().to_numpy().argmax())
         raise UserError(f"{where}: post {first + 1}: {values[first]!r} is not a date or time "
