@@ -5,6 +5,7 @@ warns; and the calibration error before and after the temperature.
     python -m bench.shares --usual_model workspace/offline/wb/best \
         --virus_model workspace/offline/wb_virus/best            # ~10 min on a 2-core CPU
     python -m bench.shares --usual_model M --samples 10 --labelled 500   # a quick look
+    python -m bench.shares --daily usual /tmp/daily.csv   # a week of posts, a new mix each day
 
 For each model (trained on one track, calibrated on its eval posts), every setting is --samples
 files of --sample_size posts drawn from labelled posts, whose true shares are known:
@@ -16,8 +17,12 @@ The other-domain settings are measured with the corrections learnt from the mode
 and from N posts of the other track's eval split labelled by hand (--calibration_file), a new
 draw of them for each file. Errors are the mean absolute error over the six shares, averaged
 over the files; "covered" is the share of the (file, label) pairs whose 95% interval holds the
-true share, and "all six" the share of files where every label's does. The check's warning is
-counted at the p-value the summary uses, and at others, to choose it. Markdown, for RESULTS.
+true share, and "all six" the share of files where every label's does. "warned" is how often
+the check warns (the summary's rule: p-value and distance), "p <" how often its p-value alone
+is under 0.01 and 0.05, and the distances' 10th to 90th percentiles show how far apart the
+settings are, to choose the rule. Markdown, for RESULTS.
+--daily TRACK FILE writes a CSV of that track's test posts over a week (date, content, gold),
+each day at its own mix, for `inference.py --summary S.json --group_by date --period day`.
 """
 import argparse
 import time
@@ -27,13 +32,14 @@ import torch
 
 from bench.common import DEFAULT_DATA_DIR, command_line, describe_machine, load_posts
 from ewect.calibration import calibration_scores, with_temperature
+from ewect.config import LABELS
 from ewect.decision import choose_offsets, decide
-from ewect.shares import METHODS, WARN_BELOW, Reference, saved_reference, summarize
+from ewect.shares import METHODS, MIN_DISTANCE, WARN_BELOW, Reference, saved_reference, summarize
 
 TRACKS = {"usual": ("usual_test_labeled.txt", "usual_eval_labeled.txt"),
           "virus": ("virus_test_labeled.txt", "virus_eval_labeled.txt")}
 OTHER = {"usual": "virus", "virus": "usual"}
-P_VALUES = (0.01, 0.02, 0.05)  # warn rates reported at each, to choose WARN_BELOW
+P_VALUES = (0.01, 0.05)  # how often p alone is under each, beside the summary's own rule
 
 
 def parse_args():
@@ -46,7 +52,26 @@ def parse_args():
     p.add_argument("--labelled", type=int, nargs="*", default=[100, 200, 500, 2000],
                    help="hand-labelled posts of the other track for --calibration_file")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument("--daily", nargs=2, metavar=("TRACK", "FILE"),
+                   help="write a week of TRACK's test posts, a new mix each day, to FILE; exit")
     return p.parse_args()
+
+
+def write_daily(track, path, args, rng, days=7, per_day=400):
+    """A CSV of `days` x `per_day` test posts of the track (date, content, gold): day d leans
+    towards label d % 6, so each day's mix is another."""
+    import pandas as pd
+
+    texts, golds = load_posts(args.data_dir, TRACKS[track][0], drop_empty=False)
+    golds, rows = np.asarray(golds), []
+    for day in range(days):
+        shares = np.full(6, 0.5 / 5)
+        shares[day % 6] = 0.5
+        index, _ = draw(golds, shares, per_day, rng)
+        rows += [{"date": f"2020-03-{day + 1:02d} {8 + i % 12}:00", "content": texts[i],
+                  "gold": LABELS[golds[i]]} for i in rng.permutation(index)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    print(f"wrote {path}: {days} days x {per_day} posts of {TRACKS[track][0]}")
 
 
 class Labelled:
@@ -77,7 +102,7 @@ def draw(golds, shares, size, rng):
 def measure(files, posts, reference_of, rng):
     """Errors, coverage and warnings of summarize() over files (lists of indices into posts)."""
     errors = {method: [] for method in (*METHODS, "recommended")}
-    covered, warned, p_values = [], [], []
+    covered, warned, p_values, distances = [], [], [], []
     for index, truth in files:
         summary = summarize(posts.probabilities[index], posts.decided[index], reference_of(rng),
                             seed=int(rng.integers(1 << 31)))
@@ -87,11 +112,12 @@ def measure(files, posts, reference_of, rng):
         errors["recommended"].append(errors[summary["method"]][-1])
         low, high = np.array(list(summary["interval95"].values())).T
         covered.append((low - 1e-9 <= truth) & (truth <= high + 1e-9))
-        warned.append(bool(summary["warning"]))
+        warned.append("differently" in summary["warning"])
         p_values.append(summary["check"]["p_value"])
+        distances.append(summary["check"]["distance"])
     return {"errors": {m: float(np.mean(v)) for m, v in errors.items()},
             "covered": float(np.mean(covered)), "all_six": float(np.mean(np.all(covered, 1))),
-            "warned": float(np.mean(warned)),
+            "warned": float(np.mean(warned)), "distance": np.quantile(distances, [0.1, 0.9]),
             "warned_at": {p: float(np.mean(np.array(p_values) < p)) for p in P_VALUES}}
 
 
@@ -99,7 +125,9 @@ def row(model, setting, labelled, result):
     e = result["errors"]
     return (f"| {model} | {setting} | {labelled} | " + " | ".join(f"{e[m]:.4f}" for m in METHODS)
             + f" | {e['recommended']:.4f} | {result['covered']:.2f} | {result['all_six']:.2f} | "
-            + " / ".join(f"{result['warned_at'][p]:.2f}" for p in P_VALUES) + " |")
+            + f"{result['warned']:.2f} | "
+            + " / ".join(f"{result['warned_at'][p]:.2f}" for p in P_VALUES)
+            + " | {:.3f}–{:.3f} |".format(*result["distance"]))
 
 
 def study(name, folder, track, args, rng):
@@ -155,11 +183,13 @@ def study(name, folder, track, args, rng):
 def main():
     args = parse_args()
     rng = np.random.default_rng(args.seed)
+    if args.daily:
+        return write_daily(*args.daily, args, rng)
     print(f"{command_line()}\n{describe_machine(torch.device('cpu'))}; "
-          f"warning at p < {WARN_BELOW}\n")
+          f"warning at p < {WARN_BELOW} and distance >= {MIN_DISTANCE}\n")
     header = ("| model | files | labelled posts | " + " | ".join(METHODS)
-              + " | recommended | covered | all six | warned at p < "
-              + " / ".join(map(str, P_VALUES)) + " |")
+              + " | recommended | covered | all six | warned | p < "
+              + " / ".join(map(str, P_VALUES)) + " | distance 10–90% |")
     rows, start = [], time.perf_counter()
     for name, folder, track in (("usual model", args.usual_model, "usual"),
                                 ("virus model", args.virus_model, "virus")):

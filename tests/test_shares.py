@@ -12,8 +12,8 @@ from conftest import assert_clean_error, run_main
 from ewect.calibration import with_temperature
 from ewect.config import LABELS
 from ewect.errors import UserError
-from ewect.shares import (METHODS, MIN_LABELLED, Reference, class_conditional, estimate, group_keys,
-                          summarize)
+from ewect.shares import (METHODS, MIN_DISTANCE, MIN_LABELLED, Reference, class_conditional,
+                          estimate, group_keys, summarize)
 from test_prediction import POSTS, tiny_checkpoint
 
 TRUE_SHARES = np.array([0.45, 0.25, 0.1, 0.05, 0.05, 0.1])
@@ -88,6 +88,7 @@ def test_posts_that_look_different_to_the_model_make_it_warn():
     summary = summarize(probabilities, decided, reference)
     assert summary["method"] == "pcc_own"
     assert "corrections may not hold" in summary["warning"]
+    assert summary["check"]["distance"] >= MIN_DISTANCE
     assert "synthetic eval posts" in summary["warning"]
     few = summarize(probabilities[:50], decided[:50], reference)
     assert few["small"] and few["method"] == "pcc_own" and "too few" in few["warning"]
