@@ -16,10 +16,9 @@ model as they did in those labelled posts: a change of mix alone. `shift_check` 
 each file: a mix of the labelled posts' per-label histograms of (predicted label, confidence)
 is fitted to the file's, and the distance left is compared with what a file of that size drawn
 from the labelled posts shows (a parametric bootstrap). When the file is further away than
-chance and than MIN_DISTANCE, the
-summary warns and recommends pcc_own, which measurement showed safest there; otherwise pacc,
-unless it would learn from fewer than MIN_LABELLED labelled posts (bench/RESULTS.md, "Emotion
-shares").
+chance and than MIN_DISTANCE, the summary warns and recommends pcc_own, which measurement showed
+safest there; otherwise pacc, unless it would learn from fewer than MIN_LABELLED labelled posts
+(bench/RESULTS.md, "Emotion shares").
 
 The formulas are written here rather than called from QuaPy: QuaPy takes seconds to import and
 runs its bootstrap in worker processes that do not repeat, where a resumed run's summary must
