@@ -141,8 +141,9 @@ def build_demo(predictor, offsets=None):
         out = Path(tempfile.mkdtemp(dir=downloads.name)) / f"{Path(path).stem}_labels.csv"
         table.to_csv(out, index=False, encoding="utf-8-sig")  # the BOM: Excel reads it as UTF-8
         if reference is None:
-            return table, str(out), None, ("No shares: the model has no calibration.json "
-                                           "(`python calibrate.py --model_dir DIR`).")
+            why = (getattr(predictor, "calibration_note", None)
+                   or "the model has no calibration.json (`python calibrate.py --model_dir DIR`)")
+            return table, str(out), None, f"No shares: {why}."
         summary = summarize(probs, decided, reference)
         note = f"**Warning:** {summary['warning']}" if summary["warning"] else ""
         return table, str(out), shares_figure(summary), note

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from ewect.config import BEST_DIR, LABEL2ID, LABELS, MAX_LENGTH
-from ewect.data import read_groups, read_posts
+from ewect.data import add_label_names_arg, read_groups, read_posts, read_records
 from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
 from ewect.prediction import BACKENDS, add_precision_arg, load_predictor, weights_identity
@@ -110,6 +110,7 @@ def parse_args(argv=None):
                    help="with --summary: posts of your own data labelled by hand (as test.py "
                         "reads them), for the corrections to learn the model's mistakes from "
                         "instead of its eval posts")
+    add_label_names_arg(p)
     args = p.parse_args(argv)
     if args.resume and not (args.output and args.input_file):
         p.error("--resume needs --input_file and --output")
@@ -387,14 +388,29 @@ def marked_done(part, mark):
         return False
 
 
-def merge_parts(output, world_size, chunk_size, summary):
-    """Rank 0, once every process of this launch has marked its part done: interleave the
-    parts' chunks back into input order in OUTPUT (written whole, then renamed into place), the
-    same for their probabilities with --summary, and remove the parts."""
-    parts = [f"{output}.part{rank}" for rank in range(world_size)]
+def wait_for_parts(output, world_size):
+    """Rank 0: until every process of this launch has marked its part done."""
     mark = done_mark(world_size)
-    while not all(marked_done(part, mark) for part in parts):
+    while not all(marked_done(f"{output}.part{rank}", mark) for rank in range(world_size)):
         time.sleep(0.5)  # torchrun stops every process if one fails, so this cannot hang
+
+
+def merge_probabilities(output, world_size, chunk_size):
+    """--summary's probabilities of the parts, interleaved back into input order as the rows
+    will be, into probabilities_path(OUTPUT); the parts stay until merge_parts."""
+    rows = [np.fromfile(probabilities_path(f"{output}.part{rank}"), np.float32
+                        ).reshape(-1, len(LABELS)) for rank in range(world_size)]
+    pieces = []
+    for index in range(-(-sum(map(len, rows)) // chunk_size)):  # chunk k: process k % N's
+        start = index // world_size * chunk_size
+        pieces.append(rows[index % world_size][start:start + chunk_size])
+    np.concatenate(pieces).tofile(probabilities_path(output))
+
+
+def merge_parts(output, world_size, chunk_size):
+    """Rank 0, once every part is done: interleave the parts' chunks back into input order in
+    OUTPUT (written whole, then renamed into place), and remove the parts."""
+    parts = [f"{output}.part{rank}" for rank in range(world_size)]
     files = [open(part, encoding="utf-8") for part in parts]
     with open(output + ".tmp", "w", encoding="utf-8") as merged:
         for chunk_index in itertools.count():
@@ -406,14 +422,6 @@ def merge_parts(output, world_size, chunk_size, summary):
         os.fsync(merged.fileno())
     for f in files:
         f.close()
-    if summary:
-        rows = [np.fromfile(probabilities_path(part), np.float32).reshape(-1, len(LABELS))
-                for part in parts]
-        pieces = []
-        for index in range(-(-sum(map(len, rows)) // chunk_size)):  # chunk k: process k % N's
-            start = index // world_size * chunk_size
-            pieces.append(rows[index % world_size][start:start + chunk_size])
-        np.concatenate(pieces).tofile(probabilities_path(output))
     os.replace(output + ".tmp", output)
     for part in parts:
         for path in (part, part + ".done", probabilities_path(part)):
@@ -449,7 +457,13 @@ def main(argv=None):
                         "(TORCHELASTIC_RUN_ID): rank 0 merges only the parts of its own launch")
     posts = read_posts(args.input_file, args.format) if args.input_file else None
     began_with = check_earlier_run(args, world_size) if args.output else None
-    groups = group_keys(args) if args.group_by and rank == 0 else None  # a bad column: now
+    # --summary's inputs are checked by every process before any post is labelled
+    if args.summary and not os.path.isdir(os.path.dirname(args.summary) or "."):
+        raise UserError(f"--summary {args.summary}: no folder {os.path.dirname(args.summary)}")
+    groups = group_keys(args) if args.group_by else None
+    labelled_posts = ([r for path in args.calibration_file for r in read_records(
+        path, label_names=args.label_names, log=lambda note: print(note, file=sys.stderr))]
+        if args.calibration_file else None)  # notes on stderr: rows may be on stdout
     offsets, source = choose_offsets(args.model_dir, args.decision)
     loading = time.perf_counter()
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
@@ -463,10 +477,29 @@ def main(argv=None):
     if source and rank == 0:
         print(f"labels decided with the offsets in {source} (--decision none: plain argmax)",
               file=sys.stderr)
-    reference = labelled_reference(args, predictor, offsets) if args.summary and rank == 0 else None
+    if args.summary and labelled_posts is None and predictor.calibration is None:
+        why = getattr(predictor, "calibration_note", None) or "it has no calibration.json"
+        raise UserError(f"--summary: {' '.join(args.model_dir)}: nothing saved with the model to "
+                        f"learn its mistakes from ({why}): run `python calibrate.py --model_dir "
+                        "DIR`, or pass --calibration_file with posts labelled by hand")
+    reference = (labelled_reference(args, predictor, offsets, labelled_posts)
+                 if args.summary and rank == 0 else None)
     if posts is None:
         label_one(args, predictor, offsets)
         return
+    try:
+        label_and_summarize(args, posts, predictor, offsets, reference, groups, settings,
+                            loading)
+    finally:  # without --output there is nothing to resume: the summary's probabilities go
+        kept = probabilities_path(args.summary or "")
+        if args.summary and not args.output and os.path.exists(kept):
+            os.remove(kept)
+
+
+def label_and_summarize(args, posts, predictor, offsets, reference, groups, settings, loading):
+    """Label the file (this process's share of it), merge the parts on rank 0, write the
+    summary, and mark the run done."""
+    rank, world_size, _ = process_group()
     labelled, seconds = label_file(args, posts, predictor, offsets, rank, world_size, settings)
     if args.output and rank == 0:  # the throughput of a bulk run, once the model is loaded
         print(f"{'process 0 ' if world_size > 1 else ''}labelled {labelled:,} posts in "
@@ -474,12 +507,18 @@ def main(argv=None):
               f"model took {loading:.1f} s)", file=sys.stderr)
     if world_size > 1:
         mark_done(args.output, rank, world_size)
-        if rank == 0:
-            merge_parts(args.output, world_size, args.chunk_size, args.summary)
-    if rank == 0 and args.summary:
+        if rank == 0:  # the summary before the merge: a kill meanwhile leaves the parts whole
+            wait_for_parts(args.output, world_size)
+            if args.summary:
+                merge_probabilities(args.output, world_size, args.chunk_size)
+                write_summary(args, predictor, offsets, reference, groups)
+            merge_parts(args.output, world_size, args.chunk_size)
+    elif args.summary:
         write_summary(args, predictor, offsets, reference, groups)
     if rank == 0 and args.output:
         os.remove(record_path(args.output))  # done: nothing left to resume
+        if args.summary:
+            os.remove(probabilities_path(args.output))
 
 
 def group_keys(args):
@@ -491,28 +530,19 @@ def group_keys(args):
                    f"{args.input_file}: column {args.group_by!r}")
 
 
-def labelled_reference(args, predictor, offsets):
-    """What --summary's corrections learn from: the eval posts saved with the checkpoint
-    (calibration.json), or --calibration_file's posts, labelled now; calibrated and decided as
-    the file's posts are."""
+def labelled_reference(args, predictor, offsets, labelled_posts):
+    """What --summary's corrections learn from: --calibration_file's records, labelled now, or
+    the eval posts saved with the checkpoint (calibration.json); calibrated and decided as the
+    file's posts are."""
     from ewect.cleaning import clean_text
-    from ewect.data import read_records
     from ewect.shares import Reference, saved_reference
 
     calibration = predictor.calibration
-    if not args.calibration_file:
-        if calibration is None:
-            why = getattr(predictor, "calibration_note", None) or "it has no calibration.json"
-            raise UserError(f"--summary: {' '.join(args.model_dir)}: nothing saved with the "
-                            f"model to learn its mistakes from ({why}): run `python "
-                            "calibrate.py --model_dir DIR`, or pass --calibration_file with "
-                            "posts labelled by hand")
+    if labelled_posts is None:
         return saved_reference(calibration, predictor.temperature, offsets)
-    records = [r for path in args.calibration_file  # its notes on stderr: rows may be on stdout
-               for r in read_records(path, log=lambda note: print(note, file=sys.stderr))]
-    probabilities = predictor.predict([clean_text(r.content) for r in records], args.batch_size,
-                                      args.max_length)
-    golds = np.array([LABEL2ID[r.label] for r in records])
+    probabilities = predictor.predict([clean_text(r.content) for r in labelled_posts],
+                                      args.batch_size, args.max_length)
+    golds = np.array([LABEL2ID[r.label] for r in labelled_posts])
     # emq starts from the training shares; a model without its record: those of these posts
     training = (calibration["training_shares"] if calibration is not None
                 else np.bincount(golds, minlength=len(LABELS)) / len(golds))
@@ -522,7 +552,7 @@ def labelled_reference(args, predictor, offsets):
 
 def write_summary(args, predictor, offsets, reference, groups):
     """S.json from the probabilities of every post (and with --group_by, S.groups.csv and
-    S.groups.png), written aside and renamed; the probabilities file is removed after."""
+    S.groups.png), written aside and renamed."""
     import pandas as pd
 
     from ewect.shares import describe, plot_groups, summarize, summarize_groups
@@ -535,14 +565,14 @@ def write_summary(args, predictor, offsets, reference, groups):
     if groups is not None:
         if len(groups) != len(decided):
             raise UserError(f"{args.input_file}: changed while it was labelled ({len(groups)} "
-                            f"posts now, {len(decided)} labelled); start over")
+                            f"posts now, {len(decided)} labelled); "
+                            + (leftovers(args.output)[2] if args.output else "start over"))
         rows = summarize_groups(groups, probabilities, decided, reference)
         pd.DataFrame(rows).to_csv(stem + ".groups.csv", index=False)
         plot_groups(rows, stem + ".groups.png", f"{os.path.basename(args.input_file)}: shares "
                     f"by {args.group_by}{f' ({args.period})' if args.period else ''}")
         summary["groups"] = stem + ".groups.csv"
     write_atomically(args.summary, json.dumps(summary, ensure_ascii=False, indent=1), 0)
-    os.remove(kept)
     print(describe(summary) + f"\nwrote {args.summary}" +
           (f", {stem}.groups.csv, {stem}.groups.png" if groups is not None else ""),
           file=sys.stderr)

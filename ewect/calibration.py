@@ -22,7 +22,9 @@ from .errors import UserError, first_line
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15  # equal-width bins of the top label's probability, as in Guo et al.
-TEMPERATURE_RANGE = (0.05, 20.0)
+# Not below 0.25: decision offsets (at most 2 in size) are divided by T, and at a smaller T
+# they could lift a class whose calibrated probability fell under decide()'s floor of 1e-12.
+TEMPERATURE_RANGE = (0.25, 20.0)
 
 
 def with_temperature(probabilities, temperature):

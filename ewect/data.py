@@ -194,8 +194,8 @@ def _known_label(name, where):
 
 
 def add_label_names_arg(parser):
-    """--label_names of clean_data.py, train.py and test.py: names of integer labels, for
-    name_label_ids."""
+    """--label_names of clean_data.py, train.py, test.py and inference.py (--calibration_file):
+    names of integer labels, for name_label_ids."""
     parser.add_argument("--label_names", type=lambda text: text.split(","),
                         metavar="NAME0,NAME1,...",
                         help="names of a data file's integer labels 0, 1, ... in the file's own "

@@ -157,8 +157,15 @@ def predict_probabilities(model, tokenizer, cleaned_texts, device, batch_size=12
 
 
 def checkpoint_calibration(model_dir, calibrated):
-    """(calibration.json's record or None, the temperature to apply: 1.0 unless calibrated)."""
-    calibration = load_calibration(model_dir)
+    """(calibration.json's record or None, the temperature to apply: 1.0 unless calibrated). A
+    damaged file stops a calibrated model only: calibrate.py, which writes it again, and a
+    teacher, which uses its own probabilities, read around it."""
+    try:
+        calibration = load_calibration(model_dir)
+    except UserError:
+        if calibrated:
+            raise
+        return None, 1.0
     return calibration, calibration["temperature"] if calibration and calibrated else 1.0
 
 
@@ -285,10 +292,10 @@ class EnsemblePredictor:
         records = [member.calibration for member in members]
         self.calibration, self.temperature, self.calibration_note = None, 1.0, None
         if any(record is None for record in records):
-            self.calibration_note = "a member has no calibration.json (python calibrate.py)"
-        elif any(r["fitted_on"] != records[0]["fitted_on"]
-                 or not np.array_equal(r["eval_labels"], records[0]["eval_labels"])
-                 for r in records):
+            self.calibration_note = ("a member has no readable calibration.json (python "
+                                     "calibrate.py)")
+        elif any(not np.array_equal(r["eval_labels"], records[0]["eval_labels"])
+                 for r in records):  # the same posts in the same order, however their path reads
             self.calibration_note = "the members were calibrated on different eval posts"
         else:
             probabilities = np.mean([r["eval_probabilities"] for r in records], axis=0)

@@ -179,11 +179,12 @@ def cells(probabilities, decided, edges):
 
 
 def cell_histograms(reference, edges):
-    """H[c, j]: the share of the labelled posts of true label j that fall in cell c."""
-    width = len(LABELS) * CONFIDENCE_BINS
-    return class_conditional(reference.golds,
-                             one_hot(cells(reference.probabilities, reference.decided, edges),
-                                     width))
+    """H[c, j]: the share of the labelled posts of true label j that fall in cell c, for each
+    label j the labelled posts have (a mix needs no column for one they lack)."""
+    in_cells = one_hot(cells(reference.probabilities, reference.decided, edges),
+                       len(LABELS) * CONFIDENCE_BINS)
+    return np.stack([in_cells[reference.golds == label].mean(0)
+                     for label in np.unique(reference.golds)], axis=1)
 
 
 def mixture_distance(histograms, frequencies):
@@ -233,6 +234,9 @@ def summarize(probabilities, decided, reference, seed=SEED):
         warning = (f"only {posts} posts: too few for a correction (fewer than {MIN_POSTS}); "
                    f"the plain estimate {PLAIN} is given")
         why = warning
+    elif len(reference.golds) < MIN_LABELLED:
+        why = (f"only {len(reference.golds)} labelled posts to learn a correction from (fewer "
+               f"than {MIN_LABELLED}): the plain estimate {PLAIN} is given")
     elif p_value < WARN_BELOW and distance >= MIN_DISTANCE:
         warning = (f"the model sees these posts differently from the labelled posts of "
                    f"{reference.source} (distance {distance:.3f}, p {p_value:.3f}): more than "
@@ -240,9 +244,6 @@ def summarize(probabilities, decided, reference, seed=SEED):
                    f"recommended. {MIN_LABELLED} or more posts of this kind labelled by hand "
                    "(--calibration_file) let the corrections learn them")
         why = "the check warns"
-    elif len(reference.golds) < MIN_LABELLED:
-        why = (f"only {len(reference.golds)} labelled posts to learn a correction from (fewer "
-               f"than {MIN_LABELLED}): the plain estimate {PLAIN} is given")
     else:
         method = "pacc"
         why = f"the check finds a change of mix alone (p {p_value:.3f}): pacc corrects it"
@@ -265,23 +266,16 @@ PERIODS = ("day", "week", "month")
 
 def group_keys(values, period, where):
     """Each post's group: its --group_by value, or with a period the day ('2020-01-31'), week
-    (its Monday's date) or month ('2020-01') of the time in it: a date or time as text
-    ('2020-01-31 13:05', ISO 8601 with or without a zone), or Unix seconds (read as UTC).
-    `where` names the file and column for the one line an unreadable time gets."""
+    (its Monday's date) or month ('2020-01') of the time in it, in the time's own zone (the wall
+    clock of the post): ISO 8601 with or without a zone ('2020-01-31 13:05', '…T13:05+08:00'),
+    Weibo's 'Fri Jan 31 13:05:00 +0800 2020', 20200131, or Unix seconds or milliseconds (read as
+    UTC). `where` names the file and column for the one line an unreadable time gets."""
     values = list(values)
     if period is None:
         return values
     import pandas as pd
 
-    series = pd.Series(values, dtype=str)
-    seconds = pd.to_numeric(series, errors="coerce")
-    if seconds.notna().all():
-        times = pd.to_datetime(seconds, unit="s", errors="coerce")
-    else:  # ISO 8601 is read fast; other spellings one by one
-        times = pd.to_datetime(series, errors="coerce", format="ISO8601")
-        if times.isna().any():
-            times = times.fillna(pd.to_datetime(series[times.isna()], errors="coerce",
-                                                format="mixed"))
+    times = parse_times(pd.Series(values, dtype=str).str.strip())
     if times.isna().any():
         first = int(times.isna().to_numpy().argmax())
         raise UserError(f"{where}: post {first + 1}: {values[first]!r} is not a date or time "
@@ -291,9 +285,48 @@ def group_keys(values, period, where):
     return list(times.dt.strftime("%Y-%m" if period == "month" else "%Y-%m-%d"))
 
 
+def parse_times(series):
+    """Naive wall-clock times (NaT where unreadable) of a Series of text: all digits are
+    yyyymmdd (8 of them) or Unix seconds (milliseconds from 1e11 on); other text is read as ISO
+    8601 in one vectorised pass where it can be, else one by one, each keeping its own zone's
+    wall clock."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(series, errors="coerce")
+    if numbers.notna().all():
+        if (series.str.len() == 8).all():
+            return pd.to_datetime(series, format="%Y%m%d", errors="coerce")
+        return pd.to_datetime(numbers, unit="ms" if numbers.abs().max() >= 1e11 else "s",
+                              errors="coerce")
+    try:
+        times = pd.to_datetime(series, errors="coerce", format="ISO8601")
+        if times.dt.tz is not None:  # one zone for all: its wall clock
+            times = times.dt.tz_localize(None)
+    except (ValueError, TypeError):  # mixed zones: one by one
+        times = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns]")
+    missing = times.isna()
+    if missing.any():
+        times = times.astype(object)
+        times[missing] = [wall_clock(text) for text in series[missing]]
+        times = pd.to_datetime(times)
+    return times
+
+
+def wall_clock(text):
+    """One time as text read by pandas (dateutil), its zone dropped; NaT if unreadable."""
+    import pandas as pd
+
+    try:
+        time = pd.Timestamp(text)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    return time.tz_localize(None) if time.tzinfo is not None else time
+
+
 def summarize_groups(keys, probabilities, decided, reference):
-    """One row per group, in the order of their keys: posts, recommended method, its six shares
-    and 95% intervals, whether the group is too small for a correction, and its warning."""
+    """One row per group, sorted by key as text (the dates of --period sort by time): posts,
+    recommended method, its six shares and 95% intervals, whether the group is too small for a
+    correction, and its warning."""
     names, which = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
     rows = []
     for index, name in enumerate(names):

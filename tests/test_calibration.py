@@ -99,6 +99,18 @@ def test_calibrate_py_calibrates_a_checkpoint_trained_before(trained, clean_dir,
     assert now["training_shares"] == pytest.approx(then["training_shares"], abs=1e-6)
     assert_clean_error(run_main("calibrate.py", "--model_dir", tmp_path / "nothing"),
                        "no checkpoint here")
+    (older / CALIBRATION_FILE).write_text("{", encoding="utf-8")  # damaged: written anew
+    assert run_main("calibrate.py", "--model_dir", older, "--device", "cpu", "--precision",
+                    "fp32", "--eval_file", clean_dir / "usual_eval_labeled.txt", "--train_file",
+                    clean_dir / "usual_train.txt").returncode == 0
+    assert load_calibration(older)["temperature"] == pytest.approx(now["temperature"])
+
+
+def test_the_temperature_stays_where_decision_offsets_keep_every_label():
+    # an underconfident model would want T far below 1; below 0.25 offsets divided by T could
+    # lift a class whose calibrated probability fell under decide()'s floor
+    probabilities, golds = overconfident(2000, seed=3, sharpness=0.1)
+    assert fit_temperature(probabilities, golds) == pytest.approx(0.25, abs=1e-3)
 
 
 def test_fitting_on_no_posts_is_refused(tmp_path):

@@ -635,13 +635,14 @@ def test_padding_a_batch_further_leaves_its_logits_unchanged(checkpoint):
     assert torch.allclose(logits[1], logits[8], atol=1e-5)
 
 
-def calibrated_copy(folder, tmp_path, name="calibrated", temperature=2.0, fitted_on="eval.txt"):
-    """A copy of a checkpoint (with its exports) and a calibration.json of this temperature."""
+def calibrated_copy(folder, tmp_path, name="calibrated", temperature=2.0, eval_posts=0):
+    """A copy of a checkpoint (with its exports) and a calibration.json of this temperature;
+    eval_posts picks which eval posts it was fitted on."""
     copy = tmp_path / name
     shutil.copytree(folder, copy)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(eval_posts)
     golds = rng.integers(0, len(LABELS), 60)
-    calibrate(copy, rng.dirichlet(np.ones(len(LABELS)), 60), golds, golds, fitted_on)
+    calibrate(copy, rng.dirichlet(np.ones(len(LABELS)), 60), golds, golds, "eval.txt")
     record = json.loads((copy / CALIBRATION_FILE).read_text(encoding="utf-8"))
     (copy / CALIBRATION_FILE).write_text(json.dumps({**record, "temperature": temperature}),
                                          encoding="utf-8")
@@ -675,7 +676,7 @@ def test_an_ensemble_is_calibrated_as_a_whole(checkpoint, second_checkpoint, tmp
     assert np.allclose(probabilities, with_temperature(own_probabilities, ensemble.temperature),
                        atol=1e-5)
     assert (probabilities.argmax(1) == own_probabilities.argmax(1)).all()
-    members[1] = calibrated_copy(second_checkpoint, tmp_path, "c", fitted_on="other.txt")
+    members[1] = calibrated_copy(second_checkpoint, tmp_path, "c", eval_posts=1)
     apart = load_predictor(members, device="cpu", precision="fp32")
     assert apart.temperature == 1.0 and "different eval posts" in apart.calibration_note
 

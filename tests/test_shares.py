@@ -113,6 +113,12 @@ def test_times_are_grouped_by_day_week_and_month():
                                               "2020-02-03"]
     assert group_keys(times, "month", "f") == ["2020-01", "2020-01", "2020-02", "2020-02"]
     assert group_keys(["1580428800", "1580515200"], "day", "f") == ["2020-01-31", "2020-02-01"]
+    assert group_keys(["20200131", "20200201"], "day", "f") == ["2020-01-31", "2020-02-01"]
+    assert group_keys(["1580428800000"], "day", "f") == ["2020-01-31"]  # milliseconds
+    # Weibo's own format and mixed zones: each post's own wall clock
+    assert group_keys(["Fri Jan 31 23:05:00 +0800 2020", "2020-01-31T23:30:00+08:00",
+                       "2020-02-01T00:10:00Z"], "day", "f") == ["2020-01-31", "2020-01-31",
+                                                               "2020-02-01"]
     assert group_keys(["b", "a"], None, "f") == ["b", "a"]
     with pytest.raises(UserError, match=r"f: post 2: 'yesterday' is not a date or time"):
         group_keys(["2020-01-01", "yesterday"], "day", "f")
@@ -235,6 +241,8 @@ def test_bad_groups_and_missing_calibration_are_one_line_before_any_labelling(
               tmp_path / "s.json"]
     assert_clean_error(run_main("inference.py", *common, "--group_by", "day"),
                        "posts.csv: no 'day' column (found id, date, content)")
+    assert_clean_error(run_main("inference.py", *common[:6], "--summary",
+                                tmp_path / "none" / "s.json"), "--summary", "no folder")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"content": "好", "date": "2020-01-01"}\n{"content": "哇", "date": "昨天"}\n',
                    encoding="utf-8")
