@@ -112,7 +112,7 @@ def measure(files, posts, reference_of, rng):
         errors["recommended"].append(errors[summary["method"]][-1])
         low, high = np.array(list(summary["interval95"].values())).T
         covered.append((low - 1e-9 <= truth) & (truth <= high + 1e-9))
-        warned.append("differently" in summary["warning"])
+        warned.append(summary["why"] == "the check warns")
         p_values.append(summary["check"]["p_value"])
         distances.append(summary["check"]["distance"])
     return {"errors": {m: float(np.mean(v)) for m, v in errors.items()},

@@ -48,8 +48,9 @@ def weights_identity(model_dir, backend="torch", int8=False, calibrated=True):
     else:
         weights = [name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
                    if name.endswith((".safetensors", ".bin"))]
+    calibration = [CALIBRATION_FILE] if calibrated else []
     paths = sorted((name, os.path.join(folder, name))
-                   for name in ["config.json", *[CALIBRATION_FILE] * calibrated, *weights])
+                   for name in ["config.json", *calibration, *weights])
     return [folder, *(f"{name}:{os.path.getsize(path)}:{os.path.getmtime(path)}"
                       for name, path in paths if os.path.isfile(path))]
 

@@ -33,7 +33,7 @@ METHODS = ("cc", "pcc", "acc", "pacc", "emq", "pcc_own")
 PLAIN = "pcc_own"  # what is recommended where a correction is not
 MIN_POSTS = 100  # fewer posts in a file or group: the plain estimate, flagged
 MIN_LABELLED = 500  # fewer labelled posts: a correction learnt from them costs more than it
-# corrects (bench/RESULTS.md, "Emotion shares": 100 and 200 lose to the plain estimate)
+# corrects (bench/RESULTS.md, "Emotion shares": 100 or 200 mostly lose to the plain estimate)
 REPLICATES = 200  # bootstrap replicates, for the interval and for the check
 CONFIDENCE_BINS = 4  # the check's histogram: predicted label x this many confidence bins
 SEED = 0
@@ -214,7 +214,8 @@ def shift_check(probabilities, decided, reference, rng, replicates=REPLICATES):
 # The summary warns when the check's p-value is under WARN_BELOW and the distance at least
 # MIN_DISTANCE: large files of the model's own domain can differ from its eval posts by more
 # than chance, though not by as much as another domain's (bench/RESULTS.md, "Emotion shares":
-# Hellinger distances up to 0.095 there, from 0.117 for the other track's posts).
+# Hellinger distances' 90th percentiles up to 0.096 there, 10th from 0.117 for the other
+# track's posts).
 WARN_BELOW, MIN_DISTANCE = 0.01, 0.1
 
 
