@@ -5,13 +5,14 @@
     python app.py --host 0.0.0.0                                # reachable from the local network
     python app.py --model_dir runA/best runB/best               # an ensemble: mean probabilities
 
-Type a post (or pick an example) to see its label and the six probabilities. Upload a file of
-up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT JSON array, JSON Lines, or
-CSV/TSV/Excel with a `content` column; inference.py labels larger files) for a table and a CSV
-to download, with a progress bar meanwhile; posts are still answered while a file is labelled.
-A file's emotion shares are drawn as a bar chart with 95% intervals, with the warning when the
-correction may not hold (as inference.py --summary gives them; ewect/shares.py).
-Posts are cleaned exactly as the training data was. The label is the argmax, or with decision
+Type a post (or pick an example) to see its label and the six probabilities, then its
+characters highlighted by how much they raised or lowered the label's probability
+(ewect/explain.py). Upload a file of up to MAX_FILE_POSTS posts (one per line, an SMP2020-EWECT
+JSON array, JSON Lines, or CSV/TSV/Excel with a `content` column; inference.py labels larger
+files) for a table and a CSV to download, with a progress bar meanwhile; posts are still
+answered while a file is labelled. A file's emotion shares are drawn as a bar chart with 95%
+intervals, with the warning when the correction may not hold (as inference.py --summary gives
+them; ewect/shares.py). Posts are cleaned exactly as the training data was. The label is the argmax, or with decision
 offsets (--decision, as in test.py) the argmax of log p + offset; the probabilities shown are
 calibrated by the checkpoint's temperature (calibration.json), which changes no label. The app
 serves on --host only; a public gradio.live link is made only with --share.
@@ -92,10 +93,15 @@ def build_demo(predictor, offsets=None):
 
     from ewect.cleaning import clean_text
     from ewect.decision import decide
+    from ewect.explain import METHOD_NAMES, make_explainer
     from ewect.shares import saved_reference, shares_figure, summarize
 
     reference = (saved_reference(predictor.calibration, predictor.temperature, offsets)
                  if predictor.calibration else None)
+    try:
+        explainer, no_explanations = make_explainer(predictor), None
+    except UserError as err:  # an ensemble of several tokenizers: labels, without the why
+        explainer, no_explanations = None, str(err)
     downloads = tempfile.TemporaryDirectory(prefix="ewect-demo-")  # removed when the app exits
 
     def classify_text(text):
@@ -111,6 +117,19 @@ def build_demo(predictor, offsets=None):
         return {"label": predictor.labels[label_id],
                 "confidences": [{"label": predictor.labels[i], "confidence": float(row[i])}
                                 for i in row.argsort()[::-1]]}
+
+    def explain_text(text):
+        """The cleaned post's pieces, each with its score over the largest one's (-1 to 1: the
+        colour scale of gr.HighlightedText), toward the label classify_text gave it."""
+        cleaned = clean_text(text or "")
+        if not cleaned or explainer is None:
+            return []
+        row = predictor.predict([cleaned])[0]
+        label_id = decide(row[None], offsets, predictor.temperature)[0]
+        explanation = explainer.explain([cleaned], [label_id])[0]
+        largest = max((abs(score) for score in explanation.scores), default=0.0) or 1.0
+        return [(piece, score / largest) for piece, score in
+                zip(explanation.pieces, explanation.scores)]
 
     def classify_file(path, progress=gr.Progress()):
         if path is None:
@@ -156,11 +175,19 @@ def build_demo(predictor, offsets=None):
             text = gr.Textbox(label="Post", lines=3, placeholder="输入一条微博")
             button = gr.Button("Classify", variant="primary")
             probabilities = gr.Label(label="Emotion", num_top_classes=len(LABELS))
+            why = gr.HighlightedText(
+                label=f"Why: each character's part in the label ({METHOD_NAMES[explainer.method]}"
+                      "; red raised its probability, blue lowered it)" if explainer else
+                      f"No explanations: {no_explanations}",
+                show_legend=False, show_inline_category=False)
             gr.Examples(EXAMPLES, inputs=text, label="One example per emotion")
-            # Posts and files queue apart, so a long file never holds up a post.
+            # Posts and files queue apart, so a long file never holds up a post; the label is
+            # shown before its explanation is computed.
             gr.on([button.click, text.submit], classify_text, text, probabilities,
                   api_name="classify_text", postprocess=False, concurrency_id="posts",
-                  concurrency_limit=POST_CONCURRENCY)
+                  concurrency_limit=POST_CONCURRENCY
+                  ).success(explain_text, text, why, api_name="explain_text",
+                            concurrency_id="posts")
         with gr.Tab("File"):
             upload = gr.File(label="Posts: one per line, SMP2020-EWECT JSON, JSON Lines, or "
                                    "CSV/TSV/Excel with a `content` column",

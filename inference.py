@@ -12,6 +12,8 @@
     torchrun --nproc_per_node=4 inference.py --input_file posts.txt --output labels.tsv  # 4 GPUs
     python inference.py --input_file posts.csv --output labels.tsv --summary shares.json
     python inference.py --input_file posts.csv --summary shares.json --group_by date --period day
+    python inference.py --input '你是个什么东西，垃圾' --explain        # why: each character's part
+    python inference.py --input_file posts.txt --output why.jsonl --json --explain
 
 Posts are cleaned exactly as the training data was. --input_file takes plain text (one post per
 line, blank lines skipped, id = line number), an SMP2020-EWECT JSON array (labels optional),
@@ -42,6 +44,12 @@ differently from the labelled posts its corrections learnt from (the checkpoint'
 --calibration_file). --group_by COLUMN gives them per value of a column (per day of a time with
 --period day) in S.groups.csv and S.groups.png. Probabilities are calibrated by the checkpoint's
 temperature (calibration.json); labels do not change.
+--explain adds why (ewect/explain.py): each piece of the cleaned post (a character, a Latin word
+or number, an emoji tag) with its change to the probability of the label given; printed for one
+post, and as `explanation`, a list of [piece, score] pairs whose pieces concatenate to the
+cleaned text, in --json objects (with `cut_at`: the characters explained when --max_length cut
+the post, else null) or as a fifth TSV column. Integrated Gradients for torch models, occlusion
+for --backend onnx and --int8; an ensemble's is the mean of its members'.
 """
 import argparse
 import glob
@@ -60,6 +68,7 @@ from ewect.config import BEST_DIR, LABEL2ID, LABELS, MAX_LENGTH
 from ewect.data import add_label_names_arg, read_groups, read_posts, read_records
 from ewect.decision import add_decision_arg, choose_offsets, decide
 from ewect.errors import UserError, first_line, positive_int, run_cli, script_help
+from ewect.explain import METHODS as EXPLAIN_METHODS, make_explainer
 from ewect.prediction import BACKENDS, add_precision_arg, load_predictor, weights_identity
 from ewect.shares import PERIODS
 
@@ -97,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--int8", action="store_true",
                    help="int8 model: dynamic quantization (torch, CPU) or export.py's int8 file")
     add_precision_arg(p)
+    p.add_argument("--explain", nargs="?", const="auto", choices=("auto", *EXPLAIN_METHODS),
+                   help="also give each piece's contribution to the label; auto: Integrated "
+                        "Gradients (ig) for torch models, occlusion for onnx and --int8 ones")
     p.add_argument("--summary", metavar="S.json",
                    help="also write the file's emotion shares: every method, the recommended "
                         "one's 95%% interval, and a warning when its correction may not hold")
@@ -121,15 +133,20 @@ def parse_args(argv=None):
     return args
 
 
-def format_row(post_id, text, row, label_id, as_json):
-    """One output line for one post: its label and probabilities."""
+def format_row(post_id, text, row, label_id, as_json, explanation=None):
+    """One output line for one post: its label and probabilities (and with --explain, why)."""
     label = LABELS[int(label_id)]
+    why = {} if explanation is None else {"explanation": explanation.pairs(),
+                                          "cut_at": explanation.cut_at}
     if as_json:
         return json.dumps({"id": post_id, "text": text, "label": label,
                            "probabilities": {name: round(float(p), 4)
-                                             for name, p in zip(LABELS, row)}},
+                                             for name, p in zip(LABELS, row)}, **why},
                           ensure_ascii=False) + "\n"
-    return f"{post_id}\t{label}\t{row[label_id]:.4f}\t{' '.join(text.split())}\n"
+    row = f"{post_id}\t{label}\t{row[label_id]:.4f}\t{' '.join(text.split())}"
+    if why:  # cleaned text has no tabs or newlines, so neither has its JSON
+        row += "\t" + json.dumps(why["explanation"], ensure_ascii=False, separators=(",", ":"))
+    return row + "\n"
 
 
 def rows_done(path, block=1 << 20):
@@ -182,7 +199,8 @@ def run_settings(args, world_size, precision, offsets):
             "models": [weights_identity(d, args.backend, args.int8) for d in args.model_dir],
             "backend": args.backend, "int8": args.int8, "precision": precision,
             "decision_offsets": None if offsets is None else [float(o) for o in offsets],
-            "summary": bool(args.summary)}
+            "summary": bool(args.summary),
+            "explain": args.explain}
 
 
 def describe_change(key, then, now):
@@ -326,7 +344,8 @@ def keep_probabilities(path, rows):
     return f
 
 
-def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, settings=None):
+def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, settings=None,
+               explainer=None):
     """Stream the posts through clean → predict → write, chunk by chunk, in input order. With
     several processes, process k labels chunks k, k+N, k+2N, … into OUTPUT.partk. With --output,
     `settings` (run_settings) go into OUTPUT.run.json first; with --summary, the probabilities go
@@ -356,10 +375,12 @@ def label_file(args, posts, predictor, offsets=None, rank=0, world_size=1, setti
                 kept.write(probs.astype(np.float32).tobytes())
                 kept.flush()
                 os.fsync(kept.fileno())
-            writer.write([format_row(post_id, text, row, label_id, args.json)
-                          for (post_id, _), text, row, label_id
-                          in zip(chunk, texts, probs,
-                                 decide(probs, offsets, predictor.temperature))])
+            label_ids = decide(probs, offsets, predictor.temperature)
+            why = (explainer.explain(texts, label_ids, args.max_length) if explainer
+                   else [None] * len(texts))
+            writer.write([format_row(post_id, text, row, label_id, args.json, explanation)
+                          for (post_id, _), text, row, label_id, explanation
+                          in zip(chunk, texts, probs, label_ids, why)])
             progress.update(len(chunk) * world_size)
             labelled += len(chunk)
     finally:
@@ -429,18 +450,22 @@ def merge_parts(output, world_size, chunk_size):
                 os.remove(path)
 
 
-def label_one(args, predictor, offsets=None):
+def label_one(args, predictor, offsets=None, explainer=None):
     from ewect.cleaning import clean_text
+    from ewect.explain import describe
 
     text = clean_text(args.input)
     row = predictor.predict([text], 1, args.max_length)[0]
     label_id = decide(row[None], offsets, predictor.temperature)[0]
+    explanation = explainer.explain([text], [label_id], args.max_length)[0] if explainer else None
     if args.json:
-        print(format_row(None, text, row, label_id, True), end="")
+        print(format_row(None, text, row, label_id, True, explanation), end="")
         return
     print(LABELS[label_id])
     for name, p in zip(LABELS, row):
         print(f"  {name:<9}{p:.4f}")
+    if explanation:
+        print("\n".join(describe(explanation, LABELS[label_id], explainer.method)))
     if not text:
         print("note: nothing was left of this post after cleaning", file=sys.stderr)
 
@@ -468,6 +493,7 @@ def main(argv=None):
     loading = time.perf_counter()
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8, local_rank,
                                args.precision)
+    explainer = make_explainer(predictor, args.explain) if args.explain else None
     loading = time.perf_counter() - loading
     settings = None
     if args.output:  # once the model is loaded: only then is the precision in use known
@@ -485,22 +511,24 @@ def main(argv=None):
     reference = (labelled_reference(args, predictor, offsets, labelled_posts)
                  if args.summary and rank == 0 else None)
     if posts is None:
-        label_one(args, predictor, offsets)
+        label_one(args, predictor, offsets, explainer)
         return
     try:
         label_and_summarize(args, posts, predictor, offsets, reference, groups, settings,
-                            loading)
+                            loading, explainer)
     finally:  # without --output there is nothing to resume: the summary's probabilities go
         kept = probabilities_path(args.summary or "")
         if args.summary and not args.output and os.path.exists(kept):
             os.remove(kept)
 
 
-def label_and_summarize(args, posts, predictor, offsets, reference, groups, settings, loading):
-    """Label the file (this process's share of it), merge the parts on rank 0, write the
-    summary, and mark the run done."""
+def label_and_summarize(args, posts, predictor, offsets, reference, groups, settings, loading,
+                        explainer=None):
+    """Label (and explain) the file (this process's share of it), merge the parts on rank 0,
+    write the summary, and mark the run done."""
     rank, world_size, _ = process_group()
-    labelled, seconds = label_file(args, posts, predictor, offsets, rank, world_size, settings)
+    labelled, seconds = label_file(args, posts, predictor, offsets, rank, world_size, settings,
+                                   explainer)
     if args.output and rank == 0:  # the throughput of a bulk run, once the model is loaded
         print(f"{'process 0 ' if world_size > 1 else ''}labelled {labelled:,} posts in "
               f"{seconds:.1f} s: {labelled / max(seconds, 1e-9):,.0f} posts/s (loading the "

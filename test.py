@@ -10,6 +10,7 @@ per-class table, confusion matrix (printed and as PNG) and a predictions file.
     python test.py --device cpu --int8                           # faster on CPU: bench/RESULTS.md
     python test.py --backend onnx --int8                         # after `python export.py`
     python test.py --precision fp32            # exact fp32 where auto picks bf16 (see --help)
+    python test.py --errors 5          # + the 5 surest mistakes of each confusion, explained
 
 Texts go through the same cleaning as in training (it is idempotent), so raw files work too.
 Two macro-F1s are printed: scikit-learn's (mean of per-class F1, what the published repo
@@ -23,7 +24,10 @@ or calibrate.py; labels do not change): the expected calibration error (15 bins,
 negative log-likelihood and Brier score are printed before and after it.
 Outputs go to --output_dir: NAME.predictions.csv (id, text, gold, predicted, one probability
 per label), NAME.confusion.png, NAME.reliability.png (the reliability diagram) and
-NAME.metrics.json, NAME being each data file's name.
+NAME.metrics.json, NAME being each data file's name. --errors N adds NAME.errors.md and its
+HTML twin NAME.errors.html: for each confused pair of labels the N mistakes the model was surest
+of, each with its explanation (ewect/explain.py), and per label the characters and words that
+most often carry it in correct predictions (ewect/error_report.py).
 """
 import argparse
 import json
@@ -63,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--int8", action="store_true",
                    help="dynamic int8 quantization of the Linear layers (CPU only)")
     add_precision_arg(p)
+    p.add_argument("--errors", type=positive_int, metavar="N",
+                   help="also write NAME.errors.md and NAME.errors.html: the N surest mistakes "
+                        "of each confused pair of labels, explained, and what carries each label")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="skip and count unusable records instead of stopping")
     add_label_names_arg(p)
@@ -109,8 +116,10 @@ def summary(result):
              ("official_macro_f1", "official_macro_f1"))}
 
 
-def evaluate(args, data_file, name, records, skipped, predictor, offsets, source):
-    """Print and write one data file's report (skipped: the file's unusable records)."""
+def evaluate(args, data_file, name, records, skipped, predictor, offsets, source,
+             explainer=None):
+    """Print and write one data file's report (skipped: the file's unusable records; explainer:
+    for --errors)."""
     import pandas as pd
 
     from ewect.calibration import plot_reliability, with_temperature
@@ -162,8 +171,25 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
                    f"{name}: acc {result['acc']:.3f}, macro-F1 {result['macro_f1']:.3f}")
     plot_reliability(with_temperature(probs, 1 / predictor.temperature), probs, golds,
                      out + ".reliability.png", f"{name}: temperature {predictor.temperature:.2f}")
-    print(f"\nwrote {out}.predictions.csv, {out}.metrics.json, {out}.confusion.png, "
-          f"{out}.reliability.png")
+    written = [f"{out}.{suffix}" for suffix in
+               ("predictions.csv", "metrics.json", "confusion.png", "reliability.png")]
+    if explainer is not None:
+        written += write_error_report(args, out, name, records, golds, preds, probs, explainer)
+    print(f"\nwrote {', '.join(written)}")
+
+
+def write_error_report(args, out, name, records, golds, preds, probs, explainer):
+    """--errors: OUT.errors.md and OUT.errors.html; their paths."""
+    from ewect.error_report import error_report
+
+    markdown, page = error_report(
+        [r.id for r in records], [r.content for r in records], golds, preds, probs, explainer,
+        args.errors, f"Errors of {' + '.join(args.model_dir)} on {name}", args.max_length)
+    paths = [f"{out}.errors.md", f"{out}.errors.html"]
+    for path, text in zip(paths, (markdown, page)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return paths
 
 
 def report_calibration(probs, golds, predictor, model_dirs):
@@ -191,6 +217,7 @@ def main(argv=None):
     args = parse_args(argv)
     from ewect.data import clean_records, load_items, read_records
     from ewect.decision import choose_offsets
+    from ewect.explain import make_explainer
     from ewect.prediction import load_predictor
 
     names = output_names(args.data_file)
@@ -213,11 +240,13 @@ def main(argv=None):
     offsets, source = choose_offsets(args.model_dir, args.decision)
     predictor = load_predictor(args.model_dir, args.backend, args.device, args.int8,
                                precision=args.precision)
+    explainer = make_explainer(predictor) if args.errors else None
     for index, (data_file, name, file_records, file_skipped) in enumerate(
             zip(args.data_file, names, records, skipped)):
         if index:
             print()
-        evaluate(args, data_file, name, file_records, file_skipped, predictor, offsets, source)
+        evaluate(args, data_file, name, file_records, file_skipped, predictor, offsets, source,
+                 explainer)
 
 
 if __name__ == "__main__":

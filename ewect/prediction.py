@@ -187,7 +187,15 @@ class TorchPredictor:
         self.model, self.tokenizer = load_checkpoint(model_dir, self.device)
         if int8:
             self.model = quantize_int8(self.model)
+        self.int8, self.pad_id = int8, self.model.config.pad_token_id or 0
         self.default_batch_size = DEFAULT_BATCH_SIZE[self.device.type]
+
+    def logits(self, input_ids, batch_size):
+        """Logits (numpy, input order) of token-id lists, as predict computes them."""
+        from .modeling import AMP_DTYPES
+
+        return predict_logits(self.model, input_ids, batch_size, self.device,
+                              AMP_DTYPES[self.precision]).numpy()
 
     def predict(self, cleaned_texts, batch_size=None, max_length=MAX_LENGTH):
         return predict_probabilities(self.model, self.tokenizer, list(cleaned_texts), self.device,
@@ -234,7 +242,7 @@ class OnnxPredictor:
         if labels != LABELS:  # as load_checkpoint checks for torch: ensembles average columns
             raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
         self.calibration, self.temperature = checkpoint_calibration(model_dir, calibrated)
-        self.pad_id = config.get("pad_token_id") or 0
+        self.int8, self.pad_id = int8, config.get("pad_token_id") or 0
         self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_threads()

@@ -180,6 +180,11 @@ def test_browser_types_a_post_and_sees_the_label(app_url, expected_labels):
             label = page.get_by_test_id("label-output-value")
             label.wait_for(timeout=30_000)
             assert label.inner_text().strip() == expected_labels([post])[0]
+            # then the post, cleaned, piece by piece in the highlighted explanation (the
+            # textbox's value is not in the page's text)
+            page.wait_for_function(
+                "text => document.body.innerText.replace(/\\s+/g, '').includes(text)",
+                arg="".join(clean_text(post).split()), timeout=30_000)
         finally:
             browser.close()
 
@@ -188,6 +193,8 @@ def test_decision_offsets_decide_the_label_shown(model_dir, tmp_path):
     import numpy as np
 
     import app
+    from ewect.config import LABEL2ID
+    from ewect.explain import make_explainer
     from ewect.prediction import load_predictor
 
     predictor = load_predictor(model_dir, device="cpu")
@@ -203,6 +210,13 @@ def test_decision_offsets_decide_the_label_shown(model_dir, tmp_path):
     path.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
     table = functions["classify_file"](str(path))[0]
     assert list(table["label"]) == ["fear"] * len(POSTS)
+    # the explanation is of the label shown, fear, each score over the largest
+    why = functions["explain_text"](POSTS[0])
+    explained = make_explainer(predictor).explain([clean_text(POSTS[0])], [LABEL2ID["fear"]])[0]
+    assert "".join(piece for piece, _ in why) == clean_text(POSTS[0]) == "".join(explained.pieces)
+    largest = max(abs(score) for score in explained.scores)
+    assert [value for _, value in why] == pytest.approx(
+        [score / largest for score in explained.scores])
 
 
 def test_file_results_are_removed_when_the_next_replaces_them(model_dir, tmp_path):
@@ -224,6 +238,9 @@ class GatedPredictor:
         self.predictor, self.labels = predictor, predictor.labels
         self.temperature, self.calibration = predictor.temperature, predictor.calibration
         self.file_started, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):  # the rest (the explainer's model, tokenizer) as it is
+        return getattr(self.predictor, name)
 
     def predict(self, texts):
         if len(texts) > 1:

@@ -157,7 +157,7 @@ def kill_in_the_second_chunk(write_chunk):
     return write
 
 
-@pytest.mark.parametrize("as_json", [[], ["--json"]])
+@pytest.mark.parametrize("as_json", [[], ["--json"], ["--json", "--explain"]])
 def test_resume_after_a_kill_equals_one_uninterrupted_run(checkpoint, capsys, tmp_path, as_json,
                                                          monkeypatch):
     posts = tmp_path / "posts.txt"
@@ -437,12 +437,48 @@ def test_onnx_export_predicts_like_torch(exported):
 
 def test_onnx_inference_imports_neither_torch_nor_transformers(exported):
     code = ("import sys, inference; inference.main(['--model_dir', sys.argv[1], '--input', '好', "
-            "'--backend', 'onnx', '--int8']); "
+            "'--backend', 'onnx', '--int8', '--explain']); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = run_script("-c", code, exported)
     assert result.returncode == 0, result.stderr
     label_line, *_, modules = result.stdout.splitlines()
-    assert label_line in LABELS and modules == "[]"
+    assert label_line in LABELS and "why" in result.stdout and modules == "[]"
+
+
+def explained_rows(model, capsys, posts, *flags):
+    return [json.loads(line) for line in label(model, capsys, "--input_file", posts, "--json",
+                                                "--explain", *flags).splitlines()]
+
+
+def test_explain_prints_why_for_one_post_and_pairs_that_make_up_the_text(checkpoint, capsys,
+                                                                         tmp_path):
+    lines = label(checkpoint, capsys, "--input", "[哈哈] 今天好开心", "--explain").splitlines()
+    assert lines[0] in LABELS
+    assert lines[7].startswith(f"why {lines[0]} (Integrated Gradients; each piece's change to "
+                               f"p({lines[0]})")
+    assert lines[8] == "  [哈哈] 今天好开心" and set(lines[9]) <= set(" +-")
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS + ["今天天气很好我们去公园"]) + "\n", encoding="utf-8")
+    rows = explained_rows(checkpoint, capsys, posts, "--max_length", "8")
+    for row in rows:
+        cut = row["cut_at"]
+        assert "".join(piece for piece, _ in row["explanation"]) == row["text"][:cut]
+    assert [row["cut_at"] for row in rows] == [6, None, None, None, 6, None, None, 6]
+    tsv = label(checkpoint, capsys, "--input_file", posts, "--explain").splitlines()
+    assert [json.loads(line.split("\t")[4]) for line in tsv] == [
+        row["explanation"] for row in explained_rows(checkpoint, capsys, posts)]
+
+
+def test_onnx_explains_by_occlusion_as_torch_does(exported, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    onnx = explained_rows(exported, capsys, posts, "--backend", "onnx")
+    torch_rows = explained_rows(exported, capsys, posts, "--explain", "occlusion",
+                                "--precision", "fp32")
+    for a, b in zip(onnx, torch_rows):
+        assert [piece for piece, _ in a["explanation"]] == [piece for piece, _ in b["explanation"]]
+        assert [s for _, s in a["explanation"]] == pytest.approx(
+            [s for _, s in b["explanation"]], abs=2e-4)
 
 
 def test_onnx_without_an_export_says_how_to_make_one(checkpoint, tmp_path):
