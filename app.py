@@ -12,10 +12,11 @@ JSON array, JSON Lines, or CSV/TSV/Excel with a `content` column; inference.py l
 files) for a table and a CSV to download, with a progress bar meanwhile; posts are still
 answered while a file is labelled. A file's emotion shares are drawn as a bar chart with 95%
 intervals, with the warning when the correction may not hold (as inference.py --summary gives
-them; ewect/shares.py). Posts are cleaned exactly as the training data was. The label is the argmax, or with decision
-offsets (--decision, as in test.py) the argmax of log p + offset; the probabilities shown are
-calibrated by the checkpoint's temperature (calibration.json), which changes no label. The app
-serves on --host only; a public gradio.live link is made only with --share.
+them; ewect/shares.py). Posts are cleaned exactly as the training data was. The label is the
+argmax, or with decision offsets (--decision, as in test.py) the argmax of log p + offset; the
+probabilities shown are calibrated by the checkpoint's temperature (calibration.json), which
+changes no label. The app serves on --host only; a public gradio.live link is made only with
+--share.
 """
 import argparse
 import itertools
