@@ -464,7 +464,7 @@ def label_one(args, predictor, offsets=None, explainer=None):
     print(LABELS[label_id])
     for name, p in zip(LABELS, row):
         print(f"  {name:<9}{p:.4f}")
-    if explanation:
+    if explanation and explanation.pieces:
         print("\n".join(describe(explanation, LABELS[label_id], explainer.method)))
     if not text:
         print("note: nothing was left of this post after cleaning", file=sys.stderr)

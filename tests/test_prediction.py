@@ -469,6 +469,13 @@ def test_explain_prints_why_for_one_post_and_pairs_that_make_up_the_text(checkpo
         row["explanation"] for row in explained_rows(checkpoint, capsys, posts)]
 
 
+def test_an_ensemble_of_one_model_twice_explains_as_the_model(checkpoint, capsys, tmp_path):
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
+    twice = explained_rows(checkpoint, capsys, posts, "--model_dir", checkpoint, checkpoint)
+    assert twice == explained_rows(checkpoint, capsys, posts)
+
+
 def test_onnx_explains_by_occlusion_as_torch_does(exported, capsys, tmp_path):
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(POSTS) + "\n", encoding="utf-8")
