@@ -33,7 +33,8 @@ from ewect.mlm import (MaskingCollator, build_mlm_model, encode_corpus, masked_l
 from ewect.modeling import autocast, choose_precision, save_checkpoint
 from ewect.prediction import check_max_length
 from ewect.training import (RunningSums, StopRequest, add_shared_args, all_reduce, backward,
-                            clear_earlier_run, close_processes, describe_processes,
+                            checkpoint_gradients, clear_earlier_run, close_processes,
+                            describe_processes,
                             loader_workers, optimization, optimizer_step, posts_fingerprint,
                             refuse_changed_posts, refuse_cpu_marathon, refuse_shifted_resume,
                             setup_processes, start_run, step_plan, stop_for_resume,
@@ -85,7 +86,7 @@ def parse_args(argv=None):
 
 class MaskedLM(torch.nn.Module):
     """masked_lm_loss as a module's forward, so that DDP (and torch.compile) see the call: the
-    loss reaches into model.bert and model.cls, which would bypass DDP's gradient sync."""
+    loss reaches into the encoder and its head, which would bypass DDP's gradient sync."""
 
     def __init__(self, model):
         super().__init__()
@@ -164,6 +165,7 @@ def pretrain(args, proc):
     model.to(proc.device).train()  # from_pretrained gives it in eval mode
     refuse_cpu_marathon(args.device, proc.device, model)
     check_max_length(model, args.max_length)
+    checkpoint_gradients(model, args.gradient_checkpointing)
     train_ids, train_words = encode_corpus(tokenizer, train_texts, args.max_length,
                                            args.whole_word_mask)
     held_ids, held_words = encode_corpus(tokenizer, held_texts, args.max_length,

@@ -97,23 +97,27 @@ def tokenize(tokenizer, texts, max_length=MAX_LENGTH):
 
 
 def pieces_of(text, encoding):
-    """Group a text's tokens into pieces (one Latin word, one emoji tag, else one token) and
-    give each piece the characters from its first token to the next piece's."""
+    """Group a text's tokens into pieces (one Latin word or number, one emoji tag, else one
+    token) and give each piece the characters from its first token to the next piece's."""
     in_tag = np.full(len(text) + 1, -1)
     for number, match in enumerate(EMOJI_TAG.finditer(text)):
         in_tag[match.start():match.end()] = number
-    groups, starts, previous = [], [], None
-    for position, (special, word, (start, end)) in enumerate(zip(
-            encoding.special_tokens_mask, encoding.word_ids, encoding.offsets)):
+    groups, starts, previous, previous_end = [], [], None, -1
+    for position, (special, (start, end)) in enumerate(zip(encoding.special_tokens_mask,
+                                                            encoding.offsets)):
         if special:
             continue
-        key = ("tag", in_tag[start]) if in_tag[start] >= 0 else ("word", word)
-        if groups and (key == previous or start <= starts[-1]):  # one word; no text of its own
+        latin = text[start:end].isascii() and text[start:end].isalnum()
+        key = ("tag", in_tag[start]) if in_tag[start] >= 0 else "latin" if latin else position
+        # a tag, or letters and digits glued together (word pieces: hello = hel ##lo), is one
+        # piece; so is a token with no text of its own
+        if groups and ((key == previous and (key != "latin" or start == previous_end))
+                       or start <= starts[-1]):
             groups[-1].append(position)
         else:
             groups.append([position])
             starts.append(start)
-        previous = key
+        previous, previous_end = key, end
     cut_at = encoding.offsets[groups[-1][-1]][1] if encoding.overflowing and groups else None
     if not groups:  # nothing the tokenizer reads: the whole text, as a piece of no tokens
         return Tokenized(encoding.ids, [[]] if text else [], [text] if text else [], None)
@@ -255,12 +259,18 @@ def tokenizer_text(tokenizer):
 def member_method(predictor, method, temperature):
     """The attribution of one checkpoint's predictor: IG where it has gradients."""
     torch_model = getattr(predictor, "model", None)
+    # XLNet's embeddings are (positions, posts, ...): Captum interpolates along the first axis
+    sequence_first = torch_model is not None and torch_model.config.model_type == "xlnet"
     if method == "auto":
-        method = "ig" if torch_model is not None and not predictor.int8 else "occlusion"
+        method = ("ig" if torch_model is not None and not predictor.int8 and not sequence_first
+                  else "occlusion")
     if method == "ig":
         if torch_model is None or predictor.int8:
             raise UserError("--explain ig needs the torch backend without --int8 (it takes "
                             "gradients); use --explain occlusion")
+        if sequence_first:
+            raise UserError("--explain ig is not offered for xlnet (its embeddings are laid out "
+                            "sequence first); use --explain occlusion")
         return IntegratedGradients(torch_model, predictor.tokenizer, predictor.device,
                                    temperature)
     return Occlusion(predictor.tokenizer, predictor.logits, temperature,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .config import LABELS
 from .distill import distillation_loss
-from .modeling import autocast, expanded_mask
+from .modeling import autocast, forward_mask
 
 AUTO_WEIGHT_CAP = 3.0  # --class_weights auto: no class weighs more than this
 
@@ -66,7 +66,7 @@ def make_loss(precision, weights=None, rdrop=0.0, kd=None):
         return distillation_loss(logits, batch["labels"], batch["teacher"], *kd, weights)
 
     def loss(model, batch):
-        ids, mask = batch["input_ids"], expanded_mask(batch["attention_mask"])
+        ids, mask = batch["input_ids"], forward_mask(model, batch["attention_mask"])
         if rdrop:
             ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
         with autocast(precision, ids.device):

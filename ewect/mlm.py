@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .cleaning import clean_text
 from .data import encode, read_posts
 from .errors import UserError
-from .modeling import bert_config, expanded_mask, from_pretrained, scratch_tokenizer
+from .modeling import bert_config, forward_mask, from_pretrained, scratch_tokenizer
 
 MASK_PROBABILITY = 0.15  # share of eligible tokens chosen (BERT §3.1)
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen: [MASK], a random token; the rest stay
@@ -205,20 +205,27 @@ def _with_positions(batch):
 
 
 def masked_lm_loss(model, batch):
-    """(mean cross-entropy, chosen tokens, correctly predicted ones) of a BertForMaskedLM on a
-    MaskingCollator batch, as tensors. The 21128-way projection runs only at the chosen
-    positions: over all positions it costs more than the encoder on short posts. Their count
-    comes from the host (masked_positions' shape), so nothing waits for the GPU; without
-    masked_positions they are found from labels, which syncs on CUDA. Under DDP call it inside
-    the wrapped module's forward: calling model.bert directly would skip DDP's gradient sync."""
+    """(mean cross-entropy, chosen tokens, correctly predicted ones) of a masked-LM model on a
+    MaskingCollator batch, as tensors. For the architectures whose head is `cls` on the encoder's
+    output (BERT, ERNIE, MegatronBERT, RoFormer) the 21128-way projection runs only at the chosen
+    positions: over all positions it costs more than the encoder on short posts; the others
+    project every position. The positions' count comes from the host (masked_positions' shape),
+    so nothing waits for the GPU; without masked_positions they are found from labels, which
+    syncs on CUDA. Under DDP call it inside the wrapped module's forward: calling the encoder
+    directly would skip DDP's gradient sync."""
     positions = batch.get("masked_positions")
     if positions is None:
         positions = (batch["labels"].view(-1) != -100).nonzero().squeeze(1)
-    hidden = model.bert(input_ids=batch["input_ids"],
-                        attention_mask=expanded_mask(batch["attention_mask"]),
-                        return_dict=True).last_hidden_state
+    mask = forward_mask(model, batch["attention_mask"])
     targets = batch["labels"].view(-1)[positions]
-    logits = model.cls(hidden.flatten(0, 1)[positions]).float()
+    head = getattr(model, "cls", None)
+    if head is not None:
+        hidden = getattr(model, model.base_model_prefix)(
+            input_ids=batch["input_ids"], attention_mask=mask, return_dict=True).last_hidden_state
+        logits = head(hidden.flatten(0, 1)[positions]).float()
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask).logits
+        logits = logits.flatten(0, 1)[positions].float()
     loss = F.cross_entropy(logits, targets, reduction="sum") / max(len(positions), 1)
     correct = (logits.detach().argmax(-1) == targets).sum()
     count = torch.full((), len(positions), device=loss.device)  # a fill, not a host copy
@@ -230,11 +237,19 @@ def build_mlm_model(model_name=None, from_scratch=False, vocab=None, num_layers=
     """(BertForMaskedLM, tokenizer): continued pretraining from a hub id or folder, or, with
     from_scratch, a random BERT of the given size on the given WordPiece vocabulary: a vocab.txt
     file or a list of tokens (ewect.vocab.build_vocab)."""
-    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+    from transformers import AutoConfig, AutoModelForMaskedLM, BertForMaskedLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     if from_scratch:
         tokenizer = scratch_tokenizer(vocab)
         config = bert_config(len(tokenizer), num_layers, hidden_size, dropout, num_heads,
                              intermediate_size, pad_token_id=tokenizer.pad_token_id)
         return BertForMaskedLM(config), tokenizer
+    folder = os.path.expanduser(model_name)
+    if os.path.isdir(folder):  # a hub id's config comes with the model, and its errors too
+        model_type = AutoConfig.from_pretrained(folder).model_type
+        if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+            raise UserError(f"--model_name {model_name}: {model_type} has no masked-LM head, so "
+                            "pretrain.py cannot continue its pretraining; fine-tune it with "
+                            "train.py")
     return from_pretrained(AutoModelForMaskedLM, model_name, dropout)

@@ -4,8 +4,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, BertTokenizer)
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
+                          BertConfig, BertForSequenceClassification, BertTokenizer)
 from transformers.utils import logging as transformers_logging
 
 from .config import ID2LABEL, LABEL2ID, LABELS
@@ -83,10 +83,18 @@ def autocast_dtype(device):
     return AMP_DTYPES[choose_precision("auto", torch.device(device))]
 
 
-def expanded_mask(attention_mask):
-    """The (batch, 1, 1, length) boolean mask transformers passes straight to attention. Given the
+# Architectures whose forward takes the 4-D boolean mask as it is, giving the 2-D mask's outputs
+# (tests/test_architectures.py checks each); the others are given the 2-D mask.
+EXPANDED_MASK_TYPES = frozenset({"bert", "ernie", "electra", "albert", "xlm-roberta"})
+
+
+def forward_mask(model, attention_mask):
+    """The attention mask for the model's forward (wrapped by DDP or not). The BERT family gets
+    the (batch, 1, 1, length) boolean mask transformers passes straight to attention: given the
     2-D mask, BERT's forward checks `mask.all()` to skip it, which waits for the GPU every pass."""
-    return attention_mask.bool()[:, None, None, :]
+    if getattr(model, "module", model).config.model_type in EXPANDED_MASK_TYPES:
+        return attention_mask.bool()[:, None, None, :]
+    return attention_mask
 
 
 def bert_config(vocab_size, num_layers, hidden_size, dropout=0.1, num_heads=None,
@@ -127,12 +135,19 @@ def hub_problem(model_name):
     return None
 
 
-def from_pretrained(auto_class, model_name, dropout=0.1, **kwargs):
+# A config's dropout probabilities, as each architecture names them (XLNet: dropout)
+DROPOUT_SETTINGS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
+
+
+def from_pretrained(auto_class, model_name, dropout=0.1, config_kwargs=None, **kwargs):
     """(model, tokenizer) from a local folder (~ expanded) or a hub id, weights in fp32 whatever
     dtype they were saved in: trained in fp16 they overflow, in bf16 an lr-1e-5 update rounds
     away and the model silently stops learning. Autocast gives the speed of half precision.
-    A hub id comes from the local cache alone when the hub cannot be reached or HF_HUB_OFFLINE
-    is set."""
+    Attention is transformers' choice: SDPA where the architecture has it, else its own
+    (DeBERTa-v2, MegatronBERT, RoFormer, XLNet). config_kwargs change the config (the labels),
+    kwargs go to from_pretrained. A hub id comes from the local cache alone when the hub cannot
+    be reached or HF_HUB_OFFLINE is set."""
+    config_kwargs = config_kwargs or {}
     model_name = os.path.expanduser(model_name)
     if (os.path.isabs(model_name) or model_name.startswith(".")) and not os.path.isdir(model_name):
         raise UserError(f"--model_name {model_name}: no such folder")
@@ -140,10 +155,12 @@ def from_pretrained(auto_class, model_name, dropout=0.1, **kwargs):
     offline = problem is not None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=offline)
-        model = auto_class.from_pretrained(
-            model_name, dtype=torch.float32, hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout, attn_implementation="sdpa",
-            local_files_only=offline, **kwargs)
+        config = AutoConfig.from_pretrained(model_name, local_files_only=offline, **config_kwargs)
+        for name in DROPOUT_SETTINGS:  # those of its architecture
+            if hasattr(config, name):
+                setattr(config, name, dropout)
+        model = auto_class.from_pretrained(model_name, config=config, dtype=torch.float32,
+                                           local_files_only=offline, **kwargs)
     except (OSError, ValueError) as err:
         why = f"{problem} and it is not in the local cache" if problem else first_line(err)
         raise UserError(f"cannot load model {model_name!r} ({why}); without network, pass a "
@@ -164,9 +181,9 @@ def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_lay
                              num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
         return BertForSequenceClassification(config), tokenizer
     (model, loading), tokenizer = from_pretrained(
-        AutoModelForSequenceClassification, model_name, dropout, num_labels=len(LABELS),
-        id2label=ID2LABEL, label2id=LABEL2ID, ignore_mismatched_sizes=True,
-        output_loading_info=True)
+        AutoModelForSequenceClassification, model_name, dropout,
+        {"num_labels": len(LABELS), "id2label": ID2LABEL, "label2id": LABEL2ID},
+        ignore_mismatched_sizes=True, output_loading_info=True)
     saved_biases = [saved for _, saved, _ in loading["mismatched_keys"] if len(saved) == 1]
     if saved_biases:  # (name, saved shape, new shape) of the head's weight and bias
         old = saved_biases[0][0]
@@ -177,8 +194,6 @@ def build_model(model_name, dropout=0.1, from_scratch=False, vocab=None, num_lay
 
 def _label_names(model_name):
     """' (name, name, …)' of a saved classifier's labels, for the log; '' if it has none."""
-    from transformers import AutoConfig
-
     # just loaded, so in the folder or the cache: no second trip to the hub
     config = AutoConfig.from_pretrained(os.path.expanduser(model_name), local_files_only=True)
     names = [config.id2label[i] for i in range(config.num_labels)]
@@ -204,8 +219,7 @@ def load_checkpoint(model_dir, device="cpu"):
         raise UserError(f"{model_dir}: no checkpoint here (config.json missing); "
                         "train one with `sh train.sh` or pass --model_dir")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
-                                                                   attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # a broken checkpoint fails in many library-specific ways
         raise UserError(f"{model_dir}: broken checkpoint ({first_line(err)})") from None
@@ -216,8 +230,6 @@ def load_checkpoint(model_dir, device="cpu"):
 def check_labels(model_dir, config=None):
     """A classifier of this repo's six labels, in order, or a one-line error."""
     if config is None:
-        from transformers import AutoConfig
-
         try:
             config = AutoConfig.from_pretrained(os.path.expanduser(model_dir))
         except (OSError, ValueError) as err:

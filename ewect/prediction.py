@@ -62,14 +62,22 @@ def softmax(logits, temperature=1.0):
     return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def position_limit(config):
+    """The most tokens a model reads (a config object or dict), or None: XLNet's relative
+    positions have no limit (its config says -1)."""
+    limit = (config.get("max_position_embeddings") if isinstance(config, dict)
+             else getattr(config, "max_position_embeddings", None))
+    return limit if limit and limit > 0 else None
+
+
 def check_length_limit(max_length, limit):
-    if max_length > limit:
+    if limit is not None and max_length > limit:
         raise UserError(f"--max_length {max_length}: this model reads at most {limit} tokens")
 
 
 def check_max_length(model, max_length):
     """check_length_limit for a loaded torch model (prediction, train.py, pretrain.py)."""
-    check_length_limit(max_length, model.config.max_position_embeddings)
+    check_length_limit(max_length, position_limit(model.config))
 
 
 def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
@@ -118,7 +126,7 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
 
     device = torch.device(device)
     pad_id, multiple = model.config.pad_token_id or 0, pad_multiple(device.type)
-    limit = model.config.max_position_embeddings
+    limit = position_limit(model.config)
     results, order = [], []
     with torch.inference_mode():
         for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
@@ -243,7 +251,7 @@ class OnnxPredictor:
             raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
         self.calibration, self.temperature = checkpoint_calibration(model_dir, calibrated)
         self.int8, self.pad_id = int8, config.get("pad_token_id") or 0
-        self.position_limit = config.get("max_position_embeddings", MAX_LENGTH)
+        self.position_limit = position_limit(config)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_threads()
         options.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from ewect.cleaning import clean_text
 from ewect.config import LABEL2ID
 from ewect.data import Collator, encode, read_records
 from ewect.loss import make_loss
-from ewect.modeling import build_model, expanded_mask
+from ewect.modeling import build_model, forward_mask
 from ewect.prediction import load_predictor
 from ewect.training import CaptureFailed, CudaGraphSteps, make_grad_scaler, make_optimizer
 
@@ -231,7 +231,7 @@ def test_cuda_graphs_are_captured_anew_in_the_other_mode(model_and_batch):
     # A graph captured in eval mode records no dropout: replayed for a model in training mode,
     # it would train without dropout for the rest of the run.
     model, batch = model_and_batch
-    mask = expanded_mask(batch["attention_mask"])
+    mask = forward_mask(model, batch["attention_mask"])
 
     def logits(inputs):
         with torch.no_grad():

@@ -14,7 +14,7 @@ from ewect.config import LABELS
 from ewect.data import Record, held_out_fold
 from ewect.errors import UserError
 from ewect.loss import AUTO_WEIGHT_CAP, class_weights, class_weights_arg, make_loss
-from ewect.modeling import build_model, expanded_mask
+from ewect.modeling import build_model, forward_mask
 
 
 def tiny_model(vocab, dropout=0.0):
@@ -89,8 +89,8 @@ def test_rdrop_adds_alpha_times_the_symmetric_kl_of_two_dropout_samples(vocab):
     assert losses[3.0] - losses[0.0] == pytest.approx(3 * divergence, rel=1e-4)
     # Without dropout the two samples agree: R-Drop is the plain cross-entropy.
     model.eval()
-    plain = F.cross_entropy(model(input_ids=batch["input_ids"],
-                                  attention_mask=expanded_mask(batch["attention_mask"])).logits,
+    mask = forward_mask(model, batch["attention_mask"])
+    plain = F.cross_entropy(model(input_ids=batch["input_ids"], attention_mask=mask).logits,
                             batch["labels"], reduction="sum")
     assert make_loss("fp32", rdrop=1.0)(model, batch)[0].item() == pytest.approx(
         plain.item(), rel=1e-5)
