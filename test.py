@@ -126,6 +126,7 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
     from ewect.config import LABEL2ID
     from ewect.decision import decide
     from ewect.metrics import confusion_matrix, format_report, scores
+    from ewect.model_card import add_test_scores
 
     texts = [r.content for r in records]
     probs = predictor.predict(texts, args.batch_size, args.max_length)
@@ -167,6 +168,9 @@ def evaluate(args, data_file, name, records, skipped, predictor, offsets, source
                    **summary(result),
                    "decision": decision, "calibration": calibration,
                    "confusion": confusion.tolist()}, f, indent=2)
+    if len(args.model_dir) == 1 and args.backend == "torch" and not args.int8:
+        # the checkpoint as saved: its model card gains these scores
+        add_test_scores(args.model_dir[0], name, summary(result))
     plot_confusion(confusion, out + ".confusion.png",
                    f"{name}: acc {result['acc']:.3f}, macro-F1 {result['macro_f1']:.3f}")
     plot_reliability(with_temperature(probs, 1 / predictor.temperature), probs, golds,

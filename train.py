@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import os
+import shlex
 from collections import namedtuple
 
 import torch
@@ -44,12 +45,14 @@ from ewect.errors import (UserError, non_negative_float, non_negative_int, posit
                           positive_int, run_cli, script_help)
 from ewect.loss import AUTO_WEIGHT_CAP, class_weights, class_weights_arg, fgm_attack, make_loss
 from ewect.metrics import classification_scores, confusion_counts, scores
+from ewect.model_card import write_model_card
 from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, build_model, check_labels, choose_precision,
                             load_checkpoint, save_checkpoint)
-from ewect.prediction import check_max_length, predict_logits, softmax
+from ewect.prediction import check_max_length, position_limit, predict_logits, softmax
 from ewect.training import (CaptureFailed, RunningSums, StopRequest, add_shared_args, all_reduce,
-                            apply_update, backward, clear_earlier_run, clip_gradients,
+                            apply_update, backward, checkpoint_gradients, clear_earlier_run,
+                            clip_gradients,
                             close_processes, cuda_graphs, describe_processes, loader_workers,
                             optimization, optimizer_step, posts_fingerprint,
                             refuse_changed_posts, refuse_cpu_marathon, refuse_shifted_resume,
@@ -232,6 +235,7 @@ def load_model(args, state, texts, proc):
                      args.model_name)
     refuse_cpu_marathon(args.device, proc.device, model)
     check_max_length(model, args.max_length)
+    checkpoint_gradients(model, args.gradient_checkpointing)
     # from_pretrained and load_checkpoint return a model in eval mode: without this, the first
     # epoch of a run from pretrained weights would train without dropout.
     return model.to(proc.device).train(), tokenizer
@@ -375,7 +379,7 @@ def train(args, proc):
                                  world_size=proc.world_size, fgm=fgm)
     writer = tensorboard(args.output_dir, progress, proc)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id, teacher,
-                        pad_multiple(proc.device.type), model.config.max_position_embeddings)
+                        pad_multiple(proc.device.type), position_limit(model.config))
     stop, running = StopRequest(), RunningSums()
 
     # The loop: the epoch's steps, then evaluation, best/ when it improved, and last/.
@@ -416,8 +420,7 @@ def train(args, proc):
                 progress.best_f1, progress.best_epoch = result["macro_f1"], progress.epoch
             log_epoch(result, progress.epoch, improved, writer, graphs)
             if improved and proc.is_main:
-                save_best(model, tokenizer, args.output_dir, result, progress.epoch,
-                          data.eval_source)
+                save_best(model, tokenizer, args, result, progress.epoch, data.eval_source)
             save_last(progress)
     except CaptureFailed as err:  # the step changed nothing: last/ is sound
         raise UserError(f"{err}; saved {save_last(progress)}: continue with --resume, without "
@@ -474,13 +477,28 @@ def log_epoch(result, epoch, improved, writer, graphs):
         writer.flush()
 
 
-def save_best(model, tokenizer, output_dir, result, epoch, eval_source):
-    """OUTPUT_DIR/best: the checkpoint, with eval_results.json saying how it scored."""
+def save_best(model, tokenizer, args, result, epoch, eval_source):
+    """OUTPUT_DIR/best: the checkpoint, with eval_results.json saying how it scored and a model
+    card (README.md) saying how it was made."""
     summary = {"epoch": epoch, "eval_file": eval_source, "eval_acc": result["acc"],
                "eval_macro_f1": result["macro_f1"], "eval_loss": result["loss"]}
-    save_checkpoint(model, tokenizer, os.path.join(output_dir, "best"),
-                    extra=lambda folder: write_json(os.path.join(folder, "eval_results.json"),
-                                                    summary))
+
+    def extra(folder):
+        write_json(os.path.join(folder, "eval_results.json"), summary)
+        write_model_card(folder, run_command(args), vars(args), summary)
+
+    save_checkpoint(model, tokenizer, os.path.join(args.output_dir, "best"), extra=extra)
+
+
+def run_command(args):
+    """The train.py command of these settings: the flags that differ from the defaults."""
+    defaults, flags = vars(parse_args([])), []
+    for key, value in vars(args).items():
+        if value == defaults.get(key):
+            continue
+        values = value if isinstance(value, list) else [] if value is True else [value]
+        flags += [f"--{key}", *map(str, values)]
+    return shlex.join(["python", "train.py", *flags])
 
 
 def finish_best(best_dir, eval_ids, eval_labels, data, args, device, precision):

@@ -180,6 +180,17 @@ def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
                                            epochs * steps_per_epoch)
 
 
+def checkpoint_gradients(model, enabled):
+    """--gradient_checkpointing: transformers' own (non-reentrant: dropout replays the same
+    masks, so the loss and gradients are those of the run without it)."""
+    if not enabled:
+        return
+    if not model.supports_gradient_checkpointing:
+        raise UserError(f"--gradient_checkpointing: {model.config.model_type} models do not "
+                        "support it in transformers; drop the flag")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def wrap_for_training(module, compile_it, proc):
     """The module the loop calls: torch.compile'd with --compile, in DDP under torchrun."""
     if compile_it:
@@ -650,6 +661,10 @@ def add_shared_args(p, model_help):
                    help="autocast precision, weights staying fp32 (auto: bf16 or fp16 by GPU, "
                         "fp32 on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward pass instead of "
+                        "keeping them: less memory, more time (bench/RESULTS.md, 'Gradient "
+                        "checkpointing')")
     p.add_argument("--num_workers", type=non_negative_int, default=None,
                    help="DataLoader workers (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--log_every", type=positive_int, default=20,

@@ -157,3 +157,21 @@ def test_starts_from_a_classifier_with_another_number_of_labels(clean_dir, vocab
     encoder = "bert.encoder.layer.0.attention.self.query.weight"
     assert (after[encoder] - before[encoder]).abs().max() < 1e-3  # one small step from it
     assert after["classifier.weight"].shape == (6, 32)
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(clean_dir, vocab, tmp_path,
+                                                           monkeypatch):
+    # Recomputed activations, dropout replayed: the same loss and gradients, so the same weights
+    # after 3 steps, and the flag did turn checkpointing on.
+    checkpointing, enable = [], train.checkpoint_gradients
+    monkeypatch.setattr(train, "checkpoint_gradients", lambda model, on: (
+        enable(model, on), checkpointing.append(model.is_gradient_checkpointing)))
+    weights = []
+    for flags in ([], ["--gradient_checkpointing"]):
+        out = tmp_path / str(len(flags))
+        train.main(tiny_train_args(clean_dir, vocab, out, "--stop_after_steps", 3, *flags))
+        weights.append(load_file(str(out / "last" / "model.safetensors")))
+    assert checkpointing == [False, True]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-6), name
