@@ -268,6 +268,9 @@ def test_post_is_answered_while_a_file_is_labelled(model_dir, tmp_path, monkeypa
         assert predictor.file_started.wait(timeout=10)
         post = client.submit(POSTS[0], api_name="/classify_text").result(timeout=10)
         assert post["label"] in LABELS and not file_job.done()
+        deadline = time.time() + 10  # the progress message travels on its own
+        while not file_job.status().progress_data and time.time() < deadline:
+            time.sleep(0.1)
         progress = file_job.status().progress_data
         assert progress and progress[0].unit == "posts" and progress[0].length == len(POSTS)
         predictor.release.set()

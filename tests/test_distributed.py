@@ -1,28 +1,50 @@
-"""torchrun with 2 CPU processes (gloo): the same recipe as one process, one checkpoint."""
+"""torchrun with 2 CPU processes (gloo): the same recipe as one process, one checkpoint; and two
+torchrun agents on 127.0.0.1 as two machines: the same as one machine, and a bulk labelling run
+killed on both and resumed loses and doubles no post."""
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import run_script, tiny_train_args
+from conftest import ROOT, run_main, run_script, tiny_train_args
 from ewect.modeling import load_checkpoint
 
 
-def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
-    # --batch_size is the step's size over all processes: 2 processes x 4 posts make the same
-    # 8-post steps as one process does, so (dropout off) they end with the same weights; class
-    # weights, R-Drop's doubled batch and a teacher's soft labels keep that so.
-    # One unlabelled post makes the posts odd: the processes label uneven shares of them.
-    # One eval post: the second process evaluates none.
-    (tmp_path / "more.txt").write_text("今天的天气让我心情很好\n", encoding="utf-8")
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_options(clean_dir, trained, folder):
+    """--batch_size is the step's size over all processes: 2 processes x 4 posts make the same
+    8-post steps as one process does, so (dropout off) they end with the same weights; class
+    weights, R-Drop's doubled batch and a teacher's soft labels keep that so. One unlabelled post
+    makes the posts odd: the processes label uneven shares of them. One eval post: the second
+    process evaluates none."""
+    (folder / "more.txt").write_text("今天的天气让我心情很好\n", encoding="utf-8")
     eval_posts = json.loads((clean_dir / "usual_eval_labeled.txt").read_text(encoding="utf-8"))
-    (tmp_path / "eval.txt").write_text(json.dumps(eval_posts[:1], ensure_ascii=False),
-                                       encoding="utf-8")
-    options = ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5,
-               "--teacher", trained / "best", "--unlabelled", tmp_path / "more.txt",
-               "--eval_file", tmp_path / "eval.txt"]
-    args = tiny_train_args(clean_dir, vocab, tmp_path / "two", *options)
+    (folder / "eval.txt").write_text(json.dumps(eval_posts[:1], ensure_ascii=False),
+                                     encoding="utf-8")
+    return ["--dropout", 0, "--class_weights", "auto", "--rdrop", 0.5,
+            "--teacher", trained / "best", "--unlabelled", folder / "more.txt",
+            "--eval_file", folder / "eval.txt"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(clean_dir, vocab, trained, tmp_path_factory):
+    """(the options, the output folder) of train.py under torchrun, 2 processes on 1 machine."""
+    folder = tmp_path_factory.mktemp("ddp")
+    options = distributed_options(clean_dir, trained, folder)
+    args = tiny_train_args(clean_dir, vocab, folder / "two", *options)
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -30,19 +52,92 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, trained, tmp_path):
         result.stdout)
     assert result.stdout.count("done: best eval macro-F1") == 1  # only rank 0 logs
     assert "2 process(es) sharing them" in result.stdout  # each labels half the posts
+    return options, folder / "two"
+
+
+def test_two_processes_train_as_one_does(clean_dir, vocab, two_processes, tmp_path):
+    options, two = two_processes
     train.main(tiny_train_args(clean_dir, vocab, tmp_path / "one", *options))
-    two, one = (load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("two", "one"))
-    assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
+    one = tmp_path / "one"
+    weights = [load_file(str(n / "last" / "model.safetensors")) for n in (two, one)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[1])
     # the shares the two processes labelled, put back in order: the one process's labels
-    labels = [torch.load(tmp_path / n / "teacher.pt", weights_only=True)["log_probs"]
-              for n in ("two", "one")]
+    labels = [torch.load(n / "teacher.pt", weights_only=True)["log_probs"] for n in (two, one)]
     assert labels[0].shape[1] % 2 == 1 and torch.allclose(*labels, atol=1e-4)
-    load_checkpoint(tmp_path / "two" / "best")
-    scores = [json.loads((tmp_path / n / "best" / "eval_results.json").read_text())
-              for n in ("two", "one")]
+    load_checkpoint(two / "best")
+    scores = [json.loads((n / "best" / "eval_results.json").read_text()) for n in (two, one)]
     assert scores[0] == scores[1]
 
 
+def agents(script, args, job, port, folder, log_name):
+    """Two torchrun agents on 127.0.0.1, as two machines of one process each, meeting at a c10d
+    rendezvous under the job id `job`; each in a process group of its own (to kill whole)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    launched = []
+    for machine in range(2):
+        log = open(folder / f"{log_name}{machine}.log", "w")
+        launched.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={job}",
+             script, *map(str, args)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True))
+    return launched
+
+
+def wait_all(launched, folder, log_name, timeout=240):
+    for process in launched:
+        process.wait(timeout=timeout)
+    logs = "".join((folder / f"{log_name}{m}.log").read_text() for m in range(2))
+    assert all(p.returncode == 0 for p in launched), logs
+    return logs
+
+
+def test_two_machines_train_as_one_machine_with_two_processes(clean_dir, vocab, two_processes,
+                                                              tmp_path):
+    options, two = two_processes
+    args = tiny_train_args(clean_dir, vocab, tmp_path / "machines", *options)
+    wait_all(agents("train.py", args, "train-job", free_port(), tmp_path, "agent"), tmp_path,
+             "agent")
+    weights = [load_file(str(n / "last" / "model.safetensors"))
+               for n in (two, tmp_path / "machines")]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+
+
+SLOW_INFERENCE = """import sys, time
+sys.path.insert(0, {root!r})
+import inference
+from ewect.errors import run_cli
+write = inference.RowWriter.write
+inference.RowWriter.write = lambda self, lines: (time.sleep(0.5), write(self, lines))
+run_cli(inference.main)
+"""
+
+
+def test_bulk_labelling_killed_on_two_machines_resumes_without_loss(trained, tmp_path):
+    # Both machines (agents and workers) killed mid-run, then a new launch (a new job id) with
+    # --resume: every post once, in order, as one process labels them.
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(f"第{i}条:今天天气很好" for i in range(60)) + "\n", "utf-8")
+    out = tmp_path / "labels.tsv"
+    args = ["--model_dir", trained / "best", "--device", "cpu", "--input_file", posts,
+            "--chunk_size", 4, "--output", out]
+    slow = tmp_path / "slow_inference.py"
+    slow.write_text(SLOW_INFERENCE.format(root=str(ROOT)), encoding="utf-8")
+    launched = agents(slow, args, "label-1", free_port(), tmp_path, "first")
+    deadline = time.time() + 120
+    while not all(os.path.exists(f"{out}.part{r}") and os.path.getsize(f"{out}.part{r}")
+                  for r in range(2)):
+        assert time.time() < deadline and all(p.poll() is None for p in launched)
+        time.sleep(0.2)
+    for process in launched:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not out.exists()  # killed before the merge
+    wait_all(agents("inference.py", [*args, "--resume"], "label-2", free_port(), tmp_path,
+                    "resumed"), tmp_path, "resumed")
+    one = tmp_path / "one.tsv"
+    assert run_main("inference.py", *args[:-1], one).returncode == 0
+    assert out.read_text(encoding="utf-8") == one.read_text(encoding="utf-8")
 def test_fgm_under_two_processes(clean_dir, vocab, tmp_path):
     # FGM's extra backward pass must leave DDP's gradient sync to the step's last backward.
     args = tiny_train_args(clean_dir, vocab, tmp_path, "--adversarial", "fgm",
