@@ -7,8 +7,9 @@ train.py --gradient_checkpointing (transformers' own, non-reentrant), on random 
 Each setting runs in a process of its own (the CPU's peak resident set only grows in a
 process): build a BERT of the size with bert-base-chinese's vocabulary size, AdamW, then steps
 of forward, backward and update on --batch posts of --length tokens; the peak is measured over
-the last --steps steps (after a warm-up step that allocates the optimizer's state). Markdown, for
-RESULTS.
+the last --steps steps (after a warm-up step that allocates the optimizer's state), beside the
+floor (the memory in use before them: the process, the weights, their gradients' buffers, AdamW's
+state), so that peak - floor is what the steps' activations took. Markdown, for RESULTS.
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from bench.common import describe_machine, peak_memory_mib, reset_peak_memory
+from bench.common import current_rss_mib, describe_machine, peak_memory_mib, reset_peak_memory
 
 VOCAB_SIZE = 21128  # bert-base-chinese's
 
@@ -58,12 +59,14 @@ def measure(args):
 
     step()  # the optimizer's state exists from here on
     reset_peak_memory(device)
+    floor = (torch.cuda.memory_allocated(device) / 2 ** 20 if device.type == "cuda"
+             else current_rss_mib())
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {"peak_mib": peak_memory_mib(device),
+    return {"peak_mib": peak_memory_mib(device), "floor_mib": floor,
             "seconds": (time.perf_counter() - start) / args.steps}
 
 
@@ -75,13 +78,15 @@ def main():
     print(describe_machine(torch.device(args.device)))
     print(f"BERT {args.layers} layers, hidden {args.hidden}, {args.batch} posts of "
           f"{args.length} tokens a step, AdamW\n")
-    print("| setting | peak memory, MiB | s/step |\n|---|---|---|")
+    print("| setting | peak memory, MiB | of which above the floor | s/step |\n|---|---|---|---|")
     rows = {}
     for setting in ("plain", "checkpointing"):
         out = subprocess.run([sys.executable, "-m", "bench.checkpointing", *sys.argv[1:],
                               "--one", setting], capture_output=True, text=True, check=True)
         rows[setting] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {setting} | {rows[setting]['peak_mib']:.0f} | {rows[setting]['seconds']:.2f} |")
+        row = rows[setting]
+        print(f"| {setting} | {row['peak_mib']:.0f} | {row['peak_mib'] - row['floor_mib']:.0f} | "
+              f"{row['seconds']:.2f} |")
     print(f"\ncheckpointing: {rows['checkpointing']['peak_mib'] / rows['plain']['peak_mib']:.2f}x "
           f"the memory, {rows['checkpointing']['seconds'] / rows['plain']['seconds']:.2f}x the "
           "time")

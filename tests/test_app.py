@@ -14,7 +14,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import ROOT, assert_clean_error, run_main, run_script
+from conftest import ROOT, assert_clean_error, run_main
 from ewect.cleaning import clean_text
 from ewect.config import LABELS
 
@@ -89,8 +89,8 @@ def expected_labels(model_dir):
 
 
 def test_missing_checkpoint_stops_before_serving(tmp_path):
-    assert_clean_error(run_script("app.py", "--model_dir", tmp_path / "none", "--port",
-                                  free_port()), "no checkpoint here")
+    assert_clean_error(run_main("app.py", "--model_dir", tmp_path / "none", "--port",
+                                free_port()), "no checkpoint here")
 
 
 def test_a_port_out_of_range_is_one_error_line(tmp_path):
@@ -103,8 +103,8 @@ def test_taken_port_is_one_error_line(model_dir):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert_clean_error(run_script("app.py", "--model_dir", model_dir, "--device", "cpu",
-                                      "--port", port), f"--port {port}: cannot serve there")
+        assert_clean_error(run_main("app.py", "--model_dir", model_dir, "--device", "cpu",
+                                    "--port", port), f"--port {port}: cannot serve there")
 
 
 def test_text_over_http(client, expected_labels):

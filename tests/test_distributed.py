@@ -69,6 +69,16 @@ def test_two_processes_train_as_one_does(clean_dir, vocab, two_processes, tmp_pa
     assert scores[0] == scores[1]
 
 
+def test_fgm_under_two_processes(clean_dir, vocab, tmp_path):
+    # FGM's extra backward pass must leave DDP's gradient sync to the step's last backward.
+    args = tiny_train_args(clean_dir, vocab, tmp_path, "--adversarial", "fgm",
+                           "--stop_after_steps", 3, "--per_device_batch_size", 2)
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train.py", *args, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    load_checkpoint(tmp_path / "last")
+
+
 def agents(script, args, job, port, folder, log_name):
     """Two torchrun agents on 127.0.0.1, as two machines of one process each, meeting at a c10d
     rendezvous under the job id `job`; each in a process group of its own (to kill whole)."""
@@ -103,12 +113,22 @@ def test_two_machines_train_as_one_machine_with_two_processes(clean_dir, vocab, 
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
 
 
-SLOW_INFERENCE = """import sys, time
+# inference.py whose processes each write one chunk, then wait for the other's first chunk and
+# stop there (to be killed): the kill then comes at the same point however fast each one starts.
+STALLED_INFERENCE = """import os, sys, time
+open(os.path.join({folder!r}, "worker" + os.environ["RANK"] + ".pid"), "w").write(str(os.getpid()))
 sys.path.insert(0, {root!r})
 import inference
 from ewect.errors import run_cli
 write = inference.RowWriter.write
-inference.RowWriter.write = lambda self, lines: (time.sleep(0.5), write(self, lines))
+def write_once(self, lines):
+    if os.path.getsize(self.file.name):
+        other = self.file.name[:-1] + str(1 - int(self.file.name[-1]))
+        while not (os.path.exists(other) and os.path.getsize(other)):
+            time.sleep(0.1)
+        time.sleep(3600)
+    write(self, lines)
+inference.RowWriter.write = write_once
 run_cli(inference.main)
 """
 
@@ -117,32 +137,27 @@ def test_bulk_labelling_killed_on_two_machines_resumes_without_loss(trained, tmp
     # Both machines (agents and workers) killed mid-run, then a new launch (a new job id) with
     # --resume: every post once, in order, as one process labels them.
     posts = tmp_path / "posts.txt"
-    posts.write_text("\n".join(f"第{i}条:今天天气很好" for i in range(60)) + "\n", "utf-8")
+    posts.write_text("\n".join(f"第{i}条:今天天气很好" for i in range(24)) + "\n", "utf-8")
     out = tmp_path / "labels.tsv"
     args = ["--model_dir", trained / "best", "--device", "cpu", "--input_file", posts,
             "--chunk_size", 4, "--output", out]
-    slow = tmp_path / "slow_inference.py"
-    slow.write_text(SLOW_INFERENCE.format(root=str(ROOT)), encoding="utf-8")
-    launched = agents(slow, args, "label-1", free_port(), tmp_path, "first")
+    stalled = tmp_path / "stalled_inference.py"
+    stalled.write_text(STALLED_INFERENCE.format(root=str(ROOT), folder=str(tmp_path)),
+                       encoding="utf-8")
+    launched = agents(stalled, args, "label-1", free_port(), tmp_path, "first")
     deadline = time.time() + 120
     while not all(os.path.exists(f"{out}.part{r}") and os.path.getsize(f"{out}.part{r}")
                   for r in range(2)):
         assert time.time() < deadline and all(p.poll() is None for p in launched)
         time.sleep(0.2)
-    for process in launched:
+    for process in launched:  # both machines die: agents, and workers (in sessions of their own)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    for rank in range(2):
+        os.kill(int((tmp_path / f"worker{rank}.pid").read_text()), signal.SIGKILL)
     assert not out.exists()  # killed before the merge
     wait_all(agents("inference.py", [*args, "--resume"], "label-2", free_port(), tmp_path,
                     "resumed"), tmp_path, "resumed")
     one = tmp_path / "one.tsv"
     assert run_main("inference.py", *args[:-1], one).returncode == 0
     assert out.read_text(encoding="utf-8") == one.read_text(encoding="utf-8")
-def test_fgm_under_two_processes(clean_dir, vocab, tmp_path):
-    # FGM's extra backward pass must leave DDP's gradient sync to the step's last backward.
-    args = tiny_train_args(clean_dir, vocab, tmp_path, "--adversarial", "fgm",
-                           "--stop_after_steps", 3, "--per_device_batch_size", 2)
-    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", *args, timeout=240)
-    assert result.returncode == 0, result.stdout + result.stderr
-    load_checkpoint(tmp_path / "last")

@@ -8,9 +8,11 @@ from conftest import run_main
 from ewect.config import LABELS
 
 
-def results(card, split):
-    return {r.metric_type: r.metric_value for r in card.data.eval_results
-            if r.dataset_split == split}
+def results(card, split, data="usual_test_labeled"):
+    found = [r for r in card.data.eval_results if r.dataset_split == split and
+             (split != "test" or r.dataset_name == f"SMP2020-EWECT {data}")]
+    assert len(found) == len({r.metric_type for r in found})  # each score once
+    return {r.metric_type: r.metric_value for r in found}
 
 
 def test_train_writes_a_model_card_the_hub_reads(trained):
@@ -39,7 +41,8 @@ def test_test_py_adds_its_scores_and_keeps_the_rest(trained, clean_dir, tmp_path
     card = ModelCard.load(card_path)
     assert results(card, "test") == {"accuracy": round(metrics["accuracy"], 4),
                                      "f1": round(metrics["macro_f1"], 4)}
-    assert len(card.data.eval_results) == 4  # and the two eval scores
+    assert results(card, "validation") == results(ModelCard.load(trained / "best" / "README.md"),
+                                                  "validation")
     assert card.text.count("| SMP2020-EWECT usual_test_labeled | accuracy |") == 1
     assert "Not tested yet" not in card.text
     assert card.text.rstrip().endswith("My own note.")
