@@ -178,7 +178,7 @@ def build_demo(predictor, offsets=None):
             probabilities = gr.Label(label="Emotion", num_top_classes=len(LABELS))
             why = gr.HighlightedText(
                 label=f"Why: each character's part in the label ({METHOD_NAMES[explainer.method]}"
-                      "; red raised its probability, blue lowered it)" if explainer else
+                      "; red raised its probability, purple lowered it)" if explainer else
                       f"No explanations: {no_explanations}",
                 show_legend=False, show_inline_category=False)
             gr.Examples(EXAMPLES, inputs=text, label="One example per emotion")

@@ -301,6 +301,7 @@ def check_earlier_run(args, world_size):
 def refuse_other_settings(output, then, now):
     """--resume: the settings recorded when OUTPUT was begun (`then`) must be today's. A setting
     that an older version did not record is taken as unchanged."""
+    then = {"explain": None, **then}  # recorded from the first version with --explain: absent, none
     changed = [key for key, value in now.items() if key in then and then[key] != value]
     if {"backend", "int8"} & set(changed):  # another backend reads other files of the model
         changed = [key for key in changed if key != "models"]

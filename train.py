@@ -49,7 +49,8 @@ from ewect.model_card import write_model_card
 from ewect.mlm import read_corpus
 from ewect.modeling import (AMP_DTYPES, build_model, check_labels, choose_precision,
                             load_checkpoint, save_checkpoint)
-from ewect.prediction import check_max_length, position_limit, predict_logits, softmax
+from ewect.prediction import (check_max_length, pads_left, position_limit, predict_logits,
+                              softmax)
 from ewect.training import (CaptureFailed, RunningSums, StopRequest, add_shared_args, all_reduce,
                             apply_update, backward, checkpoint_gradients, clear_earlier_run,
                             clip_gradients,
@@ -130,6 +131,9 @@ def parse_args(argv=None):
     p.add_argument("--student_layers", type=positive_int, metavar="K",
                    help="keep K evenly spaced layers of --model_name, first and last included")
     args = p.parse_args(argv)
+    if args.cuda_graphs and args.gradient_checkpointing:  # recomputation inside a captured graph
+        p.error("--cuda_graphs and --gradient_checkpointing: choose one (checkpointing is for "
+                "memory, CUDA graphs for small fast steps)")
     if args.unlabelled and not args.teacher:
         p.error("--unlabelled needs --teacher: its posts have no labels but the teacher's")
     for flag, default in KD_DEFAULTS.items():
@@ -379,7 +383,8 @@ def train(args, proc):
                                  world_size=proc.world_size, fgm=fgm)
     writer = tensorboard(args.output_dir, progress, proc)
     collator = Collator(train_ids, train_labels, tokenizer.pad_token_id, teacher,
-                        pad_multiple(proc.device.type), position_limit(model.config))
+                        pad_multiple(proc.device.type), position_limit(model.config),
+                        pads_left(model.config))
     stop, running = StopRequest(), RunningSums()
 
     # The loop: the epoch's steps, then evaluation, best/ when it improved, and last/.
@@ -490,12 +495,17 @@ def save_best(model, tokenizer, args, result, epoch, eval_source):
     save_checkpoint(model, tokenizer, os.path.join(args.output_dir, "best"), extra=extra)
 
 
+RUN_CONTROL = ("resume", "overwrite_output_dir", "stop_after_steps")  # not part of the recipe
+
+
 def run_command(args):
     """The train.py command of these settings: the flags that differ from the defaults."""
     defaults, flags = vars(parse_args([])), []
     for key, value in vars(args).items():
-        if value == defaults.get(key):
+        if value == defaults.get(key) or key in RUN_CONTROL:
             continue
+        if key == "label_names" and isinstance(value, list):  # given as one comma-separated list
+            value = ",".join(value)
         values = value if isinstance(value, list) else [] if value is True else [value]
         flags += [f"--{key}", *map(str, values)]
     return shlex.join(["python", "train.py", *flags])

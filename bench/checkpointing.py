@@ -8,8 +8,9 @@ Each setting runs in a process of its own (the CPU's peak resident set only grow
 process): build a BERT of the size with bert-base-chinese's vocabulary size, AdamW, then steps
 of forward, backward and update on --batch posts of --length tokens; the peak is measured over
 the last --steps steps (after a warm-up step that allocates the optimizer's state), beside the
-floor (the memory in use before them: the process, the weights, their gradients' buffers, AdamW's
-state), so that peak - floor is what the steps' activations took. Markdown, for RESULTS.
+floor (the memory in use before them: the process, the weights and AdamW's state; the gradients
+are freed between steps), so that peak - floor is what the steps' activations and gradients
+took. Markdown, for RESULTS.
 """
 import argparse
 import json

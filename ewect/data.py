@@ -470,12 +470,13 @@ def padded_width(lengths, multiple, limit=None):
 
 class Collator:
     """Pads one batch of token-id lists to its own longest member (rounded up to `multiple`,
-    pad_multiple's, within `limit` positions); returns torch tensors (with `teacher`, an
-    (n, labels) tensor of soft labels, each batch gets its rows)."""
+    pad_multiple's, within `limit` positions; at the start with `left`, for XLNet); returns torch
+    tensors (with `teacher`, an (n, labels) tensor of soft labels, each batch gets its rows)."""
 
-    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None, multiple=1, limit=None):
+    def __init__(self, input_ids, labels=None, pad_id=0, teacher=None, multiple=1, limit=None,
+                 left=False):
         self.input_ids, self.labels, self.pad_id = input_ids, labels, pad_id
-        self.teacher, self.multiple, self.limit = teacher, multiple, limit
+        self.teacher, self.multiple, self.limit, self.left = teacher, multiple, limit, left
 
     def __call__(self, indices):
         import torch
@@ -486,8 +487,9 @@ class Collator:
         mask = torch.zeros((len(indices), longest), dtype=torch.long)
         for row, i in enumerate(indices):
             seq = self.input_ids[i]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+            place = slice(longest - len(seq), longest) if self.left else slice(0, len(seq))
+            ids[row, place] = torch.tensor(seq)
+            mask[row, place] = 1
         batch = {"input_ids": ids, "attention_mask": mask}
         if self.labels is not None:
             batch["labels"] = torch.tensor([self.labels[i] for i in indices])

@@ -14,7 +14,7 @@ for the label (calibrated by the checkpoint's temperature): positive pieces rais
 
 Methods (chosen on the faithfulness measure in bench/explain.py; bench/RESULTS.md):
 - "ig", for torch models: Integrated Gradients (Sundararajan et al. 2017; Captum's
-  LayerIntegratedGradients) on the word embeddings, from a baseline post whose every token is
+  IntegratedGradients) on the word embeddings, from a baseline post whose every token is
   [MASK] ([CLS] and [SEP] kept), with STEPS Gauss-Legendre points. A piece's score is its tokens'
   attributions summed; the scores add up to p(post) - p(baseline) (completeness), within the
   quadrature's error, which .delta reports: a post that misses by more than TOLERANCE is done
@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import MAX_LENGTH
 from .errors import UserError
-from .prediction import pad, softmax
+from .prediction import pad, pads_left, softmax
 
 METHODS = ("ig", "occlusion")
 STEPS = 16  # Integrated Gradients' points: bench/explain.py, bench/RESULTS.md "Explanations"
@@ -136,12 +136,13 @@ def baseline_token(tokenizer, pad_id):
     mask_id = getattr(tokenizer, "mask_token_id", None)
     if mask_id is None and hasattr(tokenizer, "token_to_id"):  # the tokenizers library's class
         mask_id = tokenizer.token_to_id("[MASK]")
+        mask_id = tokenizer.token_to_id("<mask>") if mask_id is None else mask_id
     return pad_id if mask_id is None else mask_id
 
 
 class Occlusion:
-    """p(post) - p(post with one piece's tokens replaced by [PAD]), for any predictor that gives
-    logits of token-id lists."""
+    """p(post) - p(post with one piece's tokens replaced by baseline_token's), for any predictor
+    that gives logits of token-id lists."""
     method = "occlusion"
 
     def __init__(self, tokenizer, logits, temperature, batch_size, replacement=None):
@@ -166,30 +167,30 @@ class Occlusion:
 
 
 class IntegratedGradients:
-    """Captum's LayerIntegratedGradients on a torch classifier's word embeddings, toward the
-    calibrated probability of each post's label; in fp32 (gradients under bf16 autocast miss
-    completeness by far more than the quadrature does)."""
+    """Captum's IntegratedGradients on a torch classifier's word embeddings (passed as
+    inputs_embeds, so nothing is hooked on the model, which the demo shares between requests),
+    toward the calibrated probability of each post's label; in fp32 (gradients under bf16
+    autocast miss completeness by far more than the quadrature does)."""
     method = "ig"
 
     def __init__(self, model, tokenizer, device, temperature, steps=STEPS):
         try:
-            from captum.attr import LayerIntegratedGradients
+            from captum.attr import IntegratedGradients as CaptumIntegratedGradients
         except ImportError:
-            raise UserError("--explain ig needs the captum package: pip install -r "
+            raise UserError("Integrated Gradients need the captum package: pip install -r "
                             "requirements.txt") from None
 
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.temperature, self.steps, self.tolerance = temperature, steps, TOLERANCE
         self.pad_id = model.config.pad_token_id or 0
         self.baseline_id = baseline_token(tokenizer, self.pad_id)
-        self.attributor = LayerIntegratedGradients(self._probabilities,
-                                                   model.get_input_embeddings())
+        self.attributor = CaptumIntegratedGradients(self._probabilities)
 
-    def _probabilities(self, input_ids, attention_mask):
+    def _probabilities(self, embeddings, attention_mask):
         import torch
 
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        return torch.softmax(logits / self.temperature, dim=-1)
+        logits = self.model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
 
     def explain_tokenized(self, posts, targets):
         """Every post at self.steps points; those whose scores miss completeness by more than
@@ -211,17 +212,22 @@ class IntegratedGradients:
     def _attribute(self, batch, targets, steps):
         import torch
 
+        left = pads_left(self.model.config)
         ids, mask = (torch.from_numpy(a).to(self.device)
-                     for a in pad([post.ids for post in batch], self.pad_id))
+                     for a in pad([post.ids for post in batch], self.pad_id, left=left))
         baseline = torch.from_numpy(pad([post.without(range(len(post.groups)), self.baseline_id)
-                                         for post in batch], self.pad_id)[0]).to(self.device)
+                                         for post in batch], self.pad_id, left=left)[0])
+        embed = self.model.get_input_embeddings()
         with torch.enable_grad():
             attributions, delta = self.attributor.attribute(
-                ids, baselines=baseline, target=torch.tensor(targets, device=self.device),
+                embed(ids).detach(), baselines=embed(baseline.to(self.device)).detach(),
+                target=torch.tensor(targets, device=self.device),
                 additional_forward_args=(mask,), n_steps=steps, method="gausslegendre",
                 internal_batch_size=POSTS_PER_PASS * self.steps, return_convergence_delta=True)
         per_token = attributions.sum(-1).detach().float().cpu().numpy()
-        return [Explanation(post.pieces, [float(per_token[row, group].sum())
+        if left:  # the posts' tokens are at the end of each row
+            per_token = [row[len(row) - len(post.ids):] for row, post in zip(per_token, batch)]
+        return [Explanation(post.pieces, [float(per_token[row][group].sum())
                                           for group in post.groups], post.cut_at,
                             float(delta[row]))
                 for row, post in enumerate(batch)]
@@ -259,18 +265,12 @@ def tokenizer_text(tokenizer):
 def member_method(predictor, method, temperature):
     """The attribution of one checkpoint's predictor: IG where it has gradients."""
     torch_model = getattr(predictor, "model", None)
-    # XLNet's embeddings are (positions, posts, ...): Captum interpolates along the first axis
-    sequence_first = torch_model is not None and torch_model.config.model_type == "xlnet"
     if method == "auto":
-        method = ("ig" if torch_model is not None and not predictor.int8 and not sequence_first
-                  else "occlusion")
+        method = "ig" if torch_model is not None and not predictor.int8 else "occlusion"
     if method == "ig":
         if torch_model is None or predictor.int8:
             raise UserError("--explain ig needs the torch backend without --int8 (it takes "
                             "gradients); use --explain occlusion")
-        if sequence_first:
-            raise UserError("--explain ig is not offered for xlnet (its embeddings are laid out "
-                            "sequence first); use --explain occlusion")
         return IntegratedGradients(torch_model, predictor.tokenizer, predictor.device,
                                    temperature)
     return Occlusion(predictor.tokenizer, predictor.logits, temperature,

@@ -29,11 +29,14 @@ def _card_data(model_name, base_model, results):
         labels=list(LABELS))
 
 
-def _result(dataset_name, metric, value, split):
+def _result(file_name, metric, value, split):
+    """One score as a model-index result. The file's name is the dataset's config too: the Hub's
+    model-index groups results by type, config and split, and would merge two test files'."""
     from huggingface_hub import EvalResult
 
     return EvalResult(task_type="text-classification", dataset_type="smp2020-ewect",
-                      dataset_name=f"SMP2020-EWECT {dataset_name}", dataset_split=split,
+                      dataset_name=f"SMP2020-EWECT {file_name}", dataset_config=file_name,
+                      dataset_split=split,
                       metric_type=metric, metric_value=round(float(value), 4),
                       metric_name="macro-F1" if metric == "f1" else metric)
 
@@ -48,21 +51,25 @@ def _scores_table(results):
 def write_model_card(folder, command, args, eval_scores):
     """folder/README.md for a checkpoint train.py saved: eval_scores has eval_file, epoch,
     eval_acc and eval_macro_f1."""
-    base = None if args.get("from_scratch") else args.get("model_name")
+    # a hub id as the Hub's base_model; a local folder (a self-pretrained model) is no hub id
+    base = (None if args.get("from_scratch") or args.get("init_from")
+            or os.path.isdir(os.path.expanduser(str(args.get("model_name"))))
+            else args.get("model_name"))
     eval_name = os.path.splitext(os.path.basename(str(eval_scores["eval_file"])))[0]
     results = [_result(eval_name, "accuracy", eval_scores["eval_acc"], "validation"),
                _result(eval_name, "f1", eval_scores["eval_macro_f1"], "validation")]
     data = _card_data(os.path.basename(os.path.dirname(os.path.abspath(folder))) or "model",
                       base, results)
     shown = {key: " ".join(map(str, value)) if isinstance(value, list) else value
-             for key, value in args.items() if value not in (None, False, [], "")
-             and not (key == "model_name" and base is None)}
+             for key, value in args.items()
+             if value is not None and value is not False and value not in ([], "")}
+    origin = ("Trained from scratch (a BERT of random weights)" if args.get("from_scratch") else
+              f"Fine-tuned from `{args.get('init_from') or args.get('model_name')}`")
     body = f"""
 # Weibo emotion classifier (SMP2020-EWECT)
 
 Labels a Chinese Weibo post as one of {", ".join(LABELS)} (in this order: the ids of
-`config.json`'s `id2label`). {"Fine-tuned from `" + base + "`" if base else
-"Trained from scratch (a BERT of random weights)"} on SMP2020-EWECT's posts.
+`config.json`'s `id2label`). {origin} on SMP2020-EWECT's posts.
 
 ```python
 from transformers import pipeline
@@ -107,24 +114,39 @@ say. Not for decisions about individual people.
 
 
 def _write(folder, data, body):
+    """The card, written aside and renamed into place (never through a link into a cache)."""
     from huggingface_hub import ModelCard
 
-    ModelCard(f"---\n{data.to_yaml()}\n---\n{body.lstrip()}").save(
-        os.path.join(folder, CARD_FILE))
+    path = os.path.join(folder, CARD_FILE)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n{body.lstrip()}").save(path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def add_test_scores(folder, data_name, scores):
     """The test scores of one data file (scores: accuracy and macro_f1) into folder/README.md:
-    its earlier scores replaced, every other result and line kept. No card: nothing to do."""
+    its earlier scores replaced, every other result and line kept. Only a card this repo wrote
+    (a downloaded model's card is its authors'); one that cannot be read or written is left as
+    it is, with a note on stderr. Returns whether the card was updated."""
+    import sys
+
     from huggingface_hub import ModelCard
 
     path = os.path.join(folder, CARD_FILE)
-    if not os.path.isfile(path):
+    try:
+        card = ModelCard.load(path) if os.path.isfile(path) else None
+        if card is None or "smp2020-ewect" not in (card.data.tags or []):
+            return False
+        _update(card, folder, data_name, scores)
+    except (OSError, ValueError) as err:
+        print(f"note: {path}: test scores not added ({str(err).splitlines()[0]})",
+              file=sys.stderr)
         return False
-    card = ModelCard.load(path)
-    name = f"SMP2020-EWECT {data_name}"
+    return True
+
+
+def _update(card, folder, data_name, scores):
     results = [r for r in card.data.eval_results or []
-               if not (r.dataset_split == "test" and r.dataset_name == name)]
+               if not (r.dataset_split == "test" and r.dataset_config == data_name)]
     results += [_result(data_name, metric, scores[key], "test") for key, metric in METRICS]
     card.data.eval_results = results
     body = card.text
@@ -133,4 +155,3 @@ def add_test_scores(folder, data_name, scores):
         rest = after[after.find("\n## "):] if "\n## " in after else "\n"
         body = f"{before}{TEST_HEADING}\n\n{_scores_table(results)}\n{rest}"
     _write(folder, card.data, body)
-    return True

@@ -135,8 +135,10 @@ def hub_problem(model_name):
     return None
 
 
-# A config's dropout probabilities, as each architecture names them (XLNet: dropout)
-DROPOUT_SETTINGS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
+# A config's dropout probabilities, as each architecture names them (XLNet: dropout and
+# summary_last_dropout; ALBERT's classifier: classifier_dropout_prob)
+DROPOUT_SETTINGS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                    "summary_last_dropout", "classifier_dropout_prob")
 
 
 def from_pretrained(auto_class, model_name, dropout=0.1, config_kwargs=None, **kwargs):

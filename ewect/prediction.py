@@ -89,15 +89,24 @@ def predict_sorted(input_ids, batch_size, run_batch, num_labels=len(LABELS)):
     return logits
 
 
-def pad(batch, pad_id, multiple=1, limit=None):
-    """(input_ids, attention_mask) int64 arrays of one batch, padded to its longest member
-    rounded up to `multiple` (ewect.data.pad_multiple) within `limit` positions."""
+def pads_left(config):
+    """Whether a model reads its batches padded on the left (a config object or dict): XLNet,
+    which classifies from its last position, where its tokenizer puts <cls>."""
+    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
+    return model_type == "xlnet"
+
+
+def pad(batch, pad_id, multiple=1, limit=None, left=False):
+    """(input_ids, attention_mask) int64 arrays of one batch, padded (at the end, or with `left`
+    at the start) to its longest member rounded up to `multiple` (ewect.data.pad_multiple)
+    within `limit` positions."""
     longest = padded_width([len(ids) for ids in batch], multiple, limit)
     input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), longest), dtype=np.int64)
     for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = ids
-        mask[row, :len(ids)] = 1
+        place = slice(longest - len(ids), longest) if left else slice(0, len(ids))
+        input_ids[row, place] = ids
+        mask[row, place] = 1
     return input_ids, mask
 
 
@@ -126,12 +135,13 @@ def predict_logits(model, input_ids, batch_size=128, device="cpu", amp_dtype=Non
 
     device = torch.device(device)
     pad_id, multiple = model.config.pad_token_id or 0, pad_multiple(device.type)
-    limit = position_limit(model.config)
+    limit, left = position_limit(model.config), pads_left(model.config)
     results, order = [], []
     with torch.inference_mode():
         for indices in sorted_batches([len(ids) for ids in input_ids], batch_size):
             ids, mask = (torch.from_numpy(a).to(device, non_blocking=True)
-                         for a in pad([input_ids[i] for i in indices], pad_id, multiple, limit))
+                         for a in pad([input_ids[i] for i in indices], pad_id, multiple, limit,
+                                      left))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 results.append(model(input_ids=ids, attention_mask=mask).logits.float())
             order += indices
@@ -251,6 +261,7 @@ class OnnxPredictor:
             raise UserError(f"{model_dir}: checkpoint labels {labels} are not {LABELS}")
         self.calibration, self.temperature = checkpoint_calibration(model_dir, calibrated)
         self.int8, self.pad_id = int8, config.get("pad_token_id") or 0
+        self.pads_left = pads_left(config)
         self.position_limit = position_limit(config)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_threads()
@@ -284,7 +295,7 @@ class OnnxPredictor:
 
     def logits(self, input_ids, batch_size):
         def run_batch(batch):
-            ids, mask = pad(batch, self.pad_id)
+            ids, mask = pad(batch, self.pad_id, left=self.pads_left)
             return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
         return predict_sorted(input_ids, batch_size, run_batch)

@@ -181,8 +181,9 @@ def linear_schedule(optimizer, warmup_epochs, epochs, steps_per_epoch):
 
 
 def checkpoint_gradients(model, enabled):
-    """--gradient_checkpointing: transformers' own (non-reentrant: dropout replays the same
-    masks, so the loss and gradients are those of the run without it)."""
+    """--gradient_checkpointing: transformers' own, non-reentrant (torch's recommended kind); the
+    recomputation restores the random state, so dropout draws the same masks and the loss and
+    gradients are those of the run without it."""
     if not enabled:
         return
     if not model.supports_gradient_checkpointing:

@@ -214,6 +214,18 @@ def test_the_4d_mask_is_given_only_to_architectures_that_read_it(trained):
         assert same, name
 
 
+def test_a_post_scores_the_same_alone_and_in_a_padded_batch(trained):
+    # Padding on the wrong side (XLNet reads its last position) makes labels depend on the batch.
+    from ewect.prediction import load_predictor
+
+    posts = ["今天好开心", "气死我了今天天气很好我们去公园", "好"]
+    for name in NAMES:
+        predictor = load_predictor(trained[name], device="cpu", precision="fp32")
+        alone = [predictor.predict([post])[0] for post in posts]
+        together = predictor.predict(posts, batch_size=3)
+        assert torch.allclose(torch.tensor(together), torch.tensor(alone), atol=1e-5), name
+
+
 MATRIX_START, MATRIX_END = "<!-- matrix: start -->", "<!-- matrix: end -->"
 
 

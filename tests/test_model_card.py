@@ -6,11 +6,13 @@ from huggingface_hub import ModelCard
 
 from conftest import run_main
 from ewect.config import LABELS
+from ewect.model_card import add_test_scores, write_model_card
 
 
 def results(card, split, data="usual_test_labeled"):
     found = [r for r in card.data.eval_results if r.dataset_split == split and
              (split != "test" or r.dataset_name == f"SMP2020-EWECT {data}")]
+    assert all(r.dataset_config == r.dataset_name.split()[-1] for r in found)
     assert len(found) == len({r.metric_type for r in found})  # each score once
     return {r.metric_type: r.metric_value for r in found}
 
@@ -46,3 +48,23 @@ def test_test_py_adds_its_scores_and_keeps_the_rest(trained, clean_dir, tmp_path
     assert card.text.count("| SMP2020-EWECT usual_test_labeled | accuracy |") == 1
     assert "Not tested yet" not in card.text
     assert card.text.rstrip().endswith("My own note.")
+
+
+def test_the_scores_of_several_test_files_stay_apart(tmp_path):
+    # The Hub's model-index groups results by dataset type, config and split: without a config
+    # per file, the second file's scores were filed under the first's name.
+    write_model_card(tmp_path, "python train.py", {}, {"eval_file": "eval.txt", "epoch": 1,
+                                                       "eval_acc": 0.5, "eval_macro_f1": 0.4})
+    for name, accuracy in (("usual_test", 0.1), ("virus_test", 0.2), ("usual_test", 0.3)):
+        add_test_scores(tmp_path, name, {"accuracy": accuracy, "macro_f1": accuracy / 2})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert results(card, "test", "usual_test") == {"accuracy": 0.3, "f1": 0.15}
+    assert results(card, "test", "virus_test") == {"accuracy": 0.2, "f1": 0.1}
+    assert len(card.data.eval_results) == 6
+
+
+def test_a_card_this_repo_did_not_write_is_left_as_it_is(tmp_path):
+    theirs = "---\nlanguage: en\nlicense: apache-2.0\n---\n# Their model\n"
+    (tmp_path / "README.md").write_text(theirs, encoding="utf-8")
+    assert not add_test_scores(tmp_path, "usual_test", {"accuracy": 0.5, "macro_f1": 0.4})
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == theirs
