@@ -2,7 +2,7 @@
 # Fine-tune with the published recipe (train.py's defaults), cleaning the data first when a raw
 # file has no cleaned copy, or a newer one than its copy (so do the cleaning rules).
 #
-#   sh train.sh                                   # one GPU, or the CPU
+#   sh train.sh                                   # every visible GPU (torchrun), else the CPU
 #   sh train.sh --dataset virus                   # the virus track (both: the two together)
 #   sh train.sh --model_name /path/to/bert-base-chinese --epochs 10   # arguments pass through
 #   sh train.sh --resume                          # continue an interrupted run

@@ -5,8 +5,8 @@
 # (train.py), tests it on usual_test (test.py), and prints the scores and where the model is.
 #
 #   sh train_offline.sh                    # 2 layers, hidden 128: about 13 minutes on 2 CPU cores
-#   sh train_offline.sh --best             # README's best offline recipe (4 layers, hidden 256,
-#                                          # 15 + 5 epochs): hours on a CPU
+#   sh train_offline.sh --best             # the best plainly fine-tuned offline recipe (4 layers,
+#                                          # hidden 256, 15 + 5 epochs): hours on a CPU
 #   sh train_offline.sh --adversarial fgm  # arguments after --best pass through to train.py
 #   OUT=workspace/mine LAYERS=4 PRETRAIN_EPOCHS=10 sh train_offline.sh   # the settings below
 #
