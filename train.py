@@ -46,7 +46,7 @@ from ewect.errors import (UserError, non_negative_float, non_negative_int, posit
 from ewect.loss import AUTO_WEIGHT_CAP, class_weights, class_weights_arg, fgm_attack, make_loss
 from ewect.metrics import classification_scores, confusion_counts, scores
 from ewect.model_card import write_model_card
-from ewect.mlm import read_corpus
+from ewect.mlm import read_corpus, self_pretrained
 from ewect.modeling import (AMP_DTYPES, build_model, check_labels, choose_precision,
                             load_checkpoint, save_checkpoint)
 from ewect.prediction import (check_max_length, pads_left, position_limit, predict_logits,
@@ -70,7 +70,11 @@ ESSENTIAL_ARGS = ("model_name", "from_scratch", "vocab", "num_layers", "hidden_s
                   "teacher", "unlabelled", "student_layers", "kd_alpha", "kd_temperature",
                   "class_weights", "rdrop", "adversarial", "adv_epsilon")
 KD_DEFAULTS = {"kd_alpha": 0.5, "kd_temperature": 2.0}  # given without --teacher: refused
-SCRATCH_LR = 5e-4  # --lr's default with --from_scratch; see README's results table
+SCRATCH_LR = 5e-4  # --lr's default with --from_scratch: RESULTS, "Offline in one command"
+# A model pretrain.py pretrained from scratch fine-tunes at the measured recipe's rate and length
+# (train_offline.sh's; bench/RESULTS.md), not bert-base-chinese's 1e-5 for 30 epochs
+SELF_PRETRAINED_LR, SELF_PRETRAINED_EPOCHS = 5e-4, 4
+PUBLISHED_LR, PUBLISHED_EPOCHS = 1e-5, 30
 log = logging.getLogger("train")
 
 
@@ -89,9 +93,12 @@ def parse_args(argv=None):
                    help="where best/, last/ and logs go (default: workspace/wb, wb_virus or "
                         "wb_both, by --dataset)")
     p.add_argument("--lr", type=non_negative_float,
-                   help=f"peak learning rate of AdamW (default: 1e-5; {SCRATCH_LR:g} with "
-                        "--from_scratch)")
-    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+                   help=f"peak learning rate of AdamW (default: {PUBLISHED_LR:g}; {SCRATCH_LR:g} "
+                        f"with --from_scratch or a --model_name that pretrain.py pretrained from "
+                        "scratch)")
+    p.add_argument("--epochs", type=positive_int,
+                   help=f"training epochs (default: {PUBLISHED_EPOCHS}; {SELF_PRETRAINED_EPOCHS} "
+                        "for a --model_name that pretrain.py pretrained from scratch)")
     p.add_argument("--patience", type=non_negative_int, default=0,
                    help="stop after this many epochs without a better eval macro-F1 (0: never)")
     p.add_argument("--skip_bad_records", action="store_true",
@@ -155,8 +162,12 @@ def parse_args(argv=None):
         p.error(f"--fold {args.fold} of --folds {args.folds}: the fold is 1..K")
     if args.init_from:
         args.model_name = args.init_from
+    own_model = not args.from_scratch and self_pretrained(args.model_name)
     if args.lr is None:
-        args.lr = SCRATCH_LR if args.from_scratch else 1e-5
+        args.lr = (SCRATCH_LR if args.from_scratch else SELF_PRETRAINED_LR if own_model
+                   else PUBLISHED_LR)
+    if args.epochs is None:
+        args.epochs = SELF_PRETRAINED_EPOCHS if own_model else PUBLISHED_EPOCHS
     args.train_file = args.train_file or dataset_files(args.dataset, "train")
     args.eval_file = args.eval_file or dataset_files(args.dataset, "eval")
     args.output_dir = args.output_dir or dataset_output_dir(args.dataset)
@@ -327,6 +338,10 @@ def train(args, proc):
     """The run: setup, loop, finish. True when it finished, False when stopped for --resume."""
     # Setup. The data first: a bad record stops the run before a model is downloaded or built.
     state = start_run(args, ESSENTIAL_ARGS, proc)
+    if not args.from_scratch and self_pretrained(args.model_name):
+        log.info("%s was pretrained from scratch by pretrain.py: fine-tuning at lr %g for %d "
+                 "epochs (the measured recipe's defaults for such a model; --lr and --epochs "
+                 "change them)", args.model_name, args.lr, args.epochs)
     data = read_data(args, state)
     check_starting_model(args, state)  # before a teacher labels anything
     texts = [r.content for r in data.train] + data.unlabelled

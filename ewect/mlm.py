@@ -232,6 +232,22 @@ def masked_lm_loss(model, batch):
     return loss, count, correct
 
 
+def self_pretrained(model_name):
+    """Whether --model_name is a folder that pretrain.py pretrained from scratch (its
+    eval_results.json says so): such a model fine-tunes best at a small BERT's rate, not at
+    bert-base-chinese's."""
+    import json
+
+    path = os.path.join(os.path.expanduser(str(model_name)), "eval_results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "held_out_perplexity" in record and bool(
+        record.get("from_scratch"))
+
+
 def build_mlm_model(model_name=None, from_scratch=False, vocab=None, num_layers=12,
                     hidden_size=768, num_heads=None, intermediate_size=None, dropout=0.1):
     """(BertForMaskedLM, tokenizer): continued pretraining from a hub id or folder, or, with

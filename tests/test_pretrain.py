@@ -178,3 +178,20 @@ def test_an_out_of_range_seed_gets_one_line(script, clean_dir, vocab, tmp_path):
     result = run_main(script, *make_args(clean_dir, vocab, tmp_path, "--seed", -1))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--seed" in result.stderr and "error:" in result.stderr
+
+
+def test_defaults_fit_a_model_pretrained_from_scratch(pretrained, tmp_path):
+    # pretrain.py from scratch: 1e-3 (RESULTS); its model fine-tunes at 5e-4 for 4 epochs unless
+    # told otherwise; any other folder at the published 1e-5 for 30.
+    import json
+
+    assert pretrain.parse_args(["--from_scratch", "--vocab", "v.txt"]).lr == 1e-3
+    assert json.loads((pretrained / "best" / "eval_results.json").read_text())["from_scratch"]
+    own = ["--model_name", str(pretrained / "best")]
+    assert (train.parse_args(own).lr, train.parse_args(own).epochs) == (5e-4, 4)
+    given = train.parse_args([*own, "--lr", "1e-4", "--epochs", "7"])
+    assert (given.lr, given.epochs) == (1e-4, 7)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert (train.parse_args(["--model_name", str(other)]).lr,
+            train.parse_args(["--model_name", str(other)]).epochs) == (1e-5, 30)
