@@ -14,7 +14,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import ROOT, assert_clean_error, run_main
+from conftest import ROOT, assert_clean_error, free_port, run_main
 from ewect.cleaning import clean_text
 from ewect.config import LABELS
 
@@ -24,12 +24,6 @@ CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_TIMEOUT = 120  # seconds: importing torch and gradio on a busy 2-core machine
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_serving(url, process, log):

@@ -4,7 +4,6 @@ killed on both and resumed loses and doubles no post."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, run_main, run_script, tiny_train_args
+from conftest import ROOT, free_port, run_main, run_script, tiny_train_args
 from ewect.modeling import load_checkpoint
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def distributed_options(clean_dir, trained, folder):
