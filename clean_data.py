@@ -2,9 +2,13 @@
 
     python clean_data.py                                   # data/raw -> data/clean
     python clean_data.py --raw_dir ~/smp2020-ewect --out_dir data/clean   # files elsewhere
+    python clean_data.py --raw_dir ~/UER-py/datasets/smp2020-ewect   # a public copy (TSV)
     python clean_data.py --dedup                           # train copies of eval/test posts out
 
-The rules live in ewect/cleaning.py. Train records that are empty after cleaning are dropped;
+--raw_dir holds the six files as released (usual_train.txt, ...) or as a public copy lays them
+out (usual/train.tsv, usual/dev.tsv, usual/test.tsv, the same for virus, each with its
+labels.json); the cleaned files have the released names either way. The rules live in
+ewect/cleaning.py. Train records that are empty after cleaning are dropped;
 eval and test records are always kept, so their ids survive. Per file it prints records in,
 out, dropped (empty after cleaning, or unusable with --skip_bad_records), changed (records
 out whose text cleaning changed) and deduped (train records dropped by --dedup).
@@ -22,7 +26,7 @@ import json
 import os
 
 from ewect.config import CLEAN_DIR, DATA_FILES, EVAL_FILES, RAW_DIR, TRAIN_FILES
-from ewect.data import add_label_names_arg
+from ewect.data import add_label_names_arg, raw_file
 from ewect.errors import UserError, run_cli, script_help
 
 
@@ -42,9 +46,9 @@ def parse_args():
 
 def clean_file(src, drop_empty, args):
     """One file's records, cleaned: (records in, cleaned records, how many cleaning changed)."""
-    from ewect.data import clean_records, load_json_array, read_records
+    from ewect.data import clean_records, load_items, read_records
 
-    raw_count = len(load_json_array(src))
+    raw_count = len(load_items(src, require_label=True))
     records = read_records(src, skip_bad_records=args.skip_bad_records,
                            label_names=args.label_names)
     original = {r.id: r.content for r in records}
@@ -78,10 +82,12 @@ def report_shared_posts(cleaned, held_out_missing):
 
 def main():
     args = parse_args()
-    missing = [name for name in DATA_FILES if not os.path.isfile(os.path.join(args.raw_dir, name))]
+    sources = {name: raw_file(args.raw_dir, name) for name in DATA_FILES}
+    missing = [name for name in DATA_FILES if sources[name] is None]
     if len(missing) == len(DATA_FILES):
-        raise UserError(f"{args.raw_dir}: none of the SMP2020-EWECT files is here "
-                        f"(expected {', '.join(DATA_FILES)}); see data/README.md")
+        raise UserError(f"{args.raw_dir}: none of the SMP2020-EWECT files is here (expected "
+                        f"{', '.join(DATA_FILES)}, or a public copy's usual/train.tsv, ...); "
+                        "see data/README.md")
     if os.path.realpath(args.out_dir) == os.path.realpath(args.raw_dir):
         raise UserError(f"--out_dir {args.out_dir} is --raw_dir: the cleaned files would replace "
                         "the raw ones, and the dropped records and stripped text be lost")
@@ -94,7 +100,7 @@ def main():
     for name in DATA_FILES:
         if name not in missing:
             raw_counts[name], cleaned[name], changed[name] = clean_file(
-                os.path.join(args.raw_dir, name), drop_empty=name in TRAIN_FILES, args=args)
+                sources[name], drop_empty=name in TRAIN_FILES, args=args)
     held_out_texts = {r.content for name in EVAL_FILES for r in cleaned.get(name, ()) if r.content}
     print(f"{'file':<26}{'in':>8}{'out':>8}{'dropped':>9}{'changed':>9}{'deduped':>9}")
     for name in DATA_FILES:

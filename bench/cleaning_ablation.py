@@ -28,7 +28,8 @@ import statistics
 import subprocess
 import sys
 
-from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, describe_machine, require_vocab
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, describe_machine,
+                          require_vocab)
 import ewect.cleaning as cleaning
 from ewect.config import LABEL2ID, MAX_LENGTH
 from ewect.data import clean_records, read_records
@@ -42,7 +43,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the raw files")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese vocab.txt")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
     p.add_argument("--output_dir", default="workspace/cleaning_ablation",
                    help="one folder per run: checkpoints, train.log, result.json")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
@@ -150,7 +151,7 @@ def mean_std(values):
 
 def main():
     args = parse_args()
-    require_vocab(args.vocab)
+    args.vocab = require_vocab(args.vocab)
     if args.one_run:
         return one_run(args)
     import torch

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ewect.config import LABEL2ID, MAX_LENGTH
-from ewect.data import clean_records, read_records
+from ewect.config import LABEL2ID, MAX_LENGTH, PUBLIC_COPY_FILES
+from ewect.data import clean_records, raw_file, read_records
 from ewect.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,12 @@ USER_RAW_DIR = REPO_ROOT / "data" / "raw"
 DEFAULT_DATA_DIR = os.environ.get("EWECT_RAW_DIR") or str(
     USER_RAW_DIR if (USER_RAW_DIR / "usual_train.txt").is_file()
     else REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
-DEFAULT_VOCAB = str(REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt")
+# bert-base-chinese's vocabulary: the copy beside the repo where the benchmarks were measured,
+# else the hub's, downloaded on first use (require_vocab).
+HUB_VOCAB = "bert-base-chinese"
+SHARED_VOCAB = REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt"
+DEFAULT_VOCAB = str(SHARED_VOCAB) if SHARED_VOCAB.is_file() else HUB_VOCAB
+VOCAB_HELP = "bert-base-chinese's vocab.txt (bert-base-chinese: the hub's, downloaded once)"
 MIB = 2 ** 20
 
 
@@ -51,9 +56,19 @@ def published_attention():
 
 
 def require_vocab(path):
-    """Stop with one line before any slow work when the vocabulary is not there."""
-    if not os.path.isfile(path):
+    """The vocab.txt to use: the file given, or for HUB_VOCAB the hub's (cached after the first
+    download). Stops with one line before any slow work when there is none."""
+    if os.path.isfile(path):
+        return path
+    if path != HUB_VOCAB:
         raise UserError(f"--vocab {path}: not a file; pass the bert-base-chinese vocab.txt")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(HUB_VOCAB, "vocab.txt")
+    except Exception as err:  # offline, a proxy, the hub down: all say the same to the user
+        raise UserError(f"--vocab: bert-base-chinese's vocab.txt could not be downloaded "
+                        f"({type(err).__name__}); pass --vocab PATH/vocab.txt") from None
 
 
 def load_posts(data_dir, name, drop_empty, limit=None):
@@ -62,7 +77,11 @@ def load_posts(data_dir, name, drop_empty, limit=None):
     if not os.path.isdir(data_dir):
         raise UserError(f"--data_dir {data_dir}: no such folder; pass --data_dir or set "
                         "EWECT_RAW_DIR to the folder with the raw SMP2020-EWECT files")
-    records = clean_records(read_records(os.path.join(data_dir, name))[:limit], drop_empty)
+    path = raw_file(data_dir, name)
+    if path is None:
+        raise UserError(f"--data_dir {data_dir}: no {name} (nor a public copy's "
+                        f"{PUBLIC_COPY_FILES[name]}); see data/README.md")
+    records = clean_records(read_records(path)[:limit], drop_empty)
     return [r.content for r in records], [LABEL2ID[r.label] for r in records]
 
 

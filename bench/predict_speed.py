@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, PaddedPostDataset, Timer,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, published_attention, require_vocab,
                           reset_peak_memory, result)
@@ -60,7 +60,7 @@ def parse_args():
     p.add_argument("--hidden_size", type=int, default=768,
                    help="BERT hidden size of the random model (768: bert-base)")
     p.add_argument("--vocab", default=DEFAULT_VOCAB,
-                   help="bert-base-chinese WordPiece vocab.txt, for the random model")
+                   help=VOCAB_HELP + ", for the random model")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder with the raw SMP2020-EWECT files (usual_test_labeled.txt is used)")
     p.add_argument("--batch_size", type=int, default=64, help="posts per batch, both paths")
@@ -184,7 +184,7 @@ def main():
         args.int8 = args.onnx = False
 
     if not args.model_dir:
-        require_vocab(args.vocab)
+        args.vocab = require_vocab(args.vocab)
     texts, golds = load_posts(args.data_dir, "usual_test_labeled.txt", drop_empty=False,
                               limit=args.limit)
     model, tokenizer, description = load_model(args, device)

@@ -27,7 +27,7 @@ import re
 
 import torch
 
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, REPO_ROOT,
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, REPO_ROOT,
                           TEST_PRECISION, describe_machine, mean_std, read_json, require_vocab,
                           run_repo_script, tested_in_fp32, training_finished)
 from bench.tfidf_baseline import tfidf_scores
@@ -43,7 +43,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the six raw files")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese WordPiece vocab.txt")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
     p.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "workspace", "ablation"),
                    help="where the cleaned data, checkpoints, logs and results.json go")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
@@ -132,7 +132,7 @@ def eval_by_epoch(log_path):
 
 def main():
     args = parse_args()
-    require_vocab(args.vocab)
+    args.vocab = require_vocab(args.vocab)
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir {args.data_dir}: no such folder")
     print(describe_machine(torch.device(args.device)))

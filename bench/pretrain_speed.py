@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling
 
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset,
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, PaddedPostDataset,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, require_vocab, reset_peak_memory, result)
 from bench.train_speed import spread, time_steps
@@ -57,7 +57,7 @@ def parse_args():
                    help="(a) masks whole jieba words (the cost of a step does not change)")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder with the raw SMP2020-EWECT files (usual_train.txt is used)")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese WordPiece vocab.txt")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed for the weights, masks and batches")
     args = p.parse_args()
     if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
@@ -109,7 +109,7 @@ def main():
     args = parse_args()
     device = resolve_device(args.device)
     print(describe_machine(device))
-    require_vocab(args.vocab)
+    args.vocab = require_vocab(args.vocab)
     texts, _ = load_posts(args.data_dir, "usual_train.txt", drop_empty=True)
     torch.manual_seed(args.seed)
     template, tokenizer = build_mlm_model(from_scratch=True, vocab=args.vocab,

@@ -15,7 +15,7 @@ import statistics
 
 from transformers import BertTokenizer
 
-from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, load_posts, require_vocab
+from bench.common import DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, load_posts, require_vocab
 from ewect.config import MAX_LENGTH
 from ewect.data import encode, length_grouped_batches, split_for_step, step_batches
 from ewect.errors import run_cli
@@ -46,11 +46,11 @@ def new_scheme(lengths, batch_size, seed, world_size):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder with the raw files")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese vocab.txt")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
     p.add_argument("--batch_size", type=int, default=64, help="the recipe's posts per step")
     p.add_argument("--seeds", type=int, default=3, help="epochs (batch orders) averaged")
     args = p.parse_args()
-    require_vocab(args.vocab)
+    args.vocab = require_vocab(args.vocab)
     texts, _ = load_posts(args.data_dir, "usual_train.txt", drop_empty=True)
     lengths = [len(ids) for ids in encode(BertTokenizer(args.vocab), texts, MAX_LENGTH)]
     print(f"usual_train: {len(lengths)} posts; slowest/mean process cost per step, mean over "

@@ -29,7 +29,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, PaddedPostDataset, Timer,
+from bench.common import (DEFAULT_DATA_DIR, DEFAULT_VOCAB, VOCAB_HELP, PaddedPostDataset, Timer,
                           current_rss_mib, describe_machine, load_posts, peak_memory_mib,
                           print_ratio, print_table, published_attention, require_vocab,
                           reset_peak_memory, result)
@@ -62,7 +62,7 @@ def parse_args():
     p.add_argument("--batch_size", type=int, default=64, help="posts per step, both paths")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder with the raw SMP2020-EWECT files (usual_train.txt is used)")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB, help="bert-base-chinese WordPiece vocab.txt")
+    p.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed for the weights, dropout and batch order")
     p.add_argument("--batch_order", default="spread", choices=["spread", "epoch"],
                    help="(a)'s timed batches: spread = evenly spaced quantiles of batch size, so "
@@ -197,7 +197,7 @@ def main():
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # batches miss classes
     print(describe_machine(device))
 
-    require_vocab(args.vocab)
+    args.vocab = require_vocab(args.vocab)
     texts, labels = load_posts(args.data_dir, "usual_train.txt", drop_empty=True)
     torch.manual_seed(args.seed)
     template, tokenizer = build_model("bert-base-chinese", from_scratch=True, vocab=args.vocab,

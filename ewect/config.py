@@ -15,6 +15,12 @@ TRAIN_FILES = ("usual_train.txt", "virus_train.txt")
 EVAL_FILES = ("usual_eval_labeled.txt", "usual_test_labeled.txt",
               "virus_eval_labeled.txt", "virus_test_labeled.txt")
 DATA_FILES = TRAIN_FILES + EVAL_FILES
+# The same six as a public copy lays them out (UER-py's datasets/smp2020-ewect: TSV, a text_a
+# column, label ids named by the labels.json beside each file); clean_data.py reads either.
+PUBLIC_COPY_FILES = {
+    "usual_train.txt": "usual/train.tsv", "usual_eval_labeled.txt": "usual/dev.tsv",
+    "usual_test_labeled.txt": "usual/test.tsv", "virus_train.txt": "virus/train.tsv",
+    "virus_eval_labeled.txt": "virus/dev.tsv", "virus_test_labeled.txt": "virus/test.tsv"}
 
 # Default paths are inside the repo, wherever a script is started from; paths given on the
 # command line are relative to the current folder, as usual.

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .cleaning import clean_text
-from .config import LABEL2ID, LABEL_SPELLINGS, LABELS
+from .config import LABEL2ID, LABEL_SPELLINGS, LABELS, PUBLIC_COPY_FILES
 from .errors import UserError, first_line
 
 MAX_REPORTED = 20  # bad records listed one per line before the rest is summarised
@@ -116,6 +116,15 @@ def _numbered_rows(path, reader):
             return
         if fields:
             yield line, fields
+
+
+def raw_file(raw_dir, name):
+    """The file of a released name (usual_train.txt, ...) in raw_dir: as released, else where a
+    public copy has it (usual/train.tsv, ...); None when neither is there."""
+    for path in (os.path.join(raw_dir, name), os.path.join(raw_dir, PUBLIC_COPY_FILES[name])):
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def load_items(path, require_label):

@@ -166,3 +166,24 @@ def test_test_results_of_other_models_are_not_taken_as_these(tmp_path, monkeypat
     recipes.test("teachers", ["/old/a"], args)  # the same models: kept
     recipes.test("teachers", ["/new/a", "/new/b"], args)  # others: tested again
     assert len(ran) == 2
+
+
+def test_bench_vocab_is_the_hubs_on_a_fresh_clone_and_one_line_offline(monkeypatch, tmp_path):
+    # Without the copy beside the repo the benchmarks default to the hub's bert-base-chinese
+    # vocab.txt; offline, that is one line saying to pass --vocab.
+    import huggingface_hub
+
+    from bench import common
+
+    downloaded = tmp_path / "vocab.txt"
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name: str(downloaded) if repo == "bert-base-chinese" else None)
+    assert common.require_vocab(common.HUB_VOCAB) == str(downloaded)
+
+    def offline(repo, name):
+        raise OSError("no network")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(UserError, match="could not be downloaded .*pass --vocab"):
+        common.require_vocab(common.HUB_VOCAB)
+    with pytest.raises(UserError, match="not a file"):
+        common.require_vocab(str(tmp_path / "missing.txt"))

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import FIXTURE_RAW, assert_clean_error, run_main, tiny_train_args
+from ewect.config import DATA_FILES, PUBLIC_COPY_FILES
 from ewect.data import read_records
 from ewect.errors import UserError
 
@@ -12,11 +13,11 @@ COPY_ORDER = ("neutral", "happy", "angry", "sad", "fear", "surprise")  # not the
 RELEASED = FIXTURE_RAW / "usual_test_labeled.txt"
 
 
-def public_copy(folder, labels_json=True):
-    """The released fixture file as a public copy: qid, label id, text_a."""
-    folder.mkdir(exist_ok=True)
-    records = json.loads(RELEASED.read_text("utf-8"))
-    path = folder / "test.tsv"
+def public_copy(folder, labels_json=True, released=RELEASED, name="test.tsv"):
+    """A released fixture file as a public copy: qid, label id, text_a."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = json.loads(released.read_text("utf-8"))
+    path = folder / name
     path.write_text("qid\tlabel\ttext_a\n" + "".join(
         f"{r['id']}\t{COPY_ORDER.index(r['label'])}\t{r['content']}\n" for r in records),
         encoding="utf-8")
@@ -94,3 +95,19 @@ def test_clean_data_names_integer_labels_as_its_error_says(tmp_path):
     cleaned = json.loads((out / "usual_train.txt").read_text("utf-8"))
     named = {r["id"]: r["label"] for r in records}
     assert cleaned and all(r["label"] == named[r["id"]] for r in cleaned)
+
+
+def test_clean_data_reads_a_public_copys_layout_as_the_release(tmp_path):
+    # UER-py's copy: usual/train.tsv, usual/dev.tsv, ... with labels.json beside them
+    for name in DATA_FILES:
+        copy_path = tmp_path / "copy" / PUBLIC_COPY_FILES[name]
+        public_copy(copy_path.parent, released=FIXTURE_RAW / name, name=copy_path.name)
+    for raw, out in ((FIXTURE_RAW, tmp_path / "from_release"),
+                     (tmp_path / "copy", tmp_path / "from_copy")):
+        result = run_main("clean_data.py", "--raw_dir", raw, "--out_dir", out)
+        assert result.returncode == 0, result.stderr
+    for name in DATA_FILES:
+        released, copied = (json.loads((tmp_path / folder / name).read_text("utf-8"))
+                            for folder in ("from_release", "from_copy"))
+        assert [(r["content"], r["label"]) for r in copied] == [
+            (r["content"], r["label"]) for r in released], name
