@@ -22,7 +22,8 @@ offsets, the plain-argmax scores are printed too, and both go into metrics.json.
 Probabilities are calibrated by the model's temperature (calibration.json, written by train.py
 or calibrate.py; labels do not change): the expected calibration error (15 bins, top label),
 negative log-likelihood and Brier score are printed before and after it.
-Outputs go to --output_dir: NAME.predictions.csv (id, text, gold, predicted, one probability
+Outputs go to --output_dir (test/ beside a run's best/: workspace/wb/test by default; another
+run's model, another test/): NAME.predictions.csv (id, text, gold, predicted, one probability
 per label), NAME.confusion.png, NAME.reliability.png (the reliability diagram) and
 NAME.metrics.json, NAME being each data file's name. --errors N adds NAME.errors.md and its
 HTML twin NAME.errors.html: for each confused pair of labels the N mistakes the model was surest
@@ -53,8 +54,9 @@ def parse_args(argv=None):
                         "and label columns), each reported on its own "
                         "(default: --dataset's cleaned test files)")
     p.add_argument("--output_dir",
-                   help="where predictions, metrics and the confusion-matrix PNG go "
-                        "(default: --dataset's output folder's test/)")
+                   help="where predictions, metrics and the confusion-matrix PNG go (default: "
+                        "test/ beside one --model_dir that is a run's best/ or last/, else "
+                        "--dataset's output folder's test/)")
     add_decision_arg(p)
     p.add_argument("--batch_size", type=positive_int, default=None,
                    help="posts per forward pass; None: the measured best for the device")
@@ -77,8 +79,17 @@ def parse_args(argv=None):
     run_dir = dataset_output_dir(args.dataset)
     args.model_dir = args.model_dir or [os.path.join(run_dir, "best")]
     args.data_file = args.data_file or dataset_files(args.dataset, "test")
-    args.output_dir = args.output_dir or os.path.join(run_dir, "test")
+    args.output_dir = args.output_dir or default_output_dir(args.model_dir, run_dir)
     return args
+
+
+def default_output_dir(model_dirs, run_dir):
+    """test/ beside a run's best/ or last/ (so two models' scores never share a folder), else
+    the --dataset run's test/."""
+    model = os.path.normpath(model_dirs[0])
+    if len(model_dirs) == 1 and os.path.basename(model) in ("best", "last"):
+        return os.path.join(os.path.dirname(model), "test")
+    return os.path.join(run_dir, "test")
 
 
 def plot_confusion(confusion, path, title):

@@ -2,8 +2,9 @@
 # Evaluate the best checkpoint (workspace/wb/best) on the cleaned usual_test, cleaning the data
 # first when a raw test file has no cleaned copy, or is newer than it (so are the cleaning rules).
 #
-#   sh test.sh
+#   sh test.sh                                  # scores into workspace/wb/test
 #   sh test.sh --dataset virus                  # workspace/wb_virus/best on virus_test
+#   sh test.sh --model_dir workspace/offline/wb/best   # scores into workspace/offline/wb/test
 #   sh test.sh --data_file data/clean/virus_test_labeled.txt --device cpu   # arguments pass through
 #
 # Relative paths in the arguments are relative to the folder you run it from.

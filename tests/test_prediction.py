@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import inference
-from conftest import ROOT, assert_clean_error, run_main, run_script
+from conftest import ROOT, assert_clean_error, load_script, run_main, run_script
 from ewect.calibration import (CALIBRATION_FILE, calibrate, fit_temperature, load_calibration,
                                with_temperature)
 from ewect.config import LABELS
@@ -737,3 +737,15 @@ def test_inference_prints_calibrated_probabilities_with_the_same_labels(checkpoi
                                               "--precision", "fp32").splitlines()]
     assert [row["label"] for row in rows] == [row["label"] for row in own]
     assert [row["probabilities"] for row in rows] != [row["probabilities"] for row in own]
+
+
+def test_testing_another_runs_model_writes_beside_it_not_over_the_default_runs_scores():
+    parse_args = load_script("test.py").parse_args
+    assert parse_args([]).output_dir == os.path.join(ROOT, "workspace", "wb", "test")
+    assert parse_args(["--model_dir", "workspace/offline/wb/best"]).output_dir == os.path.join(
+        "workspace", "offline", "wb", "test")
+    assert parse_args(["--model_dir", "runA/last/"]).output_dir == os.path.join("runA", "test")
+    for models in (["runA/best", "runB/best"], ["some/exported_model"]):  # not one run's
+        assert parse_args(["--model_dir", *models]).output_dir == os.path.join(
+            ROOT, "workspace", "wb", "test")
+    assert parse_args(["--model_dir", "a/best", "--output_dir", "x"]).output_dir == "x"
