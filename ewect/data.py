@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .cleaning import clean_text
-from .config import LABEL2ID, LABEL_SPELLINGS, LABELS, PUBLIC_COPY_FILES
+from .config import CLEAN_DIR, LABEL2ID, LABEL_SPELLINGS, LABELS, PUBLIC_COPY_FILES
 from .errors import UserError, first_line
 
 MAX_REPORTED = 20  # bad records listed one per line before the rest is summarised
@@ -29,7 +29,11 @@ class Record:
 def load_json_array(path):
     """The file's JSON array, or a UserError saying why it cannot be read."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found")
+        hint = ""
+        if os.path.dirname(os.path.abspath(path)) == CLEAN_DIR:  # a default file: no data yet
+            hint = ("; put the six SMP2020-EWECT files in data/raw/ and run python clean_data.py "
+                    "(data/README.md says where to get them)")
+        raise UserError(f"{path}: file not found{hint}")
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not an error
             data = json.load(f)

@@ -57,6 +57,16 @@ def test_malformed_file(tmp_path, content, problem):
         read_records(write(tmp_path, content))
 
 
+def test_no_data_yet_says_where_the_data_goes(tmp_path, monkeypatch):
+    # A fresh clone's `sh train.sh`: the default cleaned file is missing because there is no data
+    import ewect.data
+
+    monkeypatch.setattr(ewect.data, "CLEAN_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"usual_train.txt: file not found; put the six .*data/raw/"
+                                        r" and run python clean_data.py"):
+        read_records(str(tmp_path / "usual_train.txt"))
+
+
 def test_missing_and_non_utf8_file(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         read_records(str(tmp_path / "nope.txt"))
