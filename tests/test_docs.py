@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import ROOT, load_script
+from ewect.config import DATASETS
 from ewect.errors import script_help
 
 DOCS = ["README.md", *sorted(path.relative_to(ROOT).as_posix()
@@ -378,3 +379,87 @@ def test_help_examples_take_their_flags(script):
               for command in documented_commands(f"```\n{examples}\n```")
               if (error := command_error(command.script, command.args))]
     assert not errors, "\n".join(errors)
+
+
+# Flags that place a run without changing what it trains, with how many values they take.
+SAME_RUN_FLAGS = {"--device": 1, "--overwrite_output_dir": 0}
+
+
+def value_of(args, flag, default=None):
+    return next((args[i + 1] for i, word in enumerate(args[:-1]) if word == flag), default)
+
+
+def run_folder(command):
+    """(the folder a training command writes its run to, the arguments that decide the run), or
+    None for a command that writes no run."""
+    script, args = os.path.basename(command.script), command.args
+    env = dict(word.split("=", 1) for word in command.text.split()
+               if ENV_ASSIGNMENT.match(word) and not word.startswith("-"))
+    if script in ("train.py", "train.sh"):
+        dataset = DATASETS[value_of(args, "--dataset", "usual")]["output_dir"]
+        folder = value_of(args, "--output_dir", f"workspace/{dataset}")
+    elif script in ("pretrain.py", "pretrain.sh"):
+        folder = value_of(args, "--output_dir", "workspace/mlm")
+    elif script == "train_folds.sh":
+        folder = args[1]
+    elif script == "train_offline.sh":  # its fine-tuning run, into OUT/wb
+        out = env.get("OUT", "workspace/offline" + ("_best" if "--best" in args else ""))
+        folder = f"{out}/wb"
+    else:
+        return None
+    recipe, skip = [], 0
+    for at, word in enumerate(args):
+        if skip:
+            skip -= 1
+        elif word in SAME_RUN_FLAGS:
+            skip = SAME_RUN_FLAGS[word]
+        elif word == "--model_name" and args[at + 1:at + 2] and os.path.basename(
+                args[at + 1]) == "bert-base-chinese":  # the default model, from a local copy
+            skip = 1
+        else:
+            recipe.append(word)
+    return os.path.normpath(folder), (script.split(".")[0], tuple(recipe))
+
+
+def test_documented_runs_each_have_their_own_folder():
+    """Following one page's commands after another's must not meet a folder that holds another
+    run (train.py refuses it): two documented runs into one folder are the same run."""
+    runs = {}
+    for doc, command in COMMANDS:
+        if "--resume" in command.args:  # goes on with the run in its folder, whatever it is
+            continue
+        if found := run_folder(command):
+            folder, recipe = found
+            runs.setdefault(folder, {}).setdefault(recipe, []).append(f"{doc}:{command.line}")
+    shared = [f"{folder}: " + "; ".join(f"`{' '.join(recipe[1])}` ({', '.join(where)})"
+                                        for recipe, where in recipes.items())
+              for folder, recipes in runs.items() if len(recipes) > 1]
+    assert not shared, "documented runs sharing a folder:\n" + "\n".join(shared)
+
+
+# Scores (0.7053) and amounts with a unit (39 s, 3,299 posts/s, 2.94x, 142 MiB) in the docs' prose.
+MEASURED = re.compile(r"(?<![\w.,/-])(0\.\d{3,}|\d[\d,]*(?:\.\d+)?(?= ?(?:x|s|ms|min|minutes|h"
+                      r"|hours|MiB|GiB|KB|MB|posts/s)(?!\w)))")
+# Where measurements are recorded: RESULTS, and the page bench/frontier.py writes.
+RESULT_FILES = ["bench/RESULTS.md", "docs/frontier.md"]
+
+
+def unrecorded_numbers(markdown, results):
+    """The measured numbers of the Markdown's prose that the results text never gives."""
+    prose = "\n".join(line for _, line, language in block_lines(markdown) if language is None)
+    return sorted({number for number in MEASURED.findall(prose)
+                   if not re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d])", results)})
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_number_in_the_docs_is_recorded_in_results(doc):
+    results = "\n".join((ROOT / name).read_text("utf-8") for name in RESULT_FILES)
+    missing = unrecorded_numbers((ROOT / doc).read_text("utf-8"), results)
+    assert not missing, f"{doc}: numbers with no source in {' or '.join(RESULT_FILES)}: {missing}"
+
+
+def test_an_unrecorded_number_is_caught():
+    results = "usual_test macro-F1 0.7053, 39 s, 3,299 posts/s, 2.94x"
+    markdown = ("macro-F1 0.7053 in 39 s (3,299 posts/s, 2.94x); 0.7054, 1,200 posts/s, 12 s,"
+                " 2.9x\n```\npython train.py --lr 0.0001  # code is not prose\n```\n")
+    assert unrecorded_numbers(markdown, results) == ["0.7054", "1,200", "12", "2.9"]
