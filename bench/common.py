@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ewect.config import LABEL2ID, MAX_LENGTH, PUBLIC_COPY_FILES
+from ewect.config import LABEL2ID, MAX_LENGTH
 from ewect.data import clean_records, raw_file, read_records
 from ewect.errors import UserError
 
@@ -32,11 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # beside the repo on the machines these benchmarks were measured on (as is the vocabulary).
 USER_RAW_DIR = REPO_ROOT / "data" / "raw"
 DEFAULT_DATA_DIR = os.environ.get("EWECT_RAW_DIR") or str(
-    USER_RAW_DIR if (USER_RAW_DIR / "usual_train.txt").is_file()
+    USER_RAW_DIR if raw_file(str(USER_RAW_DIR), "usual_train.txt")
     else REPO_ROOT.parent / "shared" / "data" / "smp2020-ewect" / "raw")
 # bert-base-chinese's vocabulary: the copy beside the repo where the benchmarks were measured,
 # else the hub's, downloaded on first use (require_vocab).
-HUB_VOCAB = "bert-base-chinese"
+HUB_VOCAB = "bert-base-chinese"  # the hub model whose vocab.txt is meant
 SHARED_VOCAB = REPO_ROOT.parent / "shared" / "models" / "bert-base-chinese-vocab" / "vocab.txt"
 DEFAULT_VOCAB = str(SHARED_VOCAB) if SHARED_VOCAB.is_file() else HUB_VOCAB
 VOCAB_HELP = "bert-base-chinese's vocab.txt (bert-base-chinese: the hub's, downloaded once)"
@@ -61,7 +61,8 @@ def require_vocab(path):
     if os.path.isfile(path):
         return path
     if path != HUB_VOCAB:
-        raise UserError(f"--vocab {path}: not a file; pass the bert-base-chinese vocab.txt")
+        raise UserError(f"--vocab {path}: not a file; pass bert-base-chinese's vocab.txt (or "
+                        f"--vocab {HUB_VOCAB}: the hub's)")
     from huggingface_hub import hf_hub_download
 
     try:
@@ -79,8 +80,7 @@ def load_posts(data_dir, name, drop_empty, limit=None):
                         "EWECT_RAW_DIR to the folder with the raw SMP2020-EWECT files")
     path = raw_file(data_dir, name)
     if path is None:
-        raise UserError(f"--data_dir {data_dir}: no {name} (nor a public copy's "
-                        f"{PUBLIC_COPY_FILES[name]}); see data/README.md")
+        raise UserError(f"--data_dir {data_dir}: no {name}; see data/README.md")
     records = clean_records(read_records(path)[:limit], drop_empty)
     return [r.content for r in records], [LABEL2ID[r.label] for r in records]
 

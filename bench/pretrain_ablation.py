@@ -60,9 +60,9 @@ def parse_args():
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds (42, 43, ...)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of every run")
     args = p.parse_args()
-    # The runs start in the repo root; paths given here are relative to the caller's folder.
-    args.data_dir, args.vocab, args.work_dir = map(os.path.abspath,
-                                                   (args.data_dir, args.vocab, args.work_dir))
+    # The runs start in the repo root; paths given here are relative to the caller's folder
+    # (--vocab too, once require_vocab has it: it may name the hub's).
+    args.data_dir, args.work_dir = map(os.path.abspath, (args.data_dir, args.work_dir))
     return args
 
 
@@ -132,7 +132,7 @@ def eval_by_epoch(log_path):
 
 def main():
     args = parse_args()
-    args.vocab = require_vocab(args.vocab)
+    args.vocab = os.path.abspath(require_vocab(args.vocab))
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir {args.data_dir}: no such folder")
     print(describe_machine(torch.device(args.device)))

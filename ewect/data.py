@@ -125,9 +125,10 @@ def _numbered_rows(path, reader):
 def raw_file(raw_dir, name):
     """The file of a released name (usual_train.txt, ...) in raw_dir: as released, else where a
     public copy has it (usual/train.tsv, ...); None when neither is there."""
-    for path in (os.path.join(raw_dir, name), os.path.join(raw_dir, PUBLIC_COPY_FILES[name])):
-        if os.path.isfile(path):
-            return path
+    copy = PUBLIC_COPY_FILES.get(name)  # other files are read by their own name only
+    for path in (name, copy):
+        if path and os.path.isfile(os.path.join(raw_dir, path)):
+            return os.path.join(raw_dir, path)
     return None
 
 

@@ -187,3 +187,29 @@ def test_bench_vocab_is_the_hubs_on_a_fresh_clone_and_one_line_offline(monkeypat
         common.require_vocab(common.HUB_VOCAB)
     with pytest.raises(UserError, match="not a file"):
         common.require_vocab(str(tmp_path / "missing.txt"))
+
+
+VOCAB_BENCHES = ["bench/cleaning_ablation.py", "bench/predict_speed.py",
+                 "bench/pretrain_ablation.py", "bench/pretrain_speed.py", "bench/train_speed.py"]
+
+
+@pytest.mark.parametrize("script", VOCAB_BENCHES)
+def test_bench_parsing_leaves_the_hub_vocab_for_require_vocab(script, monkeypatch):
+    # pretrain_ablation made it an absolute path, so the hub's was never asked for
+    import sys
+
+    from conftest import load_script
+
+    monkeypatch.setattr(sys, "argv", [script, "--vocab", "bert-base-chinese"])
+    assert load_script(script).parse_args().vocab == "bert-base-chinese"
+
+
+def test_bench_data_files_of_other_names_are_read_by_their_name(tmp_path):
+    from bench.common import load_posts
+
+    (tmp_path / "mine.txt").write_text((FIXTURE_RAW / "usual_test_labeled.txt").read_text("utf-8"),
+                                       encoding="utf-8")
+    texts, labels = load_posts(str(tmp_path), "mine.txt", drop_empty=False)
+    assert len(texts) == len(labels) == 18
+    with pytest.raises(UserError, match="no usual_train.txt"):
+        load_posts(str(tmp_path), "usual_train.txt", drop_empty=False)
