@@ -4,7 +4,7 @@
 # (pretrain.py --from_scratch: a vocabulary built from them), fine-tunes it on usual_train
 # (train.py), tests it on usual_test (test.py), and prints the scores and where the model is.
 #
-#   sh train_offline.sh                    # 2 layers, hidden 128: about 13 minutes on 2 CPU cores
+#   sh train_offline.sh                    # 2 layers, hidden 128: about 11 minutes on 2 CPU cores
 #   sh train_offline.sh --best             # 4 layers, hidden 256, pretrained 15 epochs, fine-tuned
 #                                          # 5 (usual_test 0.6949 with bert-base-chinese's vocab,
 #                                          # in RESULTS): hours on a CPU
@@ -17,7 +17,7 @@
 #   PRETRAIN_EPOCHS, PRETRAIN_LR    masked-LM pretraining (6, 1e-3; --best: 15, 1e-3)
 #   FINETUNE_EPOCHS, FINETUNE_LR    fine-tuning (4, 5e-4; --best: 5, 2e-4)
 #   PRECISION                       pretraining's autocast (bf16 on CPUs that have it, else auto)
-#   OUT                             the runs: OUT/mlm, OUT/wb, OUT/test (workspace/offline,
+#   OUT                             the runs: OUT/mlm, OUT/wb, OUT/wb/test (workspace/offline,
 #                                   --best: workspace/offline_best); one folder, one recipe
 #   EWECT_RAW_DIR, CLEAN_DIR        the raw files (data/raw) and the cleaned ones (data/clean)
 
@@ -120,13 +120,13 @@ step fine-tuning "$OUT/wb" "$WHAT" python "$REPO/train.py" --model_name "$OUT/ml
     --lr "$FINETUNE_LR" --epochs "$FINETUNE_EPOCHS" --train_file "$CLEAN_DIR/usual_train.txt" \
     --eval_file "$CLEAN_DIR/usual_eval_labeled.txt" "$@"
 
-METRICS=$OUT/test/usual_test_labeled.metrics.json
+METRICS=$OUT/wb/test/usual_test_labeled.metrics.json  # test.py's folder for OUT/wb/best
 if [ "$METRICS" -nt "$OUT/wb/best/model.safetensors" ]; then
     say "testing: done before, skipped ($METRICS)"
 else
-    say "testing: $OUT/wb/best on usual_test, into $OUT/test"
+    say "testing: $OUT/wb/best on usual_test, into $OUT/wb/test"
     python "$REPO/test.py" --model_dir "$OUT/wb/best" --data_file \
-        "$CLEAN_DIR/usual_test_labeled.txt" --output_dir "$OUT/test"
+        "$CLEAN_DIR/usual_test_labeled.txt" --output_dir "$OUT/wb/test"
 fi
 python -c 'import json, sys; m = json.load(open(sys.argv[1]))
 print("usual_test: accuracy %.4f, macro-F1 %.4f, official macro-F1 %.4f"

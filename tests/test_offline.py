@@ -109,7 +109,7 @@ def test_offline_command_picks_up_where_it_stopped_and_prints_the_metrics(offlin
     assert re.search(r"^== cleaning: .*skipped", second.stdout, re.M), second.stdout
     assert re.search(r"^== pretraining: .*skipped", second.stdout, re.M), second.stdout
     assert re.search(r"^== fine-tuning: resuming", second.stdout, re.M), second.stdout
-    metrics = json.loads((run / "test" / "usual_test_labeled.metrics.json").read_text())
+    metrics = json.loads((run / "wb" / "test" / "usual_test_labeled.metrics.json").read_text())
     assert metrics["posts"] == 18
     assert (f"usual_test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
             in second.stdout)
