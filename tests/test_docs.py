@@ -5,6 +5,7 @@ relative link resolves, and each script's --help says what it does and shows com
 import argparse
 import contextlib
 import functools
+import itertools
 import io
 import os
 import re
@@ -381,23 +382,32 @@ def test_help_examples_take_their_flags(script):
     assert not errors, "\n".join(errors)
 
 
-# Flags that place a run without changing what it trains, with how many values they take.
-SAME_RUN_FLAGS = {"--device": 1, "--overwrite_output_dir": 0}
+# Flags that place a run without changing what it trains, with how many values they take; and
+# the environment settings that place a run (the rest, train_offline.sh's LAYERS say, decide it).
+SAME_RUN_FLAGS = {"--output_dir": 1, "--device": 1, "--overwrite_output_dir": 0}
+SAME_RUN_SETTINGS = {"OUT", "NGPU", "CUDA_VISIBLE_DEVICES"}
 
 
 def value_of(args, flag, default=None):
-    return next((args[i + 1] for i, word in enumerate(args[:-1]) if word == flag), default)
+    """The value of `--flag VALUE` or `--flag=VALUE` in args."""
+    for at, word in enumerate(args):
+        if word == flag and at + 1 < len(args):
+            return args[at + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return default
 
 
 def run_folder(command):
-    """(the folder a training command writes its run to, the arguments that decide the run), or
-    None for a command that writes no run."""
+    """(the folder a training command writes its run to, what decides the run), or None for a
+    command that writes no run."""
     script, args = os.path.basename(command.script), command.args
-    env = dict(word.split("=", 1) for word in command.text.split()
-               if ENV_ASSIGNMENT.match(word) and not word.startswith("-"))
+    env = dict(word.split("=", 1)
+               for word in itertools.takewhile(ENV_ASSIGNMENT.match, command.text.split()))
     if script in ("train.py", "train.sh"):
-        dataset = DATASETS[value_of(args, "--dataset", "usual")]["output_dir"]
-        folder = value_of(args, "--output_dir", f"workspace/{dataset}")
+        dataset = value_of(args, "--dataset", "usual")
+        default = DATASETS[dataset]["output_dir"] if dataset in DATASETS else f"wb_{dataset}"
+        folder = value_of(args, "--output_dir", f"workspace/{default}")
     elif script in ("pretrain.py", "pretrain.sh"):
         folder = value_of(args, "--output_dir", "workspace/mlm")
     elif script == "train_folds.sh":
@@ -407,12 +417,14 @@ def run_folder(command):
         folder = f"{out}/wb"
     else:
         return None
-    recipe, skip = [], 0
+    recipe = [f"{name}={value}" for name, value in sorted(env.items())
+              if name not in SAME_RUN_SETTINGS]
+    skip = 0
     for at, word in enumerate(args):
         if skip:
             skip -= 1
-        elif word in SAME_RUN_FLAGS:
-            skip = SAME_RUN_FLAGS[word]
+        elif word.split("=")[0] in SAME_RUN_FLAGS:
+            skip = 0 if "=" in word else SAME_RUN_FLAGS[word]
         elif word == "--model_name" and args[at + 1:at + 2] and os.path.basename(
                 args[at + 1]) == "bert-base-chinese":  # the default model, from a local copy
             skip = 1
@@ -421,34 +433,83 @@ def run_folder(command):
     return os.path.normpath(folder), (script.split(".")[0], tuple(recipe))
 
 
+def runs_sharing_a_folder(commands):
+    """'folder: the runs' for each folder that two different documented runs write to; a
+    command with --resume goes on with the run in its folder, whatever it is."""
+    runs = {}
+    for where, command in commands:
+        if "--resume" not in command.args and (found := run_folder(command)):
+            folder, recipe = found
+            runs.setdefault(folder, {}).setdefault(recipe, []).append(where)
+    return [f"{folder}: " + "; ".join(f"`{' '.join(recipe[1])}` ({', '.join(where)})"
+                                      for recipe, where in recipes.items())
+            for folder, recipes in runs.items() if len(recipes) > 1]
+
+
 def test_documented_runs_each_have_their_own_folder():
     """Following one page's commands after another's must not meet a folder that holds another
     run (train.py refuses it): two documented runs into one folder are the same run."""
-    runs = {}
-    for doc, command in COMMANDS:
-        if "--resume" in command.args:  # goes on with the run in its folder, whatever it is
-            continue
-        if found := run_folder(command):
-            folder, recipe = found
-            runs.setdefault(folder, {}).setdefault(recipe, []).append(f"{doc}:{command.line}")
-    shared = [f"{folder}: " + "; ".join(f"`{' '.join(recipe[1])}` ({', '.join(where)})"
-                                        for recipe, where in recipes.items())
-              for folder, recipes in runs.items() if len(recipes) > 1]
+    shared = runs_sharing_a_folder((f"{doc}:{command.line}", command) for doc, command in COMMANDS)
     assert not shared, "documented runs sharing a folder:\n" + "\n".join(shared)
 
 
-# Scores (0.7053) and amounts with a unit (39 s, 3,299 posts/s, 2.94x, 142 MiB) in the docs' prose.
-MEASURED = re.compile(r"(?<![\w.,/-])(0\.\d{3,}|\d[\d,]*(?:\.\d+)?(?= ?(?:x|s|ms|min|minutes|h"
-                      r"|hours|MiB|GiB|KB|MB|posts/s)(?!\w)))")
+def test_two_runs_into_one_folder_are_caught():
+    markdown = "\n".join([
+        "```sh",
+        "sh train.sh && sh train.sh --resume --device cpu    # one run, continued",
+        "python train.py --model_name ~/bert-base-chinese   # the same run, a local copy",
+        "python train.py --adversarial fgm                   # another run, the same folder",
+        "python train.py --dataset virus --output_dir=workspace/v && python train.py --dataset $D",
+        "python train.py --output_dir workspace/v --lr 1e-4",
+        "sh train_offline.sh; LAYERS=4 sh train_offline.sh; OUT=x sh train_offline.sh",
+        "python pretrain.py --from_scratch --output_dir x/wb",
+        "```"])
+    commands = [(str(command.line), command) for command in documented_commands(markdown)]
+    assert runs_sharing_a_folder(commands) == [
+        "workspace/wb: `` (2, 3); `--adversarial fgm` (4)",
+        "workspace/v: `--dataset virus` (5); `--lr 1e-4` (6)",
+        "workspace/offline/wb: `` (7); `LAYERS=4` (7)",
+        "x/wb: `` (7); `--from_scratch` (8)"]
+    assert runs_sharing_a_folder(commands[:3]) == []
+
+
+# Scores (0.7053) and amounts with a unit (39 s, 3,299 posts/s, 2.94x, 142 MiB, 0.52–0.58 s) in the
+# docs' prose and in their shell blocks' comments. An amount is recorded where the results give the
+# same number with the same unit (s or seconds, min or minutes, h or hours), alone or in a range,
+# or the number in a table row (a column's header carries its unit).
+NUMBER = r"\d[\d,]*(?:\.\d+)?"
+UNIT_NAMES = {"s": "s|seconds?", "seconds": "s|seconds?", "min": "min|minutes?",
+              "minutes": "min|minutes?", "h": "h|hours?", "hours": "h|hours?"}
+MEASURED = re.compile(rf"(?<![\w.,/-])(?:(?P<score>0\.\d{{3,}})(?![\d\w])|(?P<first>{NUMBER})"
+                      rf"(?:[–-](?P<second>{NUMBER}))? ?(?P<unit>x|ms|s|seconds|min|minutes|h|hours"
+                      r"|MiB|GiB|KB|MB|posts/s)(?![\w/]))")
 # Where measurements are recorded: RESULTS, and the page bench/frontier.py writes.
 RESULT_FILES = ["bench/RESULTS.md", "docs/frontier.md"]
 
 
+def recorded(number, unit, results):
+    """Whether the results give this number (with this unit, for an amount)."""
+    alone = rf"(?<![\d.,]){re.escape(number)}(?!\d|[.,]\d)"
+    if unit is None:
+        return re.search(alone, results) is not None
+    units = UNIT_NAMES.get(unit, re.escape(unit))
+    ranged = rf"(?<![\d.,])(?:{NUMBER}[–-])?{re.escape(number)}(?:[–-]{NUMBER})? ?(?:{units})(?!\w)"
+    in_table = rf"(?m)^\|.*{alone}"
+    return re.search(ranged, results) is not None or re.search(in_table, results) is not None
+
+
 def unrecorded_numbers(markdown, results):
-    """The measured numbers of the Markdown's prose that the results text never gives."""
-    prose = "\n".join(line for _, line, language in block_lines(markdown) if language is None)
-    return sorted({number for number in MEASURED.findall(prose)
-                   if not re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d])", results)})
+    """The measured numbers of the Markdown (prose, and shell blocks' comments) that the results
+    text never gives."""
+    text = "\n".join(line if language is None else line.partition(" #")[2]
+                     for _, line, language in block_lines(markdown)
+                     if language is None or language in SHELL_FENCES)
+    missing = set()
+    for found in MEASURED.finditer(text):
+        for number in filter(None, (found["score"], found["first"], found["second"])):
+            if not recorded(number, found["unit"], results):
+                missing.add(number + (f" {found['unit']}" if found["unit"] else ""))
+    return sorted(missing)
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -459,7 +520,11 @@ def test_every_number_in_the_docs_is_recorded_in_results(doc):
 
 
 def test_an_unrecorded_number_is_caught():
-    results = "usual_test macro-F1 0.7053, 39 s, 3,299 posts/s, 2.94x"
-    markdown = ("macro-F1 0.7053 in 39 s (3,299 posts/s, 2.94x); 0.7054, 1,200 posts/s, 12 s,"
-                " 2.9x\n```\npython train.py --lr 0.0001  # code is not prose\n```\n")
-    assert unrecorded_numbers(markdown, results) == ["0.7054", "1,200", "12", "2.9"]
+    results = ("usual_test macro-F1 0.7053, 39 seconds, 3,299 posts/s, 2.94x, 37,376 posts, "
+               "4.4–4.8 s, 13 minutes, 41 posts\n| path | ms a step |\n| pad8 | 47.2 |\n")
+    markdown = ("macro-F1 0.7053 in 39 s (3,299 posts/s, 2.94x), 4.4–4.8 s, 13 min, 47.2 ms; "
+                "0.7054, 1,200 posts/s, 2.9x, 37 hours, 4.4–4.9 s, 39 min, 41 s\n"
+                "```sh\npython train.py --lr 0.0001   # 0.7053, then 13 min, 12 s\n```\n"
+                "```python\nx = 0.1234  # not a shell block\n```\n")
+    assert unrecorded_numbers(markdown, results) == [
+        "0.7054", "1,200 posts/s", "12 s", "2.9 x", "37 hours", "39 min", "4.9 s", "41 s"]
